@@ -1,0 +1,58 @@
+"""Architecture facts as data: how tensor names encode transformer blocks.
+
+Recipes address blocks by index (`x.layers[a:b]`, `where layers[a:b]`, `ramp`), and
+`stack` renumbers them. Everything mergec knows about tensor naming lives here.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: The block index of a tensor name: `model.layers.7.mlp.up_proj.weight` (Llama, Mistral,
+#: Qwen, ...), `transformer.h.7.attn.c_attn.weight` (GPT-2), `encoder.layer.7.output.dense`
+#: (BERT), `blocks.7.` and `block.7.` (others).
+BLOCK_RE = re.compile(r"(^|\.)(layers|layer|h|blocks|block)\.(\d+)(\.|$)")
+
+#: Config keys that hold the block count, in the order they are looked up.
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+#: Tensors outside the blocks that sit *before* them (embeddings); every other tensor
+#: outside the blocks (final norm, output head) counts as *after* them.
+EMBED_RE = re.compile(r"(embed|wte|wpe|word_embeddings|position_embeddings|token_type)")
+
+#: Tensors whose first dimension is the vocabulary.
+VOCAB_RE = re.compile(r"(embed_tokens|wte|word_embeddings|lm_head|embed_out|output\.weight$)")
+
+
+def block_index(name: str) -> int | None:
+    m = BLOCK_RE.search(name)
+    return int(m.group(3)) if m else None
+
+
+def with_block_index(name: str, index: int) -> str:
+    m = BLOCK_RE.search(name)
+    if not m:
+        raise ValueError(f"{name} is not a block tensor")
+    return name[: m.start(3)] + str(index) + name[m.end(3):]
+
+
+def is_embedding(name: str) -> bool:
+    return block_index(name) is None and bool(EMBED_RE.search(name))
+
+
+def is_vocab_tensor(name: str) -> bool:
+    return block_index(name) is None and bool(VOCAB_RE.search(name))
+
+
+def layer_count(config: dict | None, names) -> int | None:
+    """Block count from config.json (also a nested text_config), else from tensor names."""
+    cfgs = [config or {}]
+    if isinstance((config or {}).get("text_config"), dict):
+        cfgs.append(config["text_config"])
+    for cfg in cfgs:
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(cfg.get(key), int):
+                return cfg[key]
+    idx = [block_index(n) for n in names]
+    idx = [i for i in idx if i is not None]
+    return max(idx) + 1 if idx else None

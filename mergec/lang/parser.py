@@ -1,0 +1,388 @@
+"""Text -> syntax tree.
+
+The grammar is loaded once (package resource when installed from a wheel, the repository's
+``grammar/`` folder otherwise) and compiled to an LALR parser with positions on. Syntax
+errors become E1xx diagnostics. When a recipe has several broken statements, each statement
+is parsed on its own so that every syntax error is reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
+
+from mergec.diagnostics import Diagnostic, MergecError, Span
+from mergec.lang import ast
+
+KEYWORDS = ("model", "adapter", "param", "set", "let", "output", "where", "and", "true", "false")
+STATEMENT_KEYWORDS = ("model", "adapter", "param", "set", "let", "output")
+
+
+def grammar_text() -> str:
+    try:
+        res = resources.files("mergec").joinpath("grammar/mergec.lark")
+        if res.is_file():
+            return res.read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):  # pragma: no cover
+        pass
+    repo = Path(__file__).resolve().parents[2] / "grammar" / "mergec.lark"
+    return repo.read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True)
+
+
+class _SyntaxProblem(Exception):
+    def __init__(self, code: str, message: str, token, help: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.token, self.help = code, message, token, help
+
+
+class _Build(Transformer):
+    """One method per grammar rule; builds ast nodes with spans."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    # spans -------------------------------------------------------------------------
+    def sp(self, x) -> Span:
+        if isinstance(x, Token):
+            return Span(self.file, x.line, x.column, x.end_line, x.end_column,
+                        x.start_pos, x.end_pos)
+        m = x
+        return Span(self.file, m.line, m.column, m.end_line, m.end_column,
+                    m.start_pos, m.end_pos)
+
+    def ident(self, tok: Token) -> ast.Ident:
+        return ast.Ident(str(tok), self.sp(tok))
+
+    # statements --------------------------------------------------------------------
+    def start(self, items):
+        return list(items)
+
+    @v_args(meta=True)
+    def model_stmt(self, meta, items):
+        name, src = items
+        return ast.ModelStmt(self.ident(name), self._str(src), self.sp(meta))
+
+    @v_args(meta=True)
+    def adapter_stmt(self, meta, items):
+        name, src = items
+        return ast.AdapterStmt(self.ident(name), self._str(src), self.sp(meta))
+
+    @v_args(meta=True)
+    def param_stmt(self, meta, items):
+        return ast.ParamStmt(self.ident(items[0]), items[1], self.sp(meta))
+
+    @v_args(meta=True)
+    def set_stmt(self, meta, items):
+        return ast.SetStmt(self.ident(items[0]), items[1], self.sp(meta))
+
+    @v_args(meta=True)
+    def let_stmt(self, meta, items):
+        name, expr, *wheres = items
+        return ast.LetStmt(self.ident(name), expr, tuple(wheres), self.sp(meta))
+
+    @v_args(meta=True)
+    def output_stmt(self, meta, items):
+        name, expr, *rest = items
+        options = None
+        if rest and isinstance(rest[-1], tuple) and rest[-1][0] == "options":
+            options = rest.pop()[1]
+        return ast.OutputStmt(self.ident(name), expr, tuple(rest), options, self.sp(meta))
+
+    def option_block(self, items):
+        return ("options", tuple(items))
+
+    @v_args(meta=True)
+    def entry(self, meta, items):
+        return ast.Entry(self.ident(items[0]), items[1], self.sp(meta))
+
+    @v_args(meta=True)
+    def where_clause(self, meta, items):
+        sel, *entries = items
+        return ast.Where(tuple(sel), tuple(entries), self.sp(meta))
+
+    def selector(self, items):
+        return list(items)
+
+    def sel_glob(self, items):
+        s = self._str(items[0])
+        return ast.GlobSel(s.value, s.span)
+
+    @v_args(meta=True)
+    def sel_layers(self, meta, items):
+        name, (start, stop) = items
+        if str(name) != "layers":
+            raise _SyntaxProblem(
+                "E105", f"unknown selector `{name}[...]`", name,
+                'a `where` selector is a glob in quotes ("*.mlp.*") or `layers[a:b]`')
+        return ast.LayersSel(start, stop, self.sp(meta))
+
+    # expressions -------------------------------------------------------------------
+    def _str(self, tok: Token) -> ast.Str:
+        raw = str(tok)[1:-1]
+        value = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), raw)
+        return ast.Str(value, self.sp(tok))
+
+    def number(self, items):
+        tok = items[0]
+        text = str(tok)
+        if re.fullmatch(r"[0-9]+", text):
+            value: float | int = int(text)
+        else:
+            value = float(text)
+        return ast.Num(value, text, self.sp(tok))
+
+    def string(self, items):
+        return self._str(items[0])
+
+    @v_args(meta=True)
+    def true(self, meta, items):
+        return ast.Bool(True, self.sp(meta))
+
+    @v_args(meta=True)
+    def false(self, meta, items):
+        return ast.Bool(False, self.sp(meta))
+
+    def name(self, items):
+        i = self.ident(items[0])
+        return ast.Name(i, i.span)
+
+    @v_args(meta=True)
+    def call(self, meta, items):
+        func, *args = items
+        pos, kws = [], []
+        for a in args:
+            if a is None:
+                continue
+            if isinstance(a, ast.Kwarg):
+                kws.append(a)
+            else:
+                if kws:
+                    raise _SyntaxProblem(
+                        "E106", "positional argument after a keyword argument", a.span,
+                        "put the inputs first, then the `name=value` parameters")
+                pos.append(a)
+        return ast.Call(self.ident(func), tuple(pos), tuple(kws), self.sp(meta))
+
+    @v_args(meta=True)
+    def kwarg(self, meta, items):
+        return ast.Kwarg(self.ident(items[0]), items[1], self.sp(meta))
+
+    @v_args(meta=True)
+    def list(self, meta, items):
+        return ast.ListExpr(tuple(i for i in items if i is not None), self.sp(meta))
+
+    def paren(self, items):
+        return items[0]
+
+    def _bin(op):  # noqa: N805 - helper to make rule methods
+        @v_args(meta=True)
+        def rule(self, meta, items):
+            return ast.BinOp(op, items[0], items[1], self.sp(meta))
+        return rule
+
+    add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
+
+    @v_args(meta=True)
+    def neg(self, meta, items):
+        return ast.Neg(items[0], self.sp(meta))
+
+    @v_args(meta=True)
+    def layer_slice(self, meta, items):
+        target, attr, (start, stop) = items
+        if str(attr) != "layers":
+            raise _SyntaxProblem(
+                "E105", f"unknown attribute `.{attr}`", attr,
+                "the only attribute is `.layers[a:b]`, a run of transformer blocks")
+        return ast.LayerSlice(target, start, stop, self.sp(meta))
+
+    def slice(self, items):
+        start, stop = items
+        return (int(start) if start is not None else None,
+                int(stop) if stop is not None else None)
+
+
+_TOKEN_NAMES = {
+    "NAME": "a name", "STRING": "a string", "NUMBER": "a number", "INT": "a whole number",
+    "$END": "end of file",
+}
+
+
+def _describe_expected(expected: set[str], lark: Lark) -> str:
+    names = []
+    by_name = {t.name: t for t in lark.terminals}
+    for e in sorted(expected):
+        if e in _TOKEN_NAMES:
+            names.append(_TOKEN_NAMES[e])
+        elif e in by_name and by_name[e].pattern.type == "str":
+            names.append(f"`{by_name[e].pattern.value}`")
+        else:
+            names.append(e.lower())
+    names = sorted(set(names))
+    if len(names) > 6:
+        return ", ".join(names[:6]) + ", ..."
+    if len(names) <= 2:
+        return " or ".join(names)
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _token_text(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    if tok.type == "STRING":
+        return f"string {tok}"
+    if tok.type in ("NUMBER", "INT"):
+        return f"number `{tok}`"
+    if tok.type == "NAME":
+        return f"name `{tok}`"
+    return f"`{tok}`"
+
+
+def _span_at(file: str, text: str, pos: int, line: int, col: int, length: int = 1) -> Span:
+    return Span(file, line, col, line, col + max(length, 1), pos, pos + max(length, 1))
+
+
+def _diagnose(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
+    lark = _lark()
+    if isinstance(e, UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        span = _span_at(file, text, e.pos_in_stream, e.line, e.column)
+        if ch == '"':
+            return Diagnostic("E104", "unterminated string", span,
+                              "close the string with `\"` on the same line")
+        if ch == "'":
+            return Diagnostic("E102", "unexpected character `'`", span,
+                              'strings use double quotes: "..."')
+        return Diagnostic("E102", f"unexpected character `{ch}`", span,
+                          f"expected {_describe_expected(set(e.allowed or ()), lark)}"
+                          if e.allowed else None)
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        expected = set(e.expected or ())
+        if tok.type == "$END":
+            line = text.count("\n") + 1
+            col = len(text) - (text.rfind("\n") + 1) + 1
+            span = _span_at(file, text, len(text), line, col)
+            return Diagnostic("E103", "unexpected end of file", span,
+                              f"expected {_describe_expected(expected, lark)}")
+        span = Span(file, tok.line, tok.column, tok.end_line, tok.end_column,
+                    tok.start_pos, tok.end_pos)
+        help_ = f"expected {_describe_expected(expected, lark)}"
+        if str(tok) in KEYWORDS and "NAME" in expected:
+            help_ = f"`{tok}` is a keyword and cannot be used as a name"
+        elif tok.type == "EQUAL" and {"RPAR", "COMMA"} & expected:
+            help_ = "keyword arguments are `name=value`, with a plain name before `=`"
+        return Diagnostic("E101", f"unexpected {_token_text(tok)}", span, help_)
+    if isinstance(e, UnexpectedEOF):  # pragma: no cover - LALR reports $END tokens instead
+        line = text.count("\n") + 1
+        return Diagnostic("E103", "unexpected end of file",
+                          _span_at(file, text, len(text), line, 1))
+    raise e  # pragma: no cover
+
+
+def _parse_once(text: str, file: str) -> tuple[list, list[ast.Comment]]:
+    comments: list[ast.Comment] = []
+    lark = _lark()
+    tree = lark.parse(text)
+    builder = _Build(file)
+    try:
+        stmts = builder.transform(tree)
+    except VisitError as ve:
+        if isinstance(ve.orig_exc, _SyntaxProblem):
+            raise ve.orig_exc from None
+        raise
+    for m in re.finditer(r"#[^\n]*", text):
+        # a `#` inside a string is not a comment
+        if not _inside_string(text, m.start()):
+            line = text.count("\n", 0, m.start()) + 1
+            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+            comments.append(ast.Comment(m.group(0).rstrip(), Span(
+                file, line, col, line, col + len(m.group(0)), m.start(), m.end())))
+    return stmts, comments
+
+
+def _inside_string(text: str, pos: int) -> bool:
+    line_start = text.rfind("\n", 0, pos) + 1
+    seg = text[line_start:pos]
+    in_str = False
+    i = 0
+    while i < len(seg):
+        c = seg[i]
+        if in_str and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            in_str = not in_str
+        elif c == "#" and not in_str:
+            return False
+        i += 1
+    return in_str
+
+
+def _problem_diag(p: _SyntaxProblem, file: str) -> Diagnostic:
+    t = p.token
+    if isinstance(t, Span):
+        span = t
+    else:
+        span = Span(file, t.line, t.column, t.end_line, t.end_column, t.start_pos, t.end_pos)
+    return Diagnostic(p.code, p.message, span, p.help)
+
+
+_STMT_START = re.compile(r"^[ \t]*(" + "|".join(STATEMENT_KEYWORDS) + r")\b", re.M)
+
+
+def parse(text: str, file: str = "<recipe>") -> ast.Program:
+    """Parse recipe text. Raises MergecError with every syntax error found."""
+    try:
+        stmts, comments = _parse_once(text, file)
+        return ast.Program(tuple(stmts), tuple(comments), file, text)
+    except UnexpectedInput as e:
+        first = _diagnose(e, file, text)
+    except _SyntaxProblem as p:
+        first = _problem_diag(p, file)
+    # Find the other broken statements: parse each statement alone, at its real position.
+    diags = _diagnose_by_statement(text, file)
+    if not diags:
+        diags = [first]
+    raise MergecError(diags)
+
+
+def _diagnose_by_statement(text: str, file: str) -> list[Diagnostic]:
+    starts = [m.start() for m in _STMT_START.finditer(text)]
+    if not starts or starts[0] != 0 and text[: starts[0]].strip(" \t\n") and not \
+            all(l.strip().startswith("#") or not l.strip() for l in text[: starts[0]].splitlines()):
+        starts = [0] + starts
+    bounds = list(zip(starts, starts[1:] + [len(text)]))
+    out: list[Diagnostic] = []
+    for a, b in bounds:
+        padded = re.sub(r"[^\n]", " ", text[:a]) + text[a:b]
+        try:
+            _parse_once(padded, file)
+        except UnexpectedInput as e:
+            out.append(_diagnose(e, file, padded))
+        except _SyntaxProblem as p:
+            out.append(_problem_diag(p, file))
+    return out
+
+
+def parse_file(path: str | Path) -> ast.Program:
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    return parse(text, str(path))
