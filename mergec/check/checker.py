@@ -1,0 +1,964 @@
+"""Syntax tree -> checked program, reading only config.json and tensor headers.
+
+The checker walks the statements in order, resolving names, computing the kind of every
+expression (Model, Delta, Layers, Number, ...), validating calls against the method
+registry, and — for tensor-valued expressions — the table of tensors each produces, so that
+missing tensors, shape and vocabulary mismatches and layer ranges are found before any
+tensor byte is read. It keeps going after a problem, so a recipe's problems are all
+reported at once; an expression that already failed is marked with the kind `<error>` and
+produces no further diagnostics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from mergec import arch
+from mergec.check.program import (
+    BOOL, DEFAULT_SEED, DELTA, ERROR, LAYERS, LIST, MODEL, NUMBER, RAMP, STRING,
+    CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Override, Ramp,
+    Settings, TensorMeta,
+)
+from mergec.check.suggest import did_you_mean
+from mergec.diagnostics import Diagnostic, Label, MergecError, Span
+from mergec.lang import ast
+from mergec.ops import registry
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_OPTIONS = ("dtype", "tokenizer", "config")
+BUILTINS = ("stack", "ramp")
+SETTINGS = {
+    "seed": "a whole number >= 0 seeding every random method",
+    "backend": '"auto", "torch" or "jax"',
+    "device": '"auto", "cpu", "cuda" or "gpu"',
+    "compute_dtype": '"float32" or "float64"',
+    "shard_size": 'a size such as "5GB"',
+    "max_memory": 'a size such as "8GB"',
+}
+_MAX_LISTED = 3
+
+
+class _Const:
+    """A non-tensor value during checking."""
+
+    def __init__(self, kind: str, value: Any, span: Span):
+        self.kind, self.value, self.span = kind, value, span
+
+
+class _Binding:
+    def __init__(self, kind_of_stmt: str, value, span: Span):
+        self.stmt, self.value, self.span = kind_of_stmt, value, span
+
+
+InputLoader = Callable[[str, Path], Any]
+
+
+def _default_loader(raw: str, base_dir: Path):
+    from mergec.io import open_input
+
+    return open_input(raw, base_dir)
+
+
+class Checker:
+    def __init__(self, program: ast.Program, *, overrides: dict[str, str] | None = None,
+                 loader: InputLoader | None = None, base_dir: Path | None = None):
+        self.program = program
+        self.overrides = dict(overrides or {})
+        self.loader = loader or _default_loader
+        self.base_dir = base_dir if base_dir is not None else \
+            Path(program.file).resolve().parent
+        self.diags: list[Diagnostic] = []
+        self.env: dict[str, _Binding] = {}
+        self.later_defs: dict[str, Span] = {}
+        self.inputs: dict[str, CInput] = {}
+        self.params: dict[str, Any] = {}
+        self.settings: dict[str, Any] = {}
+        self.outputs: list[Output] = []
+
+    # -- reporting ----------------------------------------------------------------------
+    def err(self, code: str, message: str, span: Span | None, help: str | None = None,
+            labels: tuple[Label, ...] = ()) -> None:
+        self.diags.append(Diagnostic(code, message, span, help, labels))
+
+    # -- entry ----------------------------------------------------------------------------
+    def run(self) -> CheckedProgram:
+        stmts = self.program.statements
+        for st in stmts:
+            self.later_defs.setdefault(st.name.name, st.name.span)
+        used_overrides: set[str] = set()
+        for st in stmts:
+            name = st.name.name
+            if isinstance(st, ast.SetStmt):
+                self._setting(st)
+                continue
+            if name in self.env:
+                first = self.env[name].span
+                self.err("E202", f"`{name}` is defined twice", st.name.span,
+                         "give each value its own name",
+                         (Label(first, "first defined here"),))
+                continue
+            if isinstance(st, ast.ModelStmt):
+                value = self._model(st)
+            elif isinstance(st, ast.AdapterStmt):
+                self.err("E307", "LoRA adapters cannot be merged in this version",
+                         st.span, "merge the adapter into its base model first "
+                         "(PEFT: merge_and_unload) and declare the result with `model`")
+                value = CExpr(ERROR, st.span)
+            elif isinstance(st, ast.ParamStmt):
+                value = self._param(st)
+                used_overrides.add(name)
+            elif isinstance(st, ast.LetStmt):
+                value = self._tensor_stmt(st)
+            else:
+                value = self._tensor_stmt(st)
+                self._output(st, value)
+            self.env[name] = _Binding(st.keyword, value, st.name.span)
+        for name, raw in self.overrides.items():
+            if name not in used_overrides:
+                params = [s.name.name for s in stmts if isinstance(s, ast.ParamStmt)]
+                self.err("E212", f"`--set {name}={raw}`: the recipe has no param `{name}`",
+                         None, did_you_mean(name, params, "its params are") or
+                         "the recipe declares no `param`; add `param "
+                         f"{name} = ...` to make it settable")
+        if not self.outputs and not any(d.severity == "error" for d in self.diags):
+            self.err("E224", "the recipe has no `output`", None,
+                     "add a statement such as `output merged = linear(a, b)`")
+        if self.diags:
+            raise MergecError(sorted(self.diags, key=_diag_key))
+        return CheckedProgram(self.program.file, self.program.text, self.inputs, self.params,
+                              self._settings(), self.outputs, self.program)
+
+    # -- statements -----------------------------------------------------------------------
+    def _model(self, st: ast.ModelStmt) -> CExpr:
+        from mergec.io.errors import CheckpointError
+
+        try:
+            ckpt = self.loader(st.source.value, self.base_dir)
+        except CheckpointError as e:
+            self.diags.append(e.to_diagnostic(st.source.span))
+            return CExpr(ERROR, st.span)
+        tensors = {n: TensorMeta(tuple(t.shape), t.dtype) for n, t in ckpt.tensors.items()}
+        n_layers = arch.layer_count(ckpt.config, tensors)
+        node = CInput(MODEL, st.name.span, tensors, n_layers, name=st.name.name,
+                      checkpoint=ckpt, config=ckpt.config)
+        self.inputs[st.name.name] = node
+        return node
+
+    def _param(self, st: ast.ParamStmt):
+        name = st.name.name
+        value = self._const_expr(st.value)
+        if value is None:
+            return _Const(ERROR, None, st.span)
+        if value.kind not in (NUMBER, BOOL, STRING):
+            self.err("E222", f"param `{name}` must be a number, true/false or a string",
+                     st.value.span)
+            return _Const(ERROR, None, st.span)
+        if name in self.overrides:
+            raw = self.overrides[name]
+            parsed = _parse_literal(raw)
+            kind = _kind_of_literal(parsed)
+            if kind != value.kind:
+                self.err("E213", f"`--set {name}={raw}` gives a {kind}, but param `{name}` "
+                         f"is a {value.kind}", st.value.span,
+                         f"give a {value.kind.lower()}, like the recipe's "
+                         f"`{_literal_text(value.value)}`")
+                return _Const(ERROR, None, st.span)
+            value = _Const(kind, parsed, st.value.span)
+        self.params[name] = value.value
+        return value
+
+    def _setting(self, st: ast.SetStmt) -> None:
+        name = st.name.name
+        if name not in SETTINGS:
+            self.err("E211", f"unknown setting `{name}`", st.name.span,
+                     did_you_mean(name, SETTINGS, "settings are"))
+            return
+        if name in self.settings:
+            self.err("E202", f"setting `{name}` is set twice", st.name.span)
+            return
+        v = self._const_expr(st.value)
+        if v is None:
+            return
+        val, ok = v.value, True
+        if name == "seed":
+            ok = v.kind == NUMBER and float(val).is_integer() and val >= 0
+        elif name == "backend":
+            ok = val in ("auto", "torch", "jax")
+        elif name == "device":
+            ok = val in ("auto", "cpu", "cuda", "gpu")
+        elif name == "compute_dtype":
+            ok = val in ("float32", "float64")
+        elif name in ("shard_size", "max_memory"):
+            from mergec.io.sizes import parse_size
+
+            try:
+                val = parse_size(str(val)) if v.kind in (STRING, NUMBER) else None
+                ok = val is not None and val > 0
+            except ValueError:
+                ok = False
+        if not ok:
+            self.err("E208", f"`set {name}` expects {SETTINGS[name]}", st.value.span)
+            return
+        self.settings[name] = int(val) if name == "seed" else val
+
+    def _settings(self) -> Settings:
+        s = self.settings
+        return Settings(seed=s.get("seed", DEFAULT_SEED), seed_explicit="seed" in s,
+                        backend=s.get("backend", "auto"), device=s.get("device", "auto"),
+                        compute_dtype=s.get("compute_dtype", "float32"),
+                        shard_size=s.get("shard_size"), max_memory=s.get("max_memory"))
+
+    def _tensor_stmt(self, st) -> CExpr:
+        value = self._expr(st.expr)
+        if isinstance(value, _Const):
+            if value.kind != ERROR:
+                if isinstance(st, ast.OutputStmt):
+                    self.err("E214", f"output `{st.name.name}` is a {value.kind}, not a Model",
+                             st.expr.span, "an output is a merge of models, such as "
+                             "`linear(a, b)`")
+                elif st.wheres:
+                    self.err("E217", "`where` applies to merge calls; this is a "
+                             f"{value.kind}", st.wheres[0].span)
+            return value
+        if st.wheres:
+            self._apply_wheres(value, st.wheres)
+        return value
+
+    def _output(self, st: ast.OutputStmt, value) -> None:
+        if isinstance(value, _Const) or value.kind == ERROR:
+            return
+        if value.kind != MODEL:
+            help_ = ("add it to a base model: `base + (...)`" if value.kind == DELTA else
+                     "put the run of blocks into a model with `stack(...)`")
+            self.err("E214", f"output `{st.name.name}` is a {value.kind}, not a Model",
+                     st.expr.span, help_)
+            return
+        dtype, cfg, tok = None, None, None
+        seen: set[str] = set()
+        for e in st.options or ():
+            key = e.name.name
+            if key in seen:
+                self.err("E220", f"option `{key}` is given twice", e.name.span)
+                continue
+            seen.add(key)
+            if key not in OUTPUT_OPTIONS:
+                self.err("E219", f"unknown output option `{key}`", e.name.span,
+                         did_you_mean(key, OUTPUT_OPTIONS, "output options are"))
+                continue
+            if key == "dtype":
+                v = self._const_expr(e.value)
+                if v is None:
+                    continue
+                from mergec.io.dtypes import normalize_dtype
+
+                try:
+                    d = normalize_dtype(str(v.value)) if v.kind == STRING else None
+                except ValueError:
+                    d = None
+                if d not in OUTPUT_DTYPES:
+                    self.err("E208", "`dtype` must be \"bfloat16\", \"float16\" or \"float32\"",
+                             e.value.span)
+                    continue
+                dtype = d
+            else:
+                src = self._input_ref(e.value, key)
+                if key == "config":
+                    cfg = src
+                else:
+                    tok = src
+        first = _first_input(value)
+        self.outputs.append(Output(st.name.name, value, dtype, cfg or first, tok or first,
+                                   st.span))
+
+    def _input_ref(self, e: ast.Expr, key: str) -> CInput | None:
+        if isinstance(e, ast.Name):
+            b = self._lookup(e)
+            if b is None:
+                return None
+            if isinstance(b.value, CInput):
+                return b.value
+            if isinstance(b.value, CExpr) and b.value.kind == ERROR:
+                return None
+        self.err("E207", f"`{key}` names a `model` input", e.span,
+                 f"write the name of a `model` statement, e.g. `{key} = base`")
+        return None
+
+    # -- where -----------------------------------------------------------------------------
+    def _apply_wheres(self, value: CExpr, wheres) -> None:
+        calls = [c for c in _walk(value) if isinstance(c, CCall) and c.method is not None]
+        for w in wheres:
+            globs = tuple(s.pattern for s in w.selectors if isinstance(s, ast.GlobSel))
+            layers = tuple((s.start, s.stop) for s in w.selectors
+                           if isinstance(s, ast.LayersSel))
+            for s in w.selectors:
+                if isinstance(s, ast.LayersSel) and s.start is not None and \
+                        s.stop is not None and s.stop <= s.start:
+                    self.err("E302", f"empty layer range `layers[{s.start}:{s.stop}]`", s.span)
+            values = []
+            for en in w.entries:
+                key = en.name.name
+                takers = [c for c in calls if c.method.param(key) is not None]
+                if not takers:
+                    names = sorted({p for c in calls for p in c.method.param_names})
+                    self.err("E217", f"no merge call in this expression takes `{key}`",
+                             en.name.span, did_you_mean(key, names, "their parameters are")
+                             if names else "`where` applies to merge calls")
+                    continue
+                pv = self._param_value(takers[0], takers[0].method.param(key), en.value,
+                                       len(takers[0].inputs))
+                if pv is _BAD:
+                    continue
+                for c in takers[1:]:
+                    self._param_value(c, c.method.param(key), en.value, len(c.inputs))
+                values.append((key, pv))
+            ov = Override(globs, layers, tuple(values), w.span)
+            for c in calls:
+                c.overrides = c.overrides + (ov,)
+
+    # -- expressions -----------------------------------------------------------------------
+    def _lookup(self, e: ast.Name) -> _Binding | None:
+        b = self.env.get(e.id)
+        if b is not None:
+            return b
+        if e.id in self.later_defs and self.later_defs[e.id].start > e.span.start:
+            self.err("E203", f"`{e.id}` is used before it is defined", e.span,
+                     "move its definition above this line",
+                     (Label(self.later_defs[e.id], "defined here"),))
+            return None
+        names = list(self.env) + [n for n in self.later_defs if n not in self.env]
+        self.err("E201", f"unknown name `{e.id}`", e.span,
+                 did_you_mean(e.id, [n for n in names if n in self.env] or names,
+                              "names defined so far are"))
+        return None
+
+    def _const_expr(self, e: ast.Expr) -> _Const | None:
+        v = self._expr(e)
+        if isinstance(v, CExpr):
+            if v.kind != ERROR:
+                self.err("E207", f"expected a value, found a {v.kind}", e.span)
+            return None
+        if v.kind == ERROR:
+            return None
+        return v
+
+    def _expr(self, e: ast.Expr):
+        if isinstance(e, ast.Num):
+            return _Const(NUMBER, e.value, e.span)
+        if isinstance(e, ast.Str):
+            return _Const(STRING, e.value, e.span)
+        if isinstance(e, ast.Bool):
+            return _Const(BOOL, e.value, e.span)
+        if isinstance(e, ast.Name):
+            b = self._lookup(e)
+            if b is None:
+                return CExpr(ERROR, e.span)
+            v = b.value
+            if isinstance(v, _Const):
+                return _Const(v.kind, v.value, e.span)
+            return v
+        if isinstance(e, ast.ListExpr):
+            items = [self._expr(i) for i in e.items]
+            return _Const(LIST, items, e.span)
+        if isinstance(e, ast.Neg):
+            v = self._expr(e.operand)
+            if isinstance(v, _Const):
+                if v.kind == NUMBER:
+                    return _Const(NUMBER, -v.value, e.span)
+                if v.kind != ERROR:
+                    self.err("E221", f"cannot negate a {v.kind}", e.span)
+                return _Const(ERROR, None, e.span)
+            return self._linear(e.span, [(v, -1.0)])
+        if isinstance(e, ast.BinOp):
+            return self._binop(e)
+        if isinstance(e, ast.LayerSlice):
+            return self._slice(e)
+        if isinstance(e, ast.Call):
+            return self._call(e)
+        raise TypeError(type(e))  # pragma: no cover
+
+    def _binop(self, e: ast.BinOp):
+        a, b = self._expr(e.left), self._expr(e.right)
+        if _is_err(a) or _is_err(b):
+            return CExpr(ERROR, e.span)
+        ca, cb = isinstance(a, _Const), isinstance(b, _Const)
+        if ca and cb:
+            if a.kind == NUMBER and b.kind == NUMBER:
+                x, y = a.value, b.value
+                if e.op == "/" and y == 0:
+                    self.err("E221", "division by zero", e.right.span)
+                    return _Const(ERROR, None, e.span)
+                r = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
+                     "/": lambda: x / y}[e.op]()
+                return _Const(NUMBER, r, e.span)
+            self.err("E221", f"`{e.op}` is not defined for {a.kind} and {b.kind}", e.span)
+            return _Const(ERROR, None, e.span)
+        if e.op in ("+", "-"):
+            if ca or cb:
+                c = a if ca else b
+                self.err("E221", f"cannot {'add' if e.op == '+' else 'subtract'} a {c.kind} "
+                         f"{'to' if e.op == '+' else 'from'} a "
+                         f"{(b if ca else a).kind}", e.span,
+                         "scale tensors with `*`: `0.5 * a + 0.5 * b`" if c.kind == NUMBER
+                         else None)
+                return CExpr(ERROR, e.span)
+            return self._linear(e.span, [(a, 1.0), (b, 1.0 if e.op == "+" else -1.0)],
+                                spans=(e.left.span, e.right.span))
+        # * and /
+        if e.op == "*":
+            if ca and not cb:
+                a, b = b, a
+                ca, cb = cb, ca
+            if not cb:
+                self.err("E221", f"cannot multiply a {a.kind} by a {b.kind}", e.span,
+                         "multiply by a number: `0.5 * (a - base)`")
+                return CExpr(ERROR, e.span)
+        elif ca or not cb:
+            self.err("E221", "only division of a tensor value by a number is defined",
+                     e.span)
+            return CExpr(ERROR, e.span)
+        if b.kind != NUMBER:
+            what = "a ramp" if b.kind == RAMP else f"a {b.kind}"
+            self.err("E207", f"a tensor value can only be scaled by a number, not {what}",
+                     b.span, "to vary a weight with depth, use a method parameter, e.g. "
+                     "`task_arithmetic(a - base, weight=ramp(0, 1))`"
+                     if b.kind == RAMP else None)
+            return CExpr(ERROR, e.span)
+        if e.op == "/" and b.value == 0:
+            self.err("E221", "division by zero", b.span)
+            return CExpr(ERROR, e.span)
+        coef = float(b.value) if e.op == "*" else 1.0 / float(b.value)
+        return self._linear(e.span, [(a, coef)])
+
+    def _linear(self, span: Span, terms, spans=None) -> CExpr:
+        flat: list[tuple[CExpr, float]] = []
+        for t, c in terms:
+            if isinstance(t, CLinear):
+                flat += [(x, c * k) for x, k in t.terms]
+            else:
+                flat.append((t, c))
+        kinds = {t.kind for t, _ in flat}
+        if ERROR in kinds:
+            return CExpr(ERROR, span)
+        if LAYERS in kinds and kinds != {LAYERS}:
+            self.err("E223", "cannot combine a run of layers with whole models or deltas",
+                     span, "slice every operand with `.layers[a:b]`, or none")
+            return CExpr(ERROR, span)
+        weight = sum(c for t, c in flat if t.kind in (MODEL, LAYERS))
+        if abs(weight - 1.0) < 1e-9:
+            kind = LAYERS if LAYERS in kinds else MODEL
+        elif abs(weight) < 1e-9:
+            if LAYERS in kinds:
+                self.err("E215", "differences of layer runs are not supported", span,
+                         "subtract whole models, then slice: `(a - base)` ...")
+                return CExpr(ERROR, span)
+            kind = DELTA
+        else:
+            self.err("E215", f"this combination of models has total weight {weight:g}: "
+                     "it is neither a Model (weights summing to 1) nor a Delta (summing to 0)",
+                     span, "average models with weights that sum to 1 (`0.5 * a + 0.5 * b`); "
+                     "scale task vectors instead of models (`base + 2 * (a - base)`)")
+            return CExpr(ERROR, span)
+        node = CLinear(kind, span, terms=tuple(flat))
+        self._merge_tables(node, [t for t, _ in flat], spans)
+        return node
+
+    def _slice(self, e: ast.LayerSlice):
+        target = self._expr(e.target)
+        if _is_err(target):
+            return CExpr(ERROR, e.span)
+        if isinstance(target, _Const) or target.kind != MODEL:
+            self.err("E207", f"`.layers[...]` slices a Model, not a {target.kind}", e.span)
+            return CExpr(ERROR, e.span)
+        n = target.n_layers
+        if target.tensors is not None and n is None:
+            self.err("E308", "this model has no numbered transformer blocks", e.target.span,
+                     "`.layers[a:b]` needs tensor names such as `model.layers.0. ...`")
+            return CExpr(ERROR, e.span)
+        start = 0 if e.start is None else e.start
+        stop = e.stop if e.stop is not None else n
+        if stop is None:
+            return CSlice(LAYERS, e.span, None, None, target=target, start=start, stop=start)
+        if stop <= start:
+            self.err("E302", f"empty layer range `[{start}:{stop}]`", e.span,
+                     "the range is half-open: `[a:b]` takes blocks a to b-1, so b > a")
+            return CExpr(ERROR, e.span)
+        if n is not None and stop > n:
+            self.err("E301", f"layer range `[{start}:{stop}]` is out of bounds: the model has "
+                     f"{n} blocks (0 to {n - 1})", e.span,
+                     f"the largest range is `[0:{n}]`")
+            return CExpr(ERROR, e.span)
+        tensors = None
+        if target.tensors is not None:
+            tensors = {}
+            for name, meta in target.tensors.items():
+                bi = arch.block_index(name)
+                if bi is not None and start <= bi < stop:
+                    tensors[arch.with_block_index(name, bi - start)] = meta
+        return CSlice(LAYERS, e.span, tensors, stop - start, target=target, start=start,
+                      stop=stop)
+
+    # -- calls -----------------------------------------------------------------------------
+    def _call(self, e: ast.Call):
+        fname = e.func.name
+        if fname == "ramp":
+            return self._ramp(e)
+        if fname == "stack":
+            return self._stack(e)
+        method = registry.get(fname)
+        if method is None:
+            if fname in self.env or fname in self.later_defs:
+                self.err("E204", f"`{fname}` is not a merge method", e.func.span,
+                         f"`{fname}` is a value; call a method such as `linear(...)`")
+            else:
+                self.err("E204", f"unknown merge method `{fname}`", e.func.span,
+                         did_you_mean(fname, list(registry.REGISTRY) + list(BUILTINS),
+                                      "methods are"))
+            for a in e.args:
+                self._expr(a)
+            return CExpr(ERROR, e.span)
+        inputs = [self._expr(a) for a in e.args]
+        ok = True
+        for a, v in zip(e.args, inputs):
+            if isinstance(v, _Const) and v.kind == LIST:
+                self.err("E207", f"the inputs of `{fname}` are written one by one, "
+                         "not as a list", a.span,
+                         f"write `{fname}(a, b, ...)`")
+                ok = False
+            elif isinstance(v, _Const) and v.kind != ERROR:
+                self.err("E207", f"input {e.args.index(a) + 1} of `{fname}` is a {v.kind}; "
+                         "inputs are models, deltas or layer runs", a.span,
+                         "parameters are passed by name, e.g. `t=0.5`")
+                ok = False
+            elif _is_err(v):
+                ok = False
+        n = len(inputs)
+        if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
+            self.err("E206", f"`{fname}` takes {method.arity_text()}, got {n}", e.span)
+            ok = False
+        node = CCall(ERROR, e.span, method=method)
+        params: dict[str, Any] = {}
+        base = None
+        seen: dict[str, Span] = {}
+        for kw in e.kwargs:
+            key = kw.name.name
+            if key in seen:
+                self.err("E220", f"`{key}` is given twice", kw.name.span,
+                         labels=(Label(seen[key], "first given here"),))
+                ok = False
+                continue
+            seen[key] = kw.name.span
+            if key == "base":
+                if method.base != "delta":
+                    self.err("E216", f"`{fname}` does not take `base=`", kw.name.span,
+                             f"`{fname}` merges its inputs as they are")
+                    ok = False
+                    continue
+                bv = self._expr(kw.value)
+                if _is_err(bv):
+                    ok = False
+                elif isinstance(bv, _Const) or bv.kind != MODEL:
+                    self.err("E207", f"`base=` expects a Model, found a {bv.kind}", kw.value.span)
+                    ok = False
+                else:
+                    base = bv
+                continue
+            p = method.param(key)
+            if p is None:
+                self.err("E205", f"unknown parameter `{key}` for `{fname}`", kw.name.span,
+                         did_you_mean(key, list(method.param_names) +
+                                      (["base"] if method.base == "delta" else []),
+                                      f"`{fname}` takes"))
+                ok = False
+                continue
+            pv = self._param_value(node, p, kw.value, n)
+            if pv is _BAD:
+                ok = False
+                continue
+            params[key] = pv
+        for p in method.params:
+            if p.name not in params:
+                if p.required:
+                    self.err("E209", f"`{fname}` needs the parameter `{p.name}`", e.span,
+                             f"add `{p.name}=...` ({p.doc})")
+                    ok = False
+                else:
+                    params[p.name] = p.default
+        if ok and "weight" in params and params.get("normalize") is True:
+            w = params["weight"]
+            if isinstance(w, tuple) and all(isinstance(x, (int, float)) for x in w) and \
+                    abs(sum(w)) < 1e-12:
+                self.err("E208", f"the weights of `{fname}` sum to 0, so they cannot be "
+                         "normalized", e.kwarg("weight").value.span,
+                         "use weights with a non-zero sum, or `normalize=false`")
+                ok = False
+        if not ok:
+            return CExpr(ERROR, e.span)
+        # kinds of inputs and result
+        kinds = {v.kind for v in inputs}
+        if len(kinds) > 1:
+            self.err("E223", f"the inputs of `{fname}` mix " +
+                     " and ".join(sorted(kinds)) + "s", e.span,
+                     "pass only models, only deltas (`a - base`), or only layer runs")
+            return CExpr(ERROR, e.span)
+        kind = kinds.pop()
+        if method.base == "delta":
+            if base is not None:
+                if kind != MODEL:
+                    self.err("E207", f"with `base=`, the inputs of `{fname}` are models; "
+                             f"found {kind}s", e.span,
+                             "pass the fine-tuned models themselves: "
+                             f"`{fname}(a, b, base=base)`")
+                    return CExpr(ERROR, e.span)
+                result = MODEL
+            elif kind == MODEL and fname not in ("nuslerp", "multislerp"):
+                self.err("E216", f"`{fname}` merges task vectors: give it `base=` or deltas",
+                         e.span, f"write `{fname}(a, b, base=base)` or "
+                         f"`{fname}(a - base, b - base)`")
+                return CExpr(ERROR, e.span)
+            else:
+                result = kind
+        else:
+            result = kind
+        node.kind = result
+        node.inputs = tuple(inputs)
+        node.base = base
+        node.params = params
+        self._merge_tables(node, list(inputs) + ([base] if base is not None else []),
+                           [a.span for a in e.args] +
+                           ([e.kwarg("base").value.span] if base is not None else []))
+        return node
+
+    def _param_value(self, node, p: registry.Param, value: ast.Expr, n_inputs: int):
+        fname = node.method.name if getattr(node, "method", None) else "call"
+        v = self._expr(value)
+        if _is_err(v):
+            return _BAD
+        if isinstance(v, CExpr):
+            self.err("E207", f"`{p.name}` expects a {_ptype(p)}, found a {v.kind}", value.span)
+            return _BAD
+        if v.kind == LIST:
+            if not p.per_input:
+                self.err("E207", f"`{p.name}` of `{fname}` takes one value, not a list",
+                         value.span)
+                return _BAD
+            if len(v.value) != n_inputs:
+                self.err("E210", f"`{p.name}` has {len(v.value)} value"
+                         f"{'s' if len(v.value) != 1 else ''} for {n_inputs} input"
+                         f"{'s' if n_inputs != 1 else ''}", value.span,
+                         "give one value per input, in the order of the inputs, "
+                         "or one value for all")
+                return _BAD
+            items = []
+            for item in v.value:
+                one = self._scalar_param(p, item, fname)
+                if one is _BAD:
+                    return _BAD
+                items.append(one)
+            return tuple(items)
+        one = self._scalar_param(p, v, fname)
+        if one is _BAD:
+            return _BAD
+        if p.per_input:
+            return tuple([one] * max(n_inputs, 1))
+        return one
+
+    def _scalar_param(self, p, v: _Const, fname: str):
+        if isinstance(v, CExpr) or v.kind == ERROR:
+            if isinstance(v, CExpr) and v.kind != ERROR:
+                self.err("E207", f"`{p.name}` expects a {_ptype(p)}, found a {v.kind}", v.span)
+            return _BAD
+        if v.kind == RAMP:
+            if p.type not in ("number",) or not p.rampable:
+                self.err("E207", f"`{p.name}` of `{fname}` cannot vary with depth", v.span)
+                return _BAD
+            for a in v.value.anchors:
+                msg = p.check_value(a)
+                if msg:
+                    self.err("E208", f"`{p.name}` of `{fname}` {msg}; the ramp reaches "
+                             f"{a:g}", v.span)
+                    return _BAD
+            return v.value
+        expected = {"number": NUMBER, "int": NUMBER, "bool": BOOL, "string": STRING}[p.type]
+        if v.kind != expected:
+            self.err("E207", f"`{p.name}` of `{fname}` expects a {_ptype(p)}, found a "
+                     f"{v.kind}", v.span,
+                     (f"write `{p.name}=true` or `{p.name}=false`" if p.type == "bool" else
+                      f"one of {p.range_text()}" if p.choices else None))
+            return _BAD
+        msg = p.check_value(v.value)
+        if msg:
+            self.err("E208", f"`{p.name}` of `{fname}` {msg}, got {_literal_text(v.value)}",
+                     v.span)
+            return _BAD
+        return v.value
+
+    def _ramp(self, e: ast.Call):
+        if e.kwargs:
+            self.err("E218", "`ramp` takes only numbers", e.kwargs[0].span)
+            return _Const(ERROR, None, e.span)
+        if not e.args:
+            self.err("E218", "`ramp` needs at least one value", e.span,
+                     "e.g. `ramp(0, 0.5, 1)`: anchors placed evenly from the first block "
+                     "to the last")
+            return _Const(ERROR, None, e.span)
+        vals = []
+        for a in e.args:
+            v = self._expr(a)
+            if _is_err(v):
+                return _Const(ERROR, None, e.span)
+            if isinstance(v, CExpr) or v.kind != NUMBER:
+                self.err("E218", f"`ramp` takes numbers, found a {v.kind}", a.span)
+                return _Const(ERROR, None, e.span)
+            vals.append(float(v.value))
+        return _Const(RAMP, Ramp(tuple(vals)), e.span)
+
+    def _stack(self, e: ast.Call):
+        parts = [self._expr(a) for a in e.args]
+        ok = True
+        if not parts:
+            self.err("E206", "`stack` takes at least 1 input, got 0", e.span)
+            ok = False
+        for a, v in zip(e.args, parts):
+            if _is_err(v):
+                ok = False
+            elif isinstance(v, _Const) or v.kind not in (LAYERS, MODEL):
+                self.err("E207", f"`stack` takes runs of layers (`x.layers[a:b]`) or models, "
+                         f"found a {v.kind}", a.span)
+                ok = False
+        embed = head = None
+        for kw in e.kwargs:
+            if kw.name.name not in ("embed", "head"):
+                self.err("E205", f"unknown parameter `{kw.name.name}` for `stack`",
+                         kw.name.span, did_you_mean(kw.name.name, ["embed", "head"],
+                                                    "`stack` takes"))
+                ok = False
+                continue
+            v = self._expr(kw.value)
+            if _is_err(v):
+                ok = False
+            elif isinstance(v, _Const) or v.kind != MODEL:
+                self.err("E207", f"`{kw.name.name}=` expects a Model, found a {v.kind}",
+                         kw.value.span)
+                ok = False
+            elif kw.name.name == "embed":
+                embed = v
+            else:
+                head = v
+        if not ok:
+            return CExpr(ERROR, e.span)
+        node = CStack(MODEL, e.span, parts=tuple(parts), embed=embed, head=head)
+        # table: renumbered blocks, then embeddings from the first part, the rest from the last
+        if all(p.tensors is not None for p in parts) and \
+                all(x is None or x.tensors is not None for x in (embed, head)):
+            tensors: dict[str, TensorMeta] = {}
+            first_src = embed or _part_model(parts[0])
+            last_src = head or _part_model(parts[-1])
+            offset = 0
+            outside_first = {n: m for n, m in (first_src.tensors or {}).items()
+                             if arch.block_index(n) is None and arch.is_embedding(n)}
+            tensors.update(outside_first)
+            shapes_ok = True
+            for part in parts:
+                count = part.n_layers or 0
+                for name, meta in part.tensors.items():
+                    bi = arch.block_index(name)
+                    if bi is None:
+                        continue
+                    tensors[arch.with_block_index(name, bi + offset)] = meta
+                offset += count
+            for n_, m in (last_src.tensors or {}).items():
+                if arch.block_index(n_) is None and not arch.is_embedding(n_):
+                    tensors[n_] = m
+            node.tensors = tensors if shapes_ok else None
+            node.n_layers = offset
+        return node
+
+    # -- tensor tables ---------------------------------------------------------------------
+    def _merge_tables(self, node: CExpr, operands: list[CExpr], spans=None) -> None:
+        """Set node.tensors from operands that must agree; report disagreements."""
+        if any(o.tensors is None for o in operands) or not operands:
+            node.tensors = None
+            node.n_layers = operands[0].n_layers if operands else None
+            return
+        spans = list(spans or [o.span for o in operands])
+        ref, ref_span = operands[0], spans[0]
+        ok = True
+        for o, sp in zip(operands[1:], spans[1:]):
+            if o is ref:
+                continue
+            missing = [n for n in ref.tensors if n not in o.tensors]
+            extra = [n for n in o.tensors if n not in ref.tensors]
+            if missing or extra:
+                ok = False
+                parts = []
+                if missing:
+                    parts.append(f"{len(missing)} tensor{'s' if len(missing) != 1 else ''} "
+                                 f"missing here ({_list_names(missing)})")
+                if extra:
+                    parts.append(f"{len(extra)} extra ({_list_names(extra)})")
+                self.err("E303", "the inputs do not have the same tensors: " +
+                         "; ".join(parts), sp,
+                         "merged inputs must share every tensor name; check that they "
+                         "are the same architecture",
+                         (Label(ref_span, "compared with this input"),))
+                continue
+            vocab_diag = None
+            bad = []
+            for name, m in ref.tensors.items():
+                m2 = o.tensors[name]
+                if m.shape != m2.shape:
+                    if arch.is_vocab_tensor(name) and len(m.shape) == len(m2.shape) and \
+                            m.shape[1:] == m2.shape[1:]:
+                        vocab_diag = (name, m.shape[0], m2.shape[0])
+                    else:
+                        bad.append((name, m.shape, m2.shape))
+                elif m.dtype not in FLOAT_DTYPES or m2.dtype not in FLOAT_DTYPES:
+                    if m.dtype != m2.dtype or not _identity_ok(node):
+                        bad.append((name, m.dtype, m2.dtype))
+            if vocab_diag:
+                ok = False
+                name, va, vb = vocab_diag
+                self.err("E305", f"the vocabulary sizes differ: {vb} tokens here, {va} in the "
+                         f"other input (`{name}`)", sp,
+                         "mergec never truncates embeddings; give both models the same "
+                         "vocabulary first (e.g. transformers' `resize_token_embeddings`), "
+                         "or merge only models built on the same tokenizer",
+                         (Label(ref_span, f"{va} tokens here"),))
+            if bad:
+                ok = False
+                name, a, b = bad[0]
+                more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+                if isinstance(a, tuple):
+                    self.err("E304", f"shape mismatch for `{name}`: {_shape(b)} here, "
+                             f"{_shape(a)} in the other input{more}", sp,
+                             "merged inputs must have the same shapes; are they the same "
+                             "model size?", (Label(ref_span, f"{_shape(a)} here"),))
+                else:
+                    self.err("E306", f"`{name}` holds {b} values here and {a} in the other "
+                             f"input; only floating-point tensors can be merged{more}", sp)
+        if ok:
+            node.tensors = dict(ref.tensors)
+            node.n_layers = ref.n_layers
+        else:
+            node.tensors = None
+            node.n_layers = ref.n_layers
+
+
+_BAD = object()
+
+
+def _identity_ok(node) -> bool:
+    return False
+
+
+def _is_err(v) -> bool:
+    return getattr(v, "kind", None) == ERROR
+
+
+def _shape(s) -> str:
+    return "[" + ", ".join(str(x) for x in s) + "]"
+
+
+def _list_names(names: list[str]) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:_MAX_LISTED])
+    return shown + (f", ... {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _ptype(p) -> str:
+    return {"number": "number", "int": "whole number", "bool": "true/false",
+            "string": "string"}[p.type]
+
+
+def _literal_text(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) < 1e15 else repr(v)
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _parse_literal(raw: str):
+    s = raw.strip()
+    if s in ("true", "false"):
+        return s == "true"
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    if len(s) >= 2 and s[0] == s[-1] == '"':
+        return s[1:-1]
+    return s
+
+
+def _kind_of_literal(v) -> str:
+    if isinstance(v, bool):
+        return BOOL
+    if isinstance(v, (int, float)):
+        return NUMBER
+    return STRING
+
+
+def _walk(e: CExpr):
+    yield e
+    if isinstance(e, CLinear):
+        for t, _ in e.terms:
+            yield from _walk(t)
+    elif isinstance(e, CCall):
+        for i in e.inputs:
+            yield from _walk(i)
+        if e.base is not None:
+            yield from _walk(e.base)
+    elif isinstance(e, CSlice):
+        yield from _walk(e.target)
+    elif isinstance(e, CStack):
+        for p in e.parts:
+            yield from _walk(p)
+        for x in (e.embed, e.head):
+            if x is not None:
+                yield from _walk(x)
+
+
+def _part_model(e: CExpr) -> CExpr:
+    """The model a value's tensors outside the blocks come from (its first input)."""
+    if isinstance(e, CSlice):
+        return e.target
+    if isinstance(e, CCall):
+        return _part_model(e.inputs[0])
+    if isinstance(e, CLinear):
+        return _part_model(e.terms[0][0])
+    return e
+
+
+def _first_input(e: CExpr) -> CInput | None:
+    """The input whose config and tokenizer an output starts from by default: the base of
+    a merge with `base=`, else its first input; for `stack`, the model of its embeddings."""
+    if isinstance(e, CInput):
+        return e
+    if isinstance(e, CCall):
+        return _first_input(e.base if e.base is not None else e.inputs[0])
+    if isinstance(e, CLinear):
+        return _first_input(e.terms[0][0])
+    if isinstance(e, CSlice):
+        return _first_input(e.target)
+    if isinstance(e, CStack):
+        return _first_input(e.embed or _part_model(e.parts[0]))
+    return None
+
+
+def _diag_key(d: Diagnostic):
+    s = d.span
+    return (0, s.file, s.start, s.line, s.col) if s else (1, "", 0, 0, 0)
+
+
+def check_program(program: ast.Program, *, overrides: dict[str, str] | None = None,
+                  loader: InputLoader | None = None, base_dir: Path | None = None
+                  ) -> CheckedProgram:
+    return Checker(program, overrides=overrides, loader=loader, base_dir=base_dir).run()

@@ -1,0 +1,156 @@
+"""The checked program: typed, resolved expressions over whole models.
+
+The checker turns the syntax tree into these nodes. Every tensor-valued node knows its
+kind (Model, Delta, Layers) and, when the inputs' headers could be read, the table of
+tensors it produces (name -> shape, dtype) — that is how shapes are checked before any
+tensor byte is read. The lowering (`mergec.ir.lower`) turns them into per-tensor IR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from mergec.diagnostics import Span
+from mergec.ops.registry import Method
+
+MODEL, DELTA, LAYERS = "Model", "Delta", "Layers"
+NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
+ERROR = "<error>"
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+# Parameter values -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ramp:
+    anchors: tuple[float, ...]
+
+    def at(self, block: int | None, n_blocks: int | None) -> float:
+        """Value for block `block` of `n_blocks`; tensors outside the blocks take v0."""
+        a = self.anchors
+        if block is None or not n_blocks or len(a) == 1:
+            return float(a[0])
+        x = block / (n_blocks - 1) if n_blocks > 1 else 0.0
+        pos = x * (len(a) - 1)
+        i = min(int(pos), len(a) - 2)
+        f = pos - i
+        return float(a[i] * (1 - f) + a[i + 1] * f)
+
+
+#: A parameter value: a constant (number, bool, str), a Ramp, or a tuple of those
+#: (one per input).
+ParamValue = Union[float, int, bool, str, Ramp, tuple]
+
+
+@dataclass(frozen=True)
+class Override:
+    """One `where` block: selectors joined with `and`, then parameter values."""
+
+    globs: tuple[str, ...]
+    layers: tuple[tuple[int | None, int | None], ...]
+    values: tuple[tuple[str, ParamValue], ...]
+    span: Span
+
+    def matches(self, name: str, block: int | None) -> bool:
+        from fnmatch import fnmatchcase
+
+        if not all(fnmatchcase(name, g) for g in self.globs):
+            return False
+        for a, b in self.layers:
+            if block is None:
+                return False
+            if a is not None and block < a:
+                return False
+            if b is not None and block >= b:
+                return False
+        return True
+
+
+# Tensor-valued expressions ----------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class CExpr:
+    kind: str
+    span: Span
+    tensors: dict[str, TensorMeta] | None = field(default=None, repr=False)
+    n_layers: int | None = None
+
+
+@dataclass(eq=False)
+class CInput(CExpr):
+    name: str = ""
+    checkpoint: Any = None  # mergec.io.checkpoint.Checkpoint | None
+    config: dict | None = None
+
+
+@dataclass(eq=False)
+class CLinear(CExpr):
+    """sum_i c_i x_i over tensor-valued terms (arithmetic, folded)."""
+
+    terms: tuple[tuple[CExpr, float], ...] = ()
+
+
+@dataclass(eq=False)
+class CCall(CExpr):
+    method: Method | None = None
+    inputs: tuple[CExpr, ...] = ()
+    base: CExpr | None = None
+    params: dict[str, ParamValue] = field(default_factory=dict)  # every param, defaults filled
+    overrides: tuple[Override, ...] = ()
+
+
+@dataclass(eq=False)
+class CSlice(CExpr):
+    target: CExpr | None = None
+    start: int = 0
+    stop: int = 0
+
+
+@dataclass(eq=False)
+class CStack(CExpr):
+    parts: tuple[CExpr, ...] = ()
+    embed: CExpr | None = None
+    head: CExpr | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    expr: CExpr
+    dtype: str | None  # storage dtype from the option block, if any
+    config_from: CInput | None
+    tokenizer_from: CInput | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Settings:
+    seed: int = 0
+    seed_explicit: bool = False
+    backend: str = "auto"
+    device: str = "auto"
+    compute_dtype: str = "float32"
+    shard_size: int | None = None
+    max_memory: int | None = None
+
+
+DEFAULT_SEED = 0x6D657267  # used and recorded in the model card when no `set seed` is given
+
+
+@dataclass
+class CheckedProgram:
+    file: str
+    text: str
+    inputs: dict[str, CInput]
+    params: dict[str, Any]
+    settings: Settings
+    outputs: list[Output]
+    program: Any = None  # the ast.Program

@@ -1,0 +1,175 @@
+"""The registry of diagnostic codes: a title and an explanation for each.
+
+Codes by stage: E1xx syntax, E2xx names, types and parameters, E3xx inputs and planning,
+E4xx I/O and backends, E5xx usage. `mergec explain CODE` prints an entry and
+`docs/errors.md` is generated from this table.
+"""
+
+from __future__ import annotations
+
+from mergec.io.errors import IO_ERRORS
+
+STAGES = {
+    "1": "Syntax",
+    "2": "Names, types and parameters",
+    "3": "Inputs and planning",
+    "4": "I/O and backends",
+    "5": "Usage",
+}
+
+ERRORS: dict[str, tuple[str, str]] = {
+    "E101": ("unexpected token",
+             "The parser met a word or symbol where the grammar does not allow it. The "
+             "message names what it found and the help line what it expected there. A "
+             "frequent cause is a keyword (`model`, `let`, `output`, `where`, ...) used as "
+             "a name, or a missing `=`, `,` or closing bracket on the line before."),
+    "E102": ("unexpected character",
+             "The recipe contains a character that is not part of the language, such as `'` "
+             "(strings use double quotes), `;` or `$`."),
+    "E103": ("unexpected end of file",
+             "The recipe ends in the middle of a statement: an unclosed `(`, `[` or `{`, or a "
+             "statement without its value."),
+    "E104": ("unterminated string",
+             "A string opened with `\"` is not closed on the same line."),
+    "E105": ("unknown attribute or selector",
+             "The only attribute is `.layers[a:b]`, which takes a run of transformer blocks "
+             "of a model, and the only indexed selector in a `where` is `layers[a:b]`."),
+    "E106": ("positional argument after a keyword argument",
+             "In a call, the inputs come first and the `name=value` parameters after them: "
+             "`ties(a, b, base=base, density=0.5)`."),
+    "E201": ("unknown name",
+             "The name is not defined by any `model`, `adapter`, `param`, `let` or `output` "
+             "statement. Names are case-sensitive; the help line suggests the closest one."),
+    "E202": ("defined twice",
+             "Every name is defined once in a recipe. Rename one of the two definitions."),
+    "E203": ("used before it is defined",
+             "A recipe reads top to bottom: a name can be used only after the statement that "
+             "defines it. Move the definition up."),
+    "E204": ("unknown merge method",
+             "A call names a function that is neither a merge method nor a builtin (`stack`, "
+             "`ramp`). `mergec methods` lists the methods."),
+    "E205": ("unknown parameter",
+             "The method does not take a parameter of this name. `mergec methods NAME` lists "
+             "its parameters; the help line suggests the closest one."),
+    "E206": ("wrong number of inputs",
+             "The method takes a fixed number of inputs (slerp: exactly 2; nearswap: 1; "
+             "model_stock: at least 2)."),
+    "E207": ("wrong type",
+             "A value of one type is used where another is needed: a Delta where a Model is "
+             "needed, a string for a number parameter, a list for a single value, ..."),
+    "E208": ("value out of range",
+             "A parameter or setting has a value outside what it accepts (for example "
+             "`density` in (0, 1], `t` in [0, 1]). The message gives the accepted range."),
+    "E209": ("missing required parameter",
+             "The method needs this parameter and has no default for it (for example `t` of "
+             "`slerp`)."),
+    "E210": ("per-input list of the wrong length",
+             "A per-input parameter given as a list needs one value per input, in the order "
+             "of the inputs. Give a single value to use it for every input."),
+    "E211": ("unknown setting",
+             "`set` takes: seed, backend, device, compute_dtype, shard_size, max_memory."),
+    "E212": ("`--set` of an unknown param",
+             "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
+             "no param of that name; declare it with `param name = default`."),
+    "E213": ("`--set` value of the wrong type",
+             "The value given with `--set` has a different type than the param's default "
+             "in the recipe (a string for a number, ...)."),
+    "E214": ("output is not a Model",
+             "An `output` is written as a checkpoint, so it must be a Model: a merge with "
+             "`base=`, a linear combination of models whose weights sum to 1, `base + delta`, "
+             "or `stack(...)`. A Delta must be added to a base first."),
+    "E215": ("neither a Model nor a Delta",
+             "Arithmetic on models must give either a Model (the weights of the models sum "
+             "to 1, such as `0.5 * a + 0.5 * b` or `base + (a - base)`) or a Delta (they sum "
+             "to 0, such as `a - base`). `2 * a` or `a + b` is neither."),
+    "E216": ("`base=` not accepted, or needed",
+             "Task-vector methods (task_arithmetic, ties, dare_*, breadcrumbs*, della*, "
+             "model_stock, sce, nearswap) take `base=` and then return a Model, or take Deltas "
+             "(`a - base`) without it and return a Delta. Methods that merge their inputs as "
+             "they are (linear, slerp, karcher, passthrough) do not take `base=`."),
+    "E217": ("`where` key not taken by any call",
+             "A `where` block overrides parameters of the merge calls in its statement. No "
+             "call in the statement has a parameter of this name."),
+    "E218": ("invalid ramp",
+             "`ramp(v0, ..., vk)` takes one or more numbers and may only be a parameter value."),
+    "E219": ("unknown output option",
+             "The option block of an `output` takes `dtype`, `tokenizer` and `config`."),
+    "E220": ("given twice",
+             "A parameter or option is given twice in the same call or block."),
+    "E221": ("invalid arithmetic",
+             "Arithmetic on tensor values is `+` and `-` between models/deltas and `*` or "
+             "`/` by a number. Numbers cannot be added to models, and models cannot be "
+             "multiplied together."),
+    "E222": ("param value is not a literal",
+             "A `param` is a number, true/false or a string, so that `--set` can override it."),
+    "E223": ("mixed input kinds",
+             "The inputs of a call must all be models, all deltas, or all layer runs."),
+    "E224": ("no output",
+             "The recipe defines nothing to write. Add an `output` statement."),
+    "E301": ("layer range out of bounds",
+             "`x.layers[a:b]` takes blocks a to b-1; b may be at most the model's block count "
+             "(num_hidden_layers in config.json)."),
+    "E302": ("empty layer range",
+             "Layer ranges are half-open: `[a:b]` needs b > a."),
+    "E303": ("inputs with different tensors",
+             "Merged inputs must have the same tensor names. This usually means the models "
+             "are of different architectures, or one checkpoint is incomplete."),
+    "E304": ("shape mismatch",
+             "Merged inputs must have the same shape for every tensor. This usually means the "
+             "models are of different sizes."),
+    "E305": ("vocabulary size mismatch",
+             "The embedding or output-head tensors of the inputs have different vocabulary "
+             "sizes. mergec never truncates or pads embeddings silently. Make the "
+             "vocabularies equal first (for example with transformers' "
+             "`resize_token_embeddings` on the smaller model, after adding the same tokens), "
+             "or merge only models that share a tokenizer."),
+    "E306": ("non-floating-point tensor",
+             "Only floating-point tensors can be merged; integer or boolean buffers can only "
+             "be carried over from one model."),
+    "E307": ("adapters not supported",
+             "Reading LoRA adapters as Deltas is not available in this version. Merge the "
+             "adapter into its base first (PEFT `merge_and_unload`) and declare the result "
+             "with `model`."),
+    "E308": ("model without numbered blocks",
+             "`.layers[a:b]` and `stack` need tensor names with a block index such as "
+             "`model.layers.3.`; this model has none."),
+    "E501": ("recipe file not found",
+             "The recipe path given on the command line does not exist or cannot be read."),
+    "E502": ("invalid command-line value",
+             "A command-line option has a value mergec cannot use (a size such as `5GB`, a "
+             "`--set name=value` pair, a backend or device name)."),
+    "E503": ("backend not available",
+             "The backend asked for is not installed. Install it with `pip install "
+             "'mergec[torch]'` or `pip install 'mergec[jax]'`."),
+    "E599": ("internal error",
+             "mergec hit a bug. Run again with `MERGEC_DEBUG=1` to see the traceback, and "
+             "report it with the recipe."),
+}
+ERRORS.update(IO_ERRORS)
+ERRORS = dict(sorted(ERRORS.items()))
+
+
+def explain(code: str) -> str | None:
+    code = code.strip().upper()
+    if not code.startswith("E"):
+        code = "E" + code
+    entry = ERRORS.get(code)
+    if entry is None:
+        return None
+    title, text = entry
+    return f"{code}: {title}\n\n{text}\n"
+
+
+def errors_markdown() -> str:
+    lines = ["# Diagnostic codes", "",
+             "Every problem mergec reports has a code. `mergec explain CODE` prints the "
+             "entry below. Codes are grouped by the stage that finds them.", "",
+             "This file is generated from `mergec/errors.py` by `make docs`; a test fails "
+             "when it is stale.", ""]
+    stage = None
+    for code, (title, text) in ERRORS.items():
+        if code[1] != stage:
+            stage = code[1]
+            lines += [f"## {STAGES.get(stage, 'Other')} (E{stage}xx)", ""]
+        lines += [f"### {code}: {title}", "", text, ""]
+    return "\n".join(lines)
