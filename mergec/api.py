@@ -1,0 +1,101 @@
+"""The Python API: parse, check, compile and build recipes.
+
+    import mergec
+    checked = mergec.check("recipes/demo.merge")            # reads headers only
+    compiled = mergec.compile("recipes/demo.merge")         # + per-tensor IR and plan
+    results = mergec.build("recipes/demo.merge", out_dir="out")
+
+Every function raises ``mergec.MergecError`` with the diagnostics of all problems found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergec.check.checker import check_program
+from mergec.check.program import CheckedProgram
+from mergec.diagnostics import Diagnostic, MergecError, UsageError
+from mergec.ir.lower import LoweredOutput, lower
+from mergec.lang import ast
+from mergec.lang.parser import parse as _parse
+from mergec.plan import Plan, make_plan
+
+
+@dataclass
+class Compiled:
+    checked: CheckedProgram
+    lowered: list[LoweredOutput]
+    plan: Plan
+
+
+def read_recipe(path: str | Path) -> tuple[str, str]:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError:
+        raise UsageError(Diagnostic("E501", f"recipe file `{path}` not found")) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(Diagnostic("E501", f"cannot read recipe `{path}`: {e}")) from None
+
+
+def parse(text: str, file: str = "<recipe>") -> ast.Program:
+    return _parse(text, file)
+
+
+def check(recipe: str | Path, *, text: str | None = None,
+          overrides: dict[str, str] | None = None, base_dir: Path | None = None
+          ) -> CheckedProgram:
+    """Parse and check a recipe file (or `text`, reported as `recipe`). Reads config.json
+    and tensor headers of every input, never tensor data."""
+    if text is None:
+        text, file = read_recipe(recipe)
+    else:
+        file = str(recipe)
+    program = _parse(text, file)
+    if base_dir is None:
+        base_dir = Path(file).resolve().parent
+    return check_program(program, overrides=overrides, base_dir=base_dir)
+
+
+def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
+            overrides: dict[str, str] | None = None, steps: bool = False) -> Compiled:
+    checked = check(recipe, text=text, overrides=overrides)
+    lowered = lower(checked)
+    return Compiled(checked, lowered, make_plan(checked.file, lowered, steps=steps))
+
+
+def check_targets(compiled: Compiled, out_dir: Path, force: bool) -> None:
+    """Refuse non-empty output folders before any tensor is read."""
+    from mergec.io.errors import CheckpointError
+    from mergec.io.writer import check_target
+
+    diags = []
+    for o in compiled.checked.outputs:
+        try:
+            check_target(Path(out_dir) / o.name, force)
+        except CheckpointError as e:
+            diags.append(e.to_diagnostic(o.span))
+    if diags:
+        raise MergecError(diags)
+
+
+def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None = None,
+          overrides: dict[str, str] | None = None, force: bool = False,
+          shard_size: int | None = None, backend: str | None = None,
+          device: str | None = None, progress=None, compiled: Compiled | None = None):
+    """Check, compile and build every output of a recipe into `out_dir/<output name>`."""
+    from mergec.backends import get_backend
+    from mergec.execute import build_output
+
+    compiled = compiled or compile(recipe, text=text, overrides=overrides)
+    out_dir = Path(out_dir)
+    check_targets(compiled, out_dir, force)
+    settings = compiled.checked.settings
+    be = get_backend(backend or settings.backend, device or settings.device)
+    size = shard_size or settings.shard_size or 5 * 10**9
+    results = []
+    for lo in compiled.lowered:
+        results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
+                                    force=force, shard_size=size, progress=progress))
+    return results

@@ -1,0 +1,377 @@
+"""The `mergec` command line.
+
+Exit codes: 0 success, 1 problems in the recipe or its inputs, 2 usage or internal error.
+Problems are printed as diagnostics (or JSON with `--output-format json`); a traceback is
+shown only when MERGEC_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mergec import __version__
+from mergec.diagnostics import (Diagnostic, MergecError, SourceMap, UsageError, render_all,
+                                to_json)
+
+app = typer.Typer(
+    name="mergec",
+    help="mergec: a compiler for model-merge recipes (.merge files).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Fmt(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + ("\n" if not text.endswith("\n") else ""))
+
+
+def _report(e: MergecError, fmt: Fmt) -> None:
+    if fmt == Fmt.json:
+        print(to_json(e.diagnostics))
+    else:
+        _err(render_all(e.diagnostics, SourceMap()))
+
+
+def _guard(fn):
+    """Turn known errors into diagnostics and exit codes; hide tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        fmt = kwargs.get("output_format", Fmt.text) or Fmt.text
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UsageError as e:
+            _report(e, fmt)
+            raise typer.Exit(2)
+        except MergecError as e:
+            _report(e, fmt)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            _err("mergec: interrupted; nothing was written at the target")
+            raise typer.Exit(130)
+        except Exception as e:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("MERGEC_DEBUG") == "1":
+                raise
+            d = Diagnostic("E599", f"internal error: {type(e).__name__}: {e}",
+                           help="run again with MERGEC_DEBUG=1 to see the traceback, and "
+                           "report it with the recipe")
+            _report(MergecError(d), fmt)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def _overrides(pairs: Optional[List[str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in pairs or []:
+        if "=" not in p or not p.split("=", 1)[0].strip():
+            raise UsageError(Diagnostic("E502", f"`--set {p}` is not `name=value`",
+                                        help="for example `--set density=0.3`"))
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _size(text: Optional[str], flag: str) -> Optional[int]:
+    if text is None:
+        return None
+    from mergec.io.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise UsageError(Diagnostic("E502", f"`{flag} {text}`: {e}",
+                                    help="sizes look like 5GB, 500MB or 2GiB")) from None
+
+
+def _version(value: bool):
+    if value:
+        print(f"mergec {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """mergec: check, plan and build model-merge recipes."""
+
+
+SET_HELP = "Override a `param` of the recipe: --set name=value (repeatable)."
+FMT_HELP = "How problems are printed."
+
+
+@app.command()
+@_guard
+def check(recipe: Path = typer.Argument(..., help="The .merge recipe."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Check a recipe and its inputs (config.json and tensor headers only)."""
+    from mergec.api import check as api_check
+
+    checked = api_check(recipe, overrides=_overrides(set_))
+    if output_format == Fmt.json:
+        print(json.dumps({"diagnostics": [], "outputs": [o.name for o in checked.outputs]}))
+    else:
+        n = len(checked.outputs)
+        print(f"{recipe}: ok ({len(checked.inputs)} input{'s' if len(checked.inputs) != 1 else ''}"
+              f", {n} output{'s' if n != 1 else ''})")
+
+
+def _human(n: int) -> str:
+    from mergec.io.sizes import format_size
+
+    return format_size(n)
+
+
+def _print_plan(compiled, show_ir: Optional[str]) -> None:
+    from mergec.ir.nodes import render
+
+    for op in compiled.plan.outputs:
+        print(f"output {op.output}:")
+        print(f"  tensors        {op.tensors}" + (f" ({op.raw_copies} copied as stored)"
+                                                  if op.raw_copies else ""))
+        if op.layers is not None:
+            print(f"  blocks         {op.layers}")
+        ops = ", ".join(f"{k} x{v}" for k, v in op.ops.items()) or "none (copies only)"
+        print(f"  ops            {ops}")
+        print(f"  read           {_human(op.bytes_read)}")
+        print(f"  write          {_human(op.bytes_written)}")
+        print(f"  peak memory    {_human(op.peak_memory)} (estimate)")
+        print(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
+    if show_ir:
+        for lo in compiled.lowered:
+            for t in lo.tensors:
+                if t.name == show_ir:
+                    print(f"\nIR of {lo.output.name}:{t.name}")
+                    print(render(t.node))
+                    break
+            else:
+                names = [t.name for t in lo.tensors]
+                raise UsageError(Diagnostic(
+                    "E502", f"output `{lo.output.name}` has no tensor `{show_ir}`",
+                    help=(difflib.get_close_matches(show_ir, names, 1) and
+                          f"did you mean `{difflib.get_close_matches(show_ir, names, 1)[0]}`?")
+                    or None))
+
+
+@app.command()
+@_guard
+def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
+         set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+         tensors: bool = typer.Option(False, "--tensors", help="With --json: every tensor."),
+         ir: Optional[str] = typer.Option(None, "--ir", metavar="TENSOR",
+                                          help="Also print the IR of one tensor."),
+         output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Show what a build would do, from headers alone: tensors, ops, bytes, peak memory."""
+    from mergec.api import compile as api_compile
+
+    compiled = api_compile(recipe, overrides=_overrides(set_), steps=tensors)
+    if as_json:
+        print(compiled.plan.model_dump_json(indent=2))
+    else:
+        _print_plan(compiled, ir)
+
+
+@app.command()
+@_guard
+def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
+          out_dir: Path = typer.Option(Path("out"), "--out-dir", "-o",
+                                       help="Each output is written to OUT_DIR/<name>."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+          force: bool = typer.Option(False, "--force", help="Replace non-empty output folders."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Check and plan; write nothing."),
+          shard_size: Optional[str] = typer.Option(None, "--shard-size",
+                                                   help="Largest shard file [default: 5GB]."),
+          backend: Optional[str] = typer.Option(None, "--backend",
+                                                help="torch | jax | reference | auto."),
+          device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Check, compile and build every output of a recipe."""
+    from mergec.api import build as api_build, check_targets, compile as api_compile
+
+    size = _size(shard_size, "--shard-size")
+    if backend is not None and backend not in ("torch", "jax", "reference", "auto"):
+        raise UsageError(Diagnostic("E502", f"unknown backend `{backend}`",
+                                    help="use torch, jax, reference or auto"))
+    if device is not None and device not in ("cpu", "cuda", "gpu", "auto") and \
+            not device.startswith("cuda:"):
+        raise UsageError(Diagnostic("E502", f"unknown device `{device}`",
+                                    help="use cpu, cuda or auto"))
+    compiled = api_compile(recipe, overrides=_overrides(set_))
+    check_targets(compiled, out_dir, force)
+    if dry_run:
+        _print_plan(compiled, None)
+        print("dry run: nothing written")
+        return
+    from mergec.backends import BackendUnavailable
+
+    try:
+        results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
+                             device, quiet)
+    except BackendUnavailable as e:
+        raise UsageError(Diagnostic("E503", str(e), help="install it with "
+                                    "`pip install 'mergec[torch]'` or `'mergec[jax]'`")) \
+            from None
+    for r in results:
+        print(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
+              f"{r.seconds:.1f}s)")
+
+
+def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, device, quiet):
+    if quiet:
+        return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
+                         device=device, compiled=compiled)
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    totals = {p.output: (p.tensors, p.bytes_written) for p in compiled.plan.outputs}
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[tensors]}"), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console,
+                  transient=False) as prog:
+        tasks = {}
+
+        def progress(name: str, done: int, nbytes: int) -> None:
+            n, total = totals[name]
+            if name not in tasks:
+                tasks[name] = prog.add_task(name, total=total, tensors=f"0/{n} tensors")
+            prog.update(tasks[name], completed=nbytes, tensors=f"{done}/{n} tensors")
+
+        return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
+                         device=device, compiled=compiled, progress=progress)
+
+
+@app.command()
+@_guard
+def fmt(files: List[Path] = typer.Argument(..., help="Recipes to format."),
+        check_: bool = typer.Option(False, "--check",
+                                    help="Exit 1 if a file is not canonical; change nothing."),
+        diff: bool = typer.Option(False, "--diff", help="Print a diff; change nothing."),
+        stdout: bool = typer.Option(False, "--stdout", help="Print the result; change nothing."),
+        output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Rewrite recipes in the one canonical format."""
+    from mergec.api import read_recipe
+    from mergec.lang.fmt import format_text
+
+    changed = []
+    problems: list[Diagnostic] = []
+    for f in files:
+        text, name = read_recipe(f)
+        try:
+            new = format_text(text, name)
+        except MergecError as e:
+            problems += e.diagnostics
+            continue
+        if stdout:
+            sys.stdout.write(new)
+            continue
+        if new != text:
+            changed.append(str(f))
+            if diff:
+                sys.stdout.writelines(difflib.unified_diff(
+                    text.splitlines(True), new.splitlines(True), f"{f} (original)",
+                    f"{f} (formatted)"))
+            elif not check_:
+                f.write_text(new, encoding="utf-8")
+    if problems:
+        raise MergecError(problems)
+    if check_ or diff:
+        for c in changed:
+            _err(f"would reformat {c}")
+        if changed:
+            raise typer.Exit(1)
+        if check_:
+            print(f"{len(files)} file{'s' if len(files) != 1 else ''} already formatted")
+    elif not stdout:
+        for c in changed:
+            print(f"formatted {c}")
+
+
+@app.command()
+def explain(code: str = typer.Argument(..., help="A diagnostic code, e.g. E201.")):
+    """Explain a diagnostic code."""
+    from mergec.errors import ERRORS, explain as explain_code
+
+    text = explain_code(code)
+    if text is None:
+        close = difflib.get_close_matches(code.upper(), list(ERRORS), 1)
+        _err(f"mergec: E502 unknown code `{code}`" +
+             (f"\n  = help: did you mean `{close[0]}`?" if close else ""))
+        raise typer.Exit(2)
+    print(text, end="")
+
+
+@app.command()
+def methods(name: Optional[str] = typer.Argument(None, help="Show one method in detail.")):
+    """List the merge methods, or show one with its parameters and formula."""
+    from mergec.ops.registry import METHODS, REGISTRY, IMPLEMENTED
+
+    if name is None:
+        width = max(len(m.name) for m in METHODS)
+        for m in METHODS:
+            mark = "" if m.name in IMPLEMENTED else "  (declared; not yet runnable)"
+            print(f"{m.name.ljust(width)}  {m.summary}{mark}")
+        print(f"{'stack'.ljust(width)}  Concatenate runs of blocks into a new model (builtin).")
+        return
+    m = REGISTRY.get(name)
+    if m is None:
+        close = difflib.get_close_matches(name, list(REGISTRY), 1)
+        _err(f"mergec: E204 unknown merge method `{name}`" +
+             (f"\n  = help: did you mean `{close[0]}`?" if close else ""))
+        raise typer.Exit(2)
+    print(method_text(m))
+
+
+def method_text(m) -> str:
+    lines = [f"{m.name}: {m.summary}", "", f"  inputs   {m.arity_text()}"]
+    if m.base == "delta":
+        lines.append("  base=    optional: with it the inputs are models and the result a Model;"
+                     " without it the inputs are Deltas and the result a Delta")
+    lines += ["", "  formula  " + m.formula, "", "  parameters:"]
+    for p in m.params:
+        default = "required" if p.required else _lit(p.default)
+        extra = " (one value, or a list with one per input)" if p.per_input else ""
+        lines.append(f"    {p.name:<15} {p.type:<7} default {default:<10} range "
+                     f"{p.range_text()}{extra}")
+        lines.append(f"    {'':<15} {p.doc}")
+    if m.random:
+        lines += ["", "  random: seeded per tensor from (seed, output name, tensor name)"]
+    if m.notes:
+        lines += ["", "  " + m.notes]
+    if m.references:
+        lines += ["", "  references:"] + [f"    {r}" for r in m.references]
+    return "\n".join(lines)
+
+
+def _lit(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,129 @@
+"""Run lowered outputs on a backend and write them.
+
+For each output: a writer is opened beside the target (nothing appears at the target until
+the whole checkpoint is written), then every tensor is computed from its DAG — loads read
+one input tensor, values are float32 on the backend, the root casts once to the storage
+dtype — and written. A tensor that is an input tensor with its stored dtype is copied as
+raw bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mergec import __version__
+from mergec.check.program import CheckedProgram
+from mergec.io import hf_files
+from mergec.io.writer import OutputWriter
+from mergec.ir.lower import LoweredOutput, OutTensor
+from mergec.ir.nodes import Node, topo
+from mergec.plan import is_raw_copy
+
+
+@dataclass
+class BuildResult:
+    output: str
+    path: Path
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+
+ProgressFn = Callable[[str, int, int], None]  # (output name, tensors done, bytes done)
+
+
+def _eval_tensor(t: OutTensor, checked: CheckedProgram, backend):
+    order = topo(t.node.args[0])
+    last_use: dict[int, int] = {}
+    for i, n in enumerate(order):
+        for a in n.args:
+            last_use[id(a)] = i
+    values: dict[int, object] = {}
+    for i, n in enumerate(order):
+        if n.op == "load":
+            ckpt = checked.inputs[n.attr("source")].checkpoint
+            v = backend.asarray(ckpt.read(n.attr("tensor")))
+        elif n.op == "wsum":
+            v = backend.weighted_sum([(values[id(a)], c)
+                                      for a, c in zip(n.args, n.attr("coeffs"))])
+        elif n.op == "merge":
+            v = backend.method(n.attr("method"), [values[id(a)] for a in n.args],
+                               dict(n.attr("params")), n.attr("seed"))
+        else:  # pragma: no cover - cast is the root, handled by the caller
+            raise AssertionError(n.op)
+        values[id(n)] = v
+        for a in n.args:
+            if last_use.get(id(a)) == i:
+                values.pop(id(a), None)
+    return backend.to_numpy(values[id(order[-1])], t.dtype)
+
+
+def output_config(lo: LoweredOutput) -> dict | None:
+    out = lo.output
+    src = out.config_from
+    if src is None or src.config is None:
+        return None
+    float_dtypes = [t.dtype for t in lo.tensors if t.dtype in ("float32", "float16", "bfloat16")]
+    dtype = out.dtype or (float_dtypes[0] if float_dtypes else "float32")
+    from mergec import arch
+
+    old = arch.layer_count(src.config, src.tensors or {})
+    n = lo.n_layers if lo.n_layers is not None and lo.n_layers != old else None
+    return hf_files.derive_config(src.config, dtype=dtype, num_layers=n)
+
+
+def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
+                 force: bool = False, shard_size: int = 5 * 10**9,
+                 progress: ProgressFn | None = None) -> BuildResult:
+    t0 = time.perf_counter()
+    out = lo.output
+    decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
+    done_bytes = 0
+    meta = {"mergec_version": __version__}
+    with OutputWriter(target, decl, shard_size=shard_size, force=force,
+                      metadata=meta) as writer:
+        for i, t in enumerate(lo.tensors):
+            if is_raw_copy(t):
+                load = t.node.args[0]
+                ckpt = checked.inputs[load.attr("source")].checkpoint
+                writer.write(t.name, ckpt.read(load.attr("tensor")))
+            else:
+                writer.write(t.name, _eval_tensor(t, checked, backend))
+            done_bytes += t.node.numel * _itemsize(t.dtype)
+            if progress:
+                progress(out.name, i + 1, done_bytes)
+        cfg = output_config(lo)
+        if cfg is not None:
+            writer.add_file("config.json", json.dumps(cfg, indent=2) + "\n")
+        if out.tokenizer_from is not None and out.tokenizer_from.checkpoint is not None:
+            for f in hf_files.tokenizer_files(out.tokenizer_from.checkpoint.root):
+                writer.copy_file(f.name, f)
+        writer.add_file("README.md", model_card(lo, checked))
+        path = writer.commit()
+    return BuildResult(out.name, path, len(lo.tensors), done_bytes, time.perf_counter() - t0)
+
+
+def _itemsize(dtype: str) -> int:
+    from mergec.io.dtypes import itemsize
+
+    return itemsize(dtype)
+
+
+def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
+    inputs = []
+    bases = []
+    for name, inp in checked.inputs.items():
+        ck = inp.checkpoint
+        ref = getattr(ck, "ref", None)
+        src = ref.display() if ref is not None else str(ck.root)
+        if ref is not None and not ref.local:
+            bases.append(ref.repo_id)
+        inputs.append({"name": name, "source": src, "fingerprint": ck.fingerprint()})
+    return hf_files.model_card(
+        output_name=lo.output.name, recipe_text=checked.text,
+        recipe_path=Path(checked.file).name, inputs=inputs, mergec_version=__version__,
+        seed=checked.settings.seed, base_models=bases)

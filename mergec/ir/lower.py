@@ -1,0 +1,132 @@
+"""Checked program -> per-tensor IR.
+
+Each output is a Model whose tensor table the checker computed. For every tensor name of
+that table the lowering walks the checked expression and builds the DAG that computes it,
+resolving per tensor what the recipe leaves to depth and position: `where` overrides (the
+last matching block wins), `ramp` values, and the seed of random methods.
+
+Frames: a `where` selector and a `ramp` are evaluated in the frame of the call they apply
+to — the tensor names as that call produces them. For a call over layer runs
+(`slerp(a.layers[8:16], b.layers[8:16], t=ramp(0, 1))`) the blocks count from 0 at the
+start of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mergec import arch
+from mergec.check.program import (
+    CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Ramp,
+)
+from mergec.check.checker import FLOAT_DTYPES, _part_model
+from mergec.ir.nodes import Graph, Node
+from mergec.ops.random import derive_seed
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    node: Node  # the cast root
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class LoweredOutput:
+    output: Output
+    tensors: list[OutTensor]
+    n_layers: int | None
+    graph: Graph = field(repr=False, default_factory=Graph)
+
+
+def lower(checked: CheckedProgram) -> list[LoweredOutput]:
+    graph = Graph()
+    return [_lower_output(checked, o, graph) for o in checked.outputs]
+
+
+def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutput:
+    seed = checked.settings.seed
+    tensors: list[OutTensor] = []
+    for name, meta in out.expr.tensors.items():
+        value = _lo(out.expr, name, g, seed, out.name)
+        if meta.dtype in FLOAT_DTYPES:
+            dtype = out.dtype or _default_dtype(out, meta.dtype)
+        else:
+            dtype = meta.dtype
+        root = g.cast(value, dtype)
+        tensors.append(OutTensor(name, root, tuple(meta.shape), dtype))
+    return LoweredOutput(out, tensors, out.expr.n_layers, g)
+
+
+def _default_dtype(out: Output, own: str) -> str:
+    cfg = (out.config_from.config or {}) if out.config_from else {}
+    d = cfg.get("torch_dtype") or cfg.get("dtype")
+    return d if d in FLOAT_DTYPES else own
+
+
+def _lo(e: CExpr, name: str, g: Graph, seed: int, out_name: str) -> Node:
+    if isinstance(e, CInput):
+        m = e.tensors[name]
+        return g.load(e.name, name, m.shape, m.dtype)
+    if isinstance(e, CLinear):
+        return g.wsum([(_lo(t, name, g, seed, out_name), c) for t, c in e.terms])
+    if isinstance(e, CSlice):
+        bi = arch.block_index(name)
+        return _lo(e.target, arch.with_block_index(name, bi + e.start), g, seed, out_name)
+    if isinstance(e, CStack):
+        bi = arch.block_index(name)
+        if bi is None:
+            if arch.is_embedding(name):
+                src = e.embed or _part_model(e.parts[0])
+            else:
+                src = e.head or _part_model(e.parts[-1])
+            return _lo(src, name, g, seed, out_name)
+        offset = 0
+        for part in e.parts:
+            count = part.n_layers or 0
+            if offset <= bi < offset + count:
+                return _lo(part, arch.with_block_index(name, bi - offset), g, seed, out_name)
+            offset += count
+        raise AssertionError(f"block {bi} outside the stack")  # checker guarantees it
+    if isinstance(e, CCall):
+        return _lo_call(e, name, g, seed, out_name)
+    raise TypeError(type(e))  # pragma: no cover
+
+
+def resolve_params(call: CCall, name: str) -> dict:
+    """Every parameter of `call` for tensor `name`: recipe values, then `where` overrides
+    in order (the last match wins), then ramps evaluated at the tensor's block."""
+    params = dict(call.params)
+    block = arch.block_index(name)
+    for ov in call.overrides:
+        if ov.matches(name, block):
+            for k, v in ov.values:
+                if call.method.param(k) is not None:
+                    p = call.method.param(k)
+                    if p.per_input and not isinstance(v, tuple):
+                        v = tuple([v] * len(call.inputs))
+                    params[k] = v
+    n = call.n_layers
+
+    def value(v):
+        if isinstance(v, Ramp):
+            return v.at(block, n)
+        if isinstance(v, tuple):
+            return tuple(value(x) for x in v)
+        return v
+
+    return {k: value(v) for k, v in params.items()}
+
+
+def _lo_call(e: CCall, name: str, g: Graph, seed: int, out_name: str) -> Node:
+    m = e.method
+    params = resolve_params(e, name)
+    xs = [_lo(i, name, g, seed, out_name) for i in e.inputs]
+    s = derive_seed(seed, out_name, name) if m.random else None
+    if m.base == "delta" and e.base is not None:
+        b = _lo(e.base, name, g, seed, out_name)
+        taus = [g.wsum([(x, 1.0), (b, -1.0)]) for x in xs]
+        merged = g.merge(m.name, taus, params, s)
+        return g.wsum([(b, 1.0), (merged, 1.0)])
+    return g.merge(m.name, xs, params, s)

@@ -1,0 +1,163 @@
+"""The per-tensor IR: immutable, hash-consed nodes over a small op set.
+
+Every output tensor is computed by a DAG of these nodes. Nodes are interned: building a
+node equal to an existing one returns the existing one, so a sub-expression used twice
+(a task vector shared by two merges) is one node and is computed once.
+
+Op set (the whole vocabulary; backends implement exactly these):
+
+  load(source, tensor)        read one tensor of an input checkpoint; `shape`, `dtype` its stored ones
+  wsum(coeffs)                sum_i coeffs[i] * args[i]  (every +, -, * by a number, linear)
+  merge(method, params, seed) a registry method over args (task vectors for delta methods)
+  cast(dtype)                 the storage dtype of the written tensor; the root of every output
+
+Values between nodes are float32 (the compute dtype); `cast` happens once, at the root.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Node:
+    __slots__ = ("op", "args", "attrs", "shape", "dtype", "_hash", "__weakref__")
+
+    op: str
+    args: tuple["Node", ...]
+    attrs: tuple[tuple[str, Any], ...]
+    shape: tuple[int, ...]
+    dtype: str  # stored dtype for load and cast; "float32" for the others
+
+    def __init__(self, op, args, attrs, shape, dtype):
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "attrs", attrs)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "_hash", hash((op, args, attrs, shape, dtype)))
+
+    def __setattr__(self, *_):  # pragma: no cover - immutability guard
+        raise AttributeError("IR nodes are immutable")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Node) or self._hash != other._hash:
+            return False
+        return (self.op, self.attrs, self.shape, self.dtype, self.args) == \
+            (other.op, other.attrs, other.shape, other.dtype, other.args)
+
+    def attr(self, key: str, default=None):
+        for k, v in self.attrs:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def __repr__(self) -> str:
+        return f"Node({self.op}, {dict(self.attrs)}, {len(self.args)} args)"
+
+
+class Graph:
+    """Interning table: one Node object per distinct value."""
+
+    def __init__(self):
+        self._nodes: dict[Node, Node] = {}
+
+    def node(self, op: str, args=(), attrs=(), shape=(), dtype="float32") -> Node:
+        n = Node(op, tuple(args), tuple(attrs), tuple(shape), dtype)
+        return self._nodes.setdefault(n, n)
+
+    def load(self, source: str, tensor: str, shape, dtype: str) -> Node:
+        return self.node("load", (), (("source", source), ("tensor", tensor)), shape, dtype)
+
+    def wsum(self, terms) -> Node:
+        """sum of c * x over (x, c) terms; nested sums are flattened, equal terms combined."""
+        acc: dict[Node, float] = {}
+        order: list[Node] = []
+        for x, c in terms:
+            if x.op == "wsum":
+                inner = [(a, c * k) for a, k in zip(x.args, x.attr("coeffs"))]
+            else:
+                inner = [(x, c)]
+            for a, k in inner:
+                if a not in acc:
+                    acc[a] = 0.0
+                    order.append(a)
+                acc[a] += k
+        kept = [(a, acc[a]) for a in order if acc[a] != 0.0]
+        if len(kept) == 1 and kept[0][1] == 1.0:
+            return kept[0][0]
+        shape = order[0].shape if order else ()
+        return self.node("wsum", [a for a, _ in kept],
+                         (("coeffs", tuple(float(k) for _, k in kept)),), shape)
+
+    def merge(self, method: str, args, params: dict, seed: int | None) -> Node:
+        items = tuple(sorted((k, _freeze(v)) for k, v in params.items()))
+        return self.node("merge", args, (("method", method), ("params", items), ("seed", seed)),
+                         args[0].shape)
+
+    def cast(self, x: Node, dtype: str) -> Node:
+        return self.node("cast", (x,), (("dtype", dtype),), x.shape, dtype)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+def _freeze(v):
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def topo(root: Node) -> list[Node]:
+    """Nodes of the DAG under `root`, each after its arguments."""
+    out: list[Node] = []
+    seen: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        n, done = stack.pop()
+        if done:
+            out.append(n)
+            continue
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.append((n, True))
+        for a in reversed(n.args):
+            if id(a) not in seen:
+                stack.append((a, False))
+    return out
+
+
+def render(root: Node) -> str:
+    """A printable form: one line per node, `%i = op(args) attrs`."""
+    ids: dict[int, str] = {}
+    lines = []
+    for n in topo(root):
+        name = f"%{len(ids)}"
+        ids[id(n)] = name
+        args = ", ".join(ids[id(a)] for a in n.args)
+        attrs = dict(n.attrs)
+        if n.op == "load":
+            desc = f"load {attrs['source']}[{attrs['tensor']}] {n.dtype}{list(n.shape)}"
+        elif n.op == "wsum":
+            desc = "wsum(" + ", ".join(f"{c:g}*{ids[id(a)]}" for a, c in
+                                       zip(n.args, attrs["coeffs"])) + ")"
+        elif n.op == "merge":
+            ps = ", ".join(f"{k}={v}" for k, v in attrs["params"])
+            desc = f"{attrs['method']}({args}; {ps}" + \
+                (f"; seed={attrs['seed']}" if attrs["seed"] is not None else "") + ")"
+        else:
+            desc = f"cast({args}) -> {attrs['dtype']}"
+        lines.append(f"{name} = {desc}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Backend-neutral schedule and its cost, from headers alone.
+
+For each output: the order in which tensors are computed and written, what each reads,
+the op counts, the bytes read and written, and an estimate of peak memory computed by
+simulating the liveness of every value (compute values are float32).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import BaseModel
+
+from mergec.io.dtypes import itemsize
+from mergec.ir.lower import LoweredOutput, OutTensor
+from mergec.ir.nodes import Node, topo
+
+COMPUTE_ITEMSIZE = 4  # float32
+
+
+class TensorStep(BaseModel):
+    name: str
+    shape: list[int]
+    dtype: str
+    ops: int
+    raw_copy: bool  # written as stored, no compute
+
+
+class OutputPlan(BaseModel):
+    output: str
+    tensors: int
+    layers: int | None
+    ops: dict[str, int]
+    bytes_read: int
+    bytes_written: int
+    peak_memory: int
+    raw_copies: int
+    config_from: str | None
+    tokenizer_from: str | None
+    steps: list[TensorStep] = []
+
+
+class Plan(BaseModel):
+    recipe: str
+    backend: str | None = None
+    outputs: list[OutputPlan]
+
+
+def is_raw_copy(t: OutTensor) -> bool:
+    """The tensor is one input tensor written with its stored dtype: no decode, no compute."""
+    arg = t.node.args[0]
+    return arg.op == "load" and arg.dtype == t.dtype
+
+
+def _nbytes(n: Node) -> int:
+    return n.numel * itemsize(n.dtype)
+
+
+def tensor_peak(t: OutTensor) -> int:
+    """Peak bytes alive while computing one output tensor, executing in topological order
+    and freeing each value after its last use."""
+    if is_raw_copy(t):
+        return _nbytes(t.node)
+    order = topo(t.node)
+    last_use: dict[int, int] = {}
+    for i, n in enumerate(order):
+        for a in n.args:
+            last_use[id(a)] = i
+    live = 0
+    peak = 0
+    alive: dict[int, int] = {}
+    for i, n in enumerate(order):
+        if n.op == "load":
+            size = n.numel * COMPUTE_ITEMSIZE
+            transient = _nbytes(n)  # the stored bytes, while they are decoded
+            peak = max(peak, live + size + transient)
+        elif n.op == "cast":
+            size = _nbytes(n)
+        else:
+            size = n.numel * COMPUTE_ITEMSIZE
+            # a kernel's own temporaries: about two more values of this size
+            peak = max(peak, live + 3 * size)
+        live += size
+        alive[id(n)] = size
+        peak = max(peak, live)
+        for a in n.args:
+            if last_use.get(id(a)) == i:
+                live -= alive.pop(id(a), 0)
+    return peak
+
+
+def plan_output(lo: LoweredOutput, *, steps: bool = False) -> OutputPlan:
+    ops: Counter = Counter()
+    loads: dict[tuple, int] = {}
+    peak = 0
+    written = 0
+    copies = 0
+    step_list = []
+    for t in lo.tensors:
+        nodes = topo(t.node)
+        copy = is_raw_copy(t)
+        copies += copy
+        for n in nodes:
+            if n.op == "load":
+                loads[(n.attr("source"), n.attr("tensor"))] = _nbytes(n)
+            elif n.op == "merge":
+                ops[n.attr("method")] += 1
+            elif n.op == "wsum":
+                ops["wsum"] += 1
+        written += t.node.numel * itemsize(t.dtype)
+        peak = max(peak, tensor_peak(t))
+        if steps:
+            step_list.append(TensorStep(name=t.name, shape=list(t.shape), dtype=t.dtype,
+                                        ops=sum(1 for n in nodes if n.op in ("merge", "wsum")),
+                                        raw_copy=copy))
+    out = lo.output
+    return OutputPlan(
+        output=out.name, tensors=len(lo.tensors), layers=lo.n_layers,
+        ops=dict(sorted(ops.items())), bytes_read=sum(loads.values()), bytes_written=written,
+        peak_memory=peak, raw_copies=copies,
+        config_from=out.config_from.name if out.config_from else None,
+        tokenizer_from=out.tokenizer_from.name if out.tokenizer_from else None,
+        steps=step_list,
+    )
+
+
+def make_plan(recipe: str, lowered: list[LoweredOutput], *, steps: bool = False) -> Plan:
+    return Plan(recipe=recipe, outputs=[plan_output(lo, steps=steps) for lo in lowered])
