@@ -40,10 +40,13 @@ def grammar_text() -> str:
     return repo.read_text(encoding="utf-8")
 
 
+_COMMENTS: list[Token] = []
+
+
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
     return Lark(grammar_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True)
+                maybe_placeholders=True, lexer_callbacks={"COMMENT": _COMMENTS.append})
 
 
 class _SyntaxProblem(Exception):
@@ -225,6 +228,9 @@ _TOKEN_NAMES = {
 }
 
 
+_ORDER = ["a name", "a number", "a whole number", "a string"]
+
+
 def _describe_expected(expected: set[str], lark: Lark) -> str:
     names = []
     by_name = {t.name: t for t in lark.terminals}
@@ -235,7 +241,7 @@ def _describe_expected(expected: set[str], lark: Lark) -> str:
             names.append(f"`{by_name[e].pattern.value}`")
         else:
             names.append(e.lower())
-    names = sorted(set(names))
+    names = sorted(set(names), key=lambda n: (_ORDER.index(n) if n in _ORDER else 9, n))
     if len(names) > 6:
         return ", ".join(names[:6]) + ", ..."
     if len(names) <= 2:
@@ -298,9 +304,13 @@ def _diagnose(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
 
 
 def _parse_once(text: str, file: str) -> tuple[list, list[ast.Comment]]:
-    comments: list[ast.Comment] = []
     lark = _lark()
+    _COMMENTS.clear()
     tree = lark.parse(text)
+    comments = [ast.Comment(str(t).rstrip(), Span(file, t.line, t.column, t.end_line,
+                                                  t.end_column, t.start_pos, t.end_pos))
+                for t in _COMMENTS]
+    _COMMENTS.clear()
     builder = _Build(file)
     try:
         stmts = builder.transform(tree)
@@ -308,32 +318,7 @@ def _parse_once(text: str, file: str) -> tuple[list, list[ast.Comment]]:
         if isinstance(ve.orig_exc, _SyntaxProblem):
             raise ve.orig_exc from None
         raise
-    for m in re.finditer(r"#[^\n]*", text):
-        # a `#` inside a string is not a comment
-        if not _inside_string(text, m.start()):
-            line = text.count("\n", 0, m.start()) + 1
-            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-            comments.append(ast.Comment(m.group(0).rstrip(), Span(
-                file, line, col, line, col + len(m.group(0)), m.start(), m.end())))
     return stmts, comments
-
-
-def _inside_string(text: str, pos: int) -> bool:
-    line_start = text.rfind("\n", 0, pos) + 1
-    seg = text[line_start:pos]
-    in_str = False
-    i = 0
-    while i < len(seg):
-        c = seg[i]
-        if in_str and c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            in_str = not in_str
-        elif c == "#" and not in_str:
-            return False
-        i += 1
-    return in_str
 
 
 def _problem_diag(p: _SyntaxProblem, file: str) -> Diagnostic:
@@ -376,7 +361,18 @@ def _diagnose_by_statement(text: str, file: str) -> list[Diagnostic]:
         try:
             _parse_once(padded, file)
         except UnexpectedInput as e:
-            out.append(_diagnose(e, file, padded))
+            d = _diagnose(e, file, padded)
+            if d.code == "E103" and b < len(text):
+                # the statement ends where the next one starts: point at that keyword
+                kw = _STMT_START.match(text, b)
+                start = kw.start(1)
+                line = text.count("\n", 0, start) + 1
+                col = start - (text.rfind("\n", 0, start) + 1) + 1
+                span = Span(file, line, col, line, col + len(kw.group(1)), start,
+                            start + len(kw.group(1)))
+                d = Diagnostic("E101", f"unexpected `{kw.group(1)}`: the statement before it "
+                               "is incomplete", span, d.help)
+            out.append(d)
         except _SyntaxProblem as p:
             out.append(_problem_diag(p, file))
     return out
