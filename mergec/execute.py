@@ -119,10 +119,10 @@ def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     for name, inp in checked.inputs.items():
         ck = inp.checkpoint
         ref = getattr(ck, "ref", None)
-        src = ref.display() if ref is not None else str(ck.root)
+        src = ref.raw if ref is not None else str(ck.root)
         if ref is not None and not ref.local:
             bases.append(ref.repo_id)
-        inputs.append({"name": name, "source": src, "fingerprint": ck.fingerprint()})
+        inputs.append({"name": name, "source": src, "fingerprint": ck.content_fingerprint()})
     return hf_files.model_card(
         output_name=lo.output.name, recipe_text=checked.text,
         recipe_path=Path(checked.file).name, inputs=inputs, mergec_version=__version__,

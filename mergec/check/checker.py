@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from mergec import arch
 from mergec.check.program import (
-    BOOL, DEFAULT_SEED, DELTA, ERROR, LAYERS, LIST, MODEL, NUMBER, RAMP, STRING,
+    BOOL, DEFAULT_SEED, DELTA, ERROR, LAYERS, LIST, MODEL, NUMBER, RAMP, SCALED, STRING,
     CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Override, Ramp,
     Settings, TensorMeta,
 )
@@ -212,6 +212,8 @@ class Checker:
 
     def _tensor_stmt(self, st) -> CExpr:
         value = self._expr(st.expr)
+        if isinstance(st, ast.OutputStmt):
+            value = self._whole(value)
         if isinstance(value, _Const):
             if value.kind != ERROR:
                 if isinstance(st, ast.OutputStmt):
@@ -296,6 +298,14 @@ class Checker:
                 if isinstance(s, ast.LayersSel) and s.start is not None and \
                         s.stop is not None and s.stop <= s.start:
                     self.err("E302", f"empty layer range `layers[{s.start}:{s.stop}]`", s.span)
+                elif isinstance(s, ast.LayersSel):
+                    frames = [c.n_layers for c in calls if c.n_layers is not None]
+                    n = max(frames) if frames and len(frames) == len(calls) else None
+                    lo = s.start or 0
+                    if n is not None and (lo >= n or (s.stop is not None and s.stop > n)):
+                        self.err("E301", f"`layers[{_slice_text(s.start, s.stop)}]` is out of "
+                                 f"bounds: the merged blocks are numbered 0 to {n - 1}", s.span,
+                                 f"the largest range is `layers[0:{n}]`")
             values = []
             for en in w.entries:
                 key = en.name.name
@@ -369,7 +379,7 @@ class Checker:
                 if v.kind != ERROR:
                     self.err("E221", f"cannot negate a {v.kind}", e.span)
                 return _Const(ERROR, None, e.span)
-            return self._linear(e.span, [(v, -1.0)])
+            return self._linear(e.span, [(v, -1.0)], [e.operand.span])
         if isinstance(e, ast.BinOp):
             return self._binop(e)
         if isinstance(e, ast.LayerSlice):
@@ -404,12 +414,14 @@ class Checker:
                          else None)
                 return CExpr(ERROR, e.span)
             return self._linear(e.span, [(a, 1.0), (b, 1.0 if e.op == "+" else -1.0)],
-                                spans=(e.left.span, e.right.span))
+                                [e.left.span, e.right.span])
         # * and /
+        a_span = e.left.span
         if e.op == "*":
             if ca and not cb:
                 a, b = b, a
                 ca, cb = cb, ca
+                a_span = e.right.span
             if not cb:
                 self.err("E221", f"cannot multiply a {a.kind} by a {b.kind}", e.span,
                          "multiply by a number: `0.5 * (a - base)`")
@@ -429,15 +441,18 @@ class Checker:
             self.err("E221", "division by zero", b.span)
             return CExpr(ERROR, e.span)
         coef = float(b.value) if e.op == "*" else 1.0 / float(b.value)
-        return self._linear(e.span, [(a, coef)])
+        return self._linear(e.span, [(a, coef)], [a_span])
 
-    def _linear(self, span: Span, terms, spans=None) -> CExpr:
+    def _linear(self, span: Span, terms, spans) -> CExpr:
         flat: list[tuple[CExpr, float]] = []
-        for t, c in terms:
+        flat_spans: list[Span] = []
+        for (t, c), sp in zip(terms, spans):
             if isinstance(t, CLinear):
                 flat += [(x, c * k) for x, k in t.terms]
+                flat_spans += list(t.term_spans)
             else:
                 flat.append((t, c))
+                flat_spans.append(sp)
         kinds = {t.kind for t, _ in flat}
         if ERROR in kinds:
             return CExpr(ERROR, span)
@@ -455,17 +470,31 @@ class Checker:
                 return CExpr(ERROR, span)
             kind = DELTA
         else:
-            self.err("E215", f"this combination of models has total weight {weight:g}: "
-                     "it is neither a Model (weights summing to 1) nor a Delta (summing to 0)",
-                     span, "average models with weights that sum to 1 (`0.5 * a + 0.5 * b`); "
-                     "scale task vectors instead of models (`base + 2 * (a - base)`)")
-            return CExpr(ERROR, span)
+            # a part of a combination (`0.5 * a` in `0.5 * a + 0.5 * b`): fine as an
+            # operand of more arithmetic, an error anywhere else (see _whole)
+            kind = SCALED
         node = CLinear(kind, span, terms=tuple(flat))
-        self._merge_tables(node, [t for t, _ in flat], spans)
+        node.weight = weight
+        node.term_spans = tuple(flat_spans)
+        if any(t.tensors is None for t, _ in terms):
+            node.tensors = None  # already reported below, or inputs not readable
+            node.n_layers = next((t.n_layers for t, _ in terms if t.n_layers), None)
+        else:
+            self._merge_tables(node, [t for t, _ in flat], flat_spans)
         return node
 
+    def _whole(self, v):
+        """`v` where a Model, Delta or Layers value is consumed: a scaled model is not one."""
+        if isinstance(v, CExpr) and v.kind == SCALED:
+            self.err("E215", f"this combination of models has total weight {v.weight:g}: "
+                     "it is neither a Model (weights summing to 1) nor a Delta (summing to 0)",
+                     v.span, "average models with weights that sum to 1 (`0.5 * a + 0.5 * b`); "
+                     "scale task vectors instead of models (`base + 2 * (a - base)`)")
+            return CExpr(ERROR, v.span)
+        return v
+
     def _slice(self, e: ast.LayerSlice):
-        target = self._expr(e.target)
+        target = self._whole(self._expr(e.target))
         if _is_err(target):
             return CExpr(ERROR, e.span)
         if isinstance(target, _Const) or target.kind != MODEL:
@@ -518,7 +547,7 @@ class Checker:
             for a in e.args:
                 self._expr(a)
             return CExpr(ERROR, e.span)
-        inputs = [self._expr(a) for a in e.args]
+        inputs = [self._whole(self._expr(a)) for a in e.args]
         ok = True
         for a, v in zip(e.args, inputs):
             if isinstance(v, _Const) and v.kind == LIST:
@@ -555,7 +584,7 @@ class Checker:
                              f"`{fname}` merges its inputs as they are")
                     ok = False
                     continue
-                bv = self._expr(kw.value)
+                bv = self._whole(self._expr(kw.value))
                 if _is_err(bv):
                     ok = False
                 elif isinstance(bv, _Const) or bv.kind != MODEL:
@@ -715,7 +744,7 @@ class Checker:
         return _Const(RAMP, Ramp(tuple(vals)), e.span)
 
     def _stack(self, e: ast.Call):
-        parts = [self._expr(a) for a in e.args]
+        parts = [self._whole(self._expr(a)) for a in e.args]
         ok = True
         if not parts:
             self.err("E206", "`stack` takes at least 1 input, got 0", e.span)
@@ -735,7 +764,7 @@ class Checker:
                                                     "`stack` takes"))
                 ok = False
                 continue
-            v = self._expr(kw.value)
+            v = self._whole(self._expr(kw.value))
             if _is_err(v):
                 ok = False
             elif isinstance(v, _Const) or v.kind != MODEL:
@@ -771,9 +800,59 @@ class Checker:
             for n_, m in (last_src.tensors or {}).items():
                 if arch.block_index(n_) is None and not arch.is_embedding(n_):
                     tensors[n_] = m
+            shapes_ok = self._stack_shapes(parts, e.args, [(embed, "embed"), (head, "head")],
+                                           e.kwargs)
             node.tensors = tensors if shapes_ok else None
             node.n_layers = offset
         return node
+
+    def _stack_shapes(self, parts, args, extra, kwargs) -> bool:
+        """Blocks from different models must have the same shapes to follow each other."""
+        def suffixes(p):
+            out = {}
+            for n, m in p.tensors.items():
+                bi = arch.block_index(n)
+                if bi is not None:
+                    out[arch.with_block_index(n, 0)] = m.shape
+            return out
+
+        ref = suffixes(parts[0])
+        ok = True
+        for p, a in zip(parts[1:], args[1:]):
+            mine = suffixes(p)
+            bad = [(n, ref[n], s) for n, s in mine.items() if n in ref and ref[n] != s]
+            missing = [n for n in ref if n not in mine] + [n for n in mine if n not in ref]
+            if bad:
+                name, s0, s1 = bad[0]
+                generic = name.replace(".0.", ".N.", 1)
+                self.err("E304", f"these blocks do not fit the first run: `{generic}` is "
+                         f"{_shape(s1)} here, {_shape(s0)} there"
+                         + (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""),
+                         a.span, "stacked blocks must come from models of the same size",
+                         (Label(args[0].span, f"{_shape(s0)} here"),))
+                ok = False
+            elif missing:
+                self.err("E303", "these blocks do not have the same tensors as the first "
+                         f"run ({_list_names(missing)})", a.span,
+                         "stacked blocks must come from models of the same architecture",
+                         (Label(args[0].span, "the first run"),))
+                ok = False
+        first = _part_model(parts[0])
+        sources = dict((key, src) for src, key in extra)
+        for kw in kwargs:
+            key = kw.name.name
+            src = sources.get(key)
+            if src is None or src.tensors is None or first.tensors is None:
+                continue
+            bad = [(n, m.shape, first.tensors[n].shape) for n, m in src.tensors.items()
+                   if arch.block_index(n) is None and n in first.tensors
+                   and first.tensors[n].shape != m.shape]
+            if bad:
+                name, s1, s0 = bad[0]
+                self.err("E304", f"`{key}=` does not fit the blocks: `{name}` is {_shape(s1)} "
+                         f"here, {_shape(s0)} in the first run's model", kw.value.span)
+                ok = False
+        return ok
 
     # -- tensor tables ---------------------------------------------------------------------
     def _merge_tables(self, node: CExpr, operands: list[CExpr], spans=None) -> None:
@@ -790,6 +869,13 @@ class Checker:
                 continue
             missing = [n for n in ref.tensors if n not in o.tensors]
             extra = [n for n in o.tensors if n not in ref.tensors]
+            if (missing or extra) and ref.n_layers and o.n_layers and ref.n_layers != o.n_layers:
+                ok = False
+                self.err("E303", f"the inputs have different numbers of blocks: {o.n_layers} "
+                         f"here, {ref.n_layers} in the other input", sp,
+                         "merge runs of equal length (`a.layers[0:4]`), or combine blocks "
+                         "with `stack(...)`", (Label(ref_span, f"{ref.n_layers} blocks here"),))
+                continue
             if missing or extra:
                 ok = False
                 parts = []
@@ -855,6 +941,10 @@ def _identity_ok(node) -> bool:
 
 def _is_err(v) -> bool:
     return getattr(v, "kind", None) == ERROR
+
+
+def _slice_text(a, b) -> str:
+    return f"{'' if a is None else a}:{'' if b is None else b}"
 
 
 def _shape(s) -> str:

@@ -16,6 +16,7 @@ from mergec.ops.registry import Method
 
 MODEL, DELTA, LAYERS = "Model", "Delta", "Layers"
 NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
+SCALED = "scaled model"  # an operand inside a linear combination, weight not 0 or 1
 ERROR = "<error>"
 
 
@@ -96,6 +97,8 @@ class CLinear(CExpr):
     """sum_i c_i x_i over tensor-valued terms (arithmetic, folded)."""
 
     terms: tuple[tuple[CExpr, float], ...] = ()
+    weight: float = 0.0  # sum of the coefficients of the Model terms
+    term_spans: tuple = ()  # where each term is written, for diagnostics
 
 
 @dataclass(eq=False)
