@@ -97,10 +97,10 @@ def test_strings_with_escapes_and_hashes():
     ("model = \"x\"", "E101", 1, 7),
     ("model a = 'x'", "E102", 1, 11),
     ("model a = \"x", "E104", 1, 11),
-    ("output m = linear(a, b", "E103", 1, 23),
+    ("output m = linear(a, b", "E103", 1, 18),
     ("output m = linear(a, t=1, b)", "E106", 1, 27),
     ("output m = a.blocks[0:2]", "E105", 1, 14),
-    ("let x = 1 +", "E103", 1, 12),
+    ("let x = 1 +", "E103", 1, 11),
 ])
 def test_syntax_error_codes_and_positions(src, code, line, col):
     with pytest.raises(MergecError) as ei:

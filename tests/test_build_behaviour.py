@@ -1,0 +1,560 @@
+"""End-to-end behaviour of builds: what transformers sees, purity of check/plan, atomic
+output folders, sharding and the CLI's exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy before safetensors loads
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import mergec
+import mergec.api
+import mergec.io.checkpoint as ckpt_mod
+from mergec.backends import torch_backend
+from mergec.demo import load_tensors, make_llama
+
+HEAD = 'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\nmodel code = "./ckpt/code"\n'
+ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+def setup_recipe(folder: Path, family_root: Path, text: str, name: str = "r.merge") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "ckpt"
+    if not link.exists():
+        link.symlink_to(family_root, target_is_directory=True)
+    recipe = folder / name
+    recipe.write_text(text)
+    return recipe
+
+
+def root_of(family) -> Path:
+    return family["base"].parent
+
+
+def read_header(path: Path) -> dict:
+    """A safetensors header, parsed here without mergec."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        h = json.loads(f.read(n))
+    h.pop("__metadata__", None)
+    return h
+
+
+def header_table(folder: Path) -> dict[str, tuple[list[int], str]]:
+    return {k: (v["shape"], v["dtype"]) for k, v in read_header(folder / "model.safetensors").items()}
+
+
+def nbytes(shape, st_dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[st_dtype]
+
+
+def temp_dirs(out_dir: Path, name: str) -> list[Path]:
+    if not out_dir.exists():
+        return []
+    return [p for p in out_dir.iterdir() if p.name.startswith(f".{name}.mergec-")]
+
+
+# --------------------------------------------------------------------------- a built recipe
+
+
+@pytest.fixture(scope="module")
+def built(family, tmp_path_factory):
+    """One recipe with three outputs, built once for the transformers/side-file tests.
+
+    `code2` is a copy of `code` with its own config.json (max_position_embeddings 256) and
+    tokenizer_config.json (model_max_length 256), so their origin shows in the output."""
+    d = tmp_path_factory.mktemp("built")
+    code2 = d / "code2"
+    shutil.copytree(family["code"], code2)
+    cfg = json.loads((code2 / "config.json").read_text())
+    cfg["max_position_embeddings"] = 256
+    (code2 / "config.json").write_text(json.dumps(cfg, indent=2))
+    tok = json.loads((code2 / "tokenizer_config.json").read_text())
+    tok["model_max_length"] = 256
+    (code2 / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    text = (HEAD + 'model deep = "./ckpt/deep"\nmodel code2 = "./code2"\n'
+            "\n# a plain merge, a stack and explicit side-file sources\n"
+            "output avg = linear(math, code)\n"
+            "output frank = stack(math.layers[0:2], deep.layers[4:8])\n"
+            "output picked = task_arithmetic(math, code2, base=base, lambda=0.5) {\n"
+            "    tokenizer = code2\n"
+            "    config = code2\n"
+            "}\n")
+    recipe = setup_recipe(d, root_of(family), text)
+    mergec.api.build(recipe, d / "out", backend="torch", device="cpu")
+    return {"dir": d, "out": d / "out", "recipe": recipe, "text": text, "code2": code2}
+
+
+def test_merged_model_loads_in_transformers(built, family):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    ids = torch.tensor([[1, 5, 9, 17, 40, 2]])
+    for name, layers in (("avg", 4), ("frank", 6)):
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            built["out"] / name, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        assert model.config.num_hidden_layers == layers
+        assert len(model.model.layers) == layers
+        with torch.no_grad():
+            logits = model(ids).logits
+        assert tuple(logits.shape) == (1, ids.shape[1], 128)
+        assert torch.isfinite(logits).all()
+        # the loaded weights are the written ones (nothing re-initialized)
+        written = load_file(str(built["out"] / name / "model.safetensors"))
+        w = model.model.layers[layers - 1].mlp.up_proj.weight.detach().float().numpy()
+        np.testing.assert_array_equal(
+            w, written[f"model.layers.{layers - 1}.mlp.up_proj.weight"].astype(np.float32))
+    deep = load_tensors(family["deep"])
+    frank = load_file(str(built["out"] / "frank" / "model.safetensors"))
+    assert frank["model.layers.5.mlp.up_proj.weight"].tobytes() == \
+        deep["model.layers.7.mlp.up_proj.weight"].tobytes()
+
+
+def test_tokenizer_files_come_from_the_tokenizer_input(built, family):
+    transformers = pytest.importorskip("transformers")
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    for n in names:
+        assert (built["out"] / "picked" / n).read_bytes() == (built["code2"] / n).read_bytes()
+        # default: the first input (math) for a plain merge
+        assert (built["out"] / "avg" / n).read_bytes() == (family["math"] / n).read_bytes()
+    tok = transformers.AutoTokenizer.from_pretrained(built["out"] / "picked")
+    assert tok.model_max_length == 256
+    assert tok("hello world").input_ids == [1, 75, 76]
+    tok = transformers.AutoTokenizer.from_pretrained(built["out"] / "avg")
+    assert tok.model_max_length == 128
+
+
+def test_config_comes_from_the_config_input(built, family):
+    picked = json.loads((built["out"] / "picked" / "config.json").read_text())
+    avg = json.loads((built["out"] / "avg" / "config.json").read_text())
+    assert picked["max_position_embeddings"] == 256
+    math_cfg = json.loads((family["math"] / "config.json").read_text())
+    assert avg == math_cfg  # same dtype: the config is unchanged
+    frank = json.loads((built["out"] / "frank" / "config.json").read_text())
+    assert frank == {**math_cfg, "num_hidden_layers": 6}
+
+
+def test_default_config_of_a_base_merge_is_the_base(tmp_path, family):
+    base = family["base"]
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["max_position_embeddings"] = 64
+    b2 = tmp_path / "b2"
+    shutil.copytree(base, b2)
+    (b2 / "config.json").write_text(json.dumps(cfg))
+    recipe = setup_recipe(tmp_path, root_of(family),
+                          'model b2 = "./b2"\nmodel math = "./ckpt/math"\n'
+                          "output o = task_arithmetic(math, base=b2)\n")
+    mergec.api.build(recipe, tmp_path / "out")
+    assert json.loads((tmp_path / "out/o/config.json").read_text())["max_position_embeddings"] == 64
+
+
+def test_stack_config_from_another_input_gets_the_new_layer_count(tmp_path, family):
+    recipe = setup_recipe(tmp_path, root_of(family),
+                          'model math = "./ckpt/math"\nmodel deep = "./ckpt/deep"\n'
+                          "output s = stack(math.layers[0:2], deep.layers[4:8]) { config = deep }\n"
+                          "output d = stack(deep.layers[0:8])\n")
+    mergec.api.build(recipe, tmp_path / "out")
+    deep_cfg = json.loads((family["deep"] / "config.json").read_text())
+    assert deep_cfg["num_hidden_layers"] == 8
+    got = json.loads((tmp_path / "out/s/config.json").read_text())
+    assert got == {**deep_cfg, "num_hidden_layers": 6}
+    assert json.loads((tmp_path / "out/d/config.json").read_text()) == deep_cfg
+    assert (tmp_path / "out/s/tokenizer.json").read_bytes() == \
+        (family["math"] / "tokenizer.json").read_bytes()
+
+
+def test_generation_config_is_copied(built, family):
+    assert (built["out"] / "avg" / "generation_config.json").read_bytes() == \
+        (family["math"] / "generation_config.json").read_bytes()
+
+
+def test_model_card(built):
+    for name in ("avg", "frank", "picked"):
+        card = (built["out"] / name / "README.md").read_text()
+        assert built["text"].rstrip("\n") in card
+        for inp in ("base", "math", "code", "deep", "code2"):
+            assert f"| {inp} |" in card
+        assert mergec.__version__ in card
+        assert f"# {name}" in card
+    with open(built["out"] / "avg" / "model.safetensors", "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        assert json.loads(f.read(n))["__metadata__"]["mergec_version"] == mergec.__version__
+
+
+# --------------------------------------------------------------------------- check/plan purity
+
+
+PURE_RECIPE = (HEAD + 'model deep = "./ckpt/deep"\n'
+               "param t = 0.4\n"
+               "output a = slerp(math, code, t=t)\n"
+               '    where "*.mlp.*" { t = ramp(0, 1) }\n'
+               "output b = task_arithmetic(math, code, base=base, weight=[1, 0.5])\n"
+               'output c = stack(math.layers[0:2], deep.layers[4:8]) { dtype = "float32" }\n')
+
+
+def _no_reads(monkeypatch):
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("tensor data read during check/plan")
+
+    monkeypatch.setattr(ckpt_mod, "_read_span", refuse)
+    return calls
+
+
+def test_check_and_plan_read_no_tensor_data(tmp_path, family, monkeypatch, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), PURE_RECIPE)
+    calls = _no_reads(monkeypatch)
+    checked = mergec.api.check(recipe)
+    assert [o.name for o in checked.outputs] == ["a", "b", "c"]
+    compiled = mergec.api.compile(recipe, overrides={"t": "0.6"})
+    assert [o.tensors for o in compiled.plan.outputs] == [39, 39, 57]
+    code, out, err = run_cli("check", recipe)
+    assert code == 0, err
+    code, out, err = run_cli("plan", recipe, "--json")
+    assert code == 0, err
+    code, out, err = run_cli("build", recipe, "-o", tmp_path / "out", "--dry-run")
+    assert code == 0, err
+    assert not (tmp_path / "out").exists()
+    assert calls == []
+    # the patch does intercept the tensor reads: a real build now fails, leaving nothing
+    code, out, err = run_cli("build", recipe, "-o", tmp_path / "out", "-q")
+    assert code != 0 and "E412" in err
+    assert calls
+    assert not (tmp_path / "out" / "a").exists() and not temp_dirs(tmp_path / "out", "a")
+
+
+def test_read_error_during_build_is_an_input_problem(tmp_path, family, monkeypatch, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    _no_reads(monkeypatch)
+    code, out, err = run_cli("build", recipe, "-o", tmp_path / "out", "-q")
+    assert "E412" in err
+    assert "E599" not in err and "internal error" not in err
+    assert code == 1
+
+
+def test_config_that_cannot_take_the_new_layer_count_fails_check(tmp_path, family, run_cli):
+    m2 = tmp_path / "m2"
+    shutil.copytree(family["math"], m2)
+    cfg = json.loads((m2 / "config.json").read_text())
+    cfg["layer_types"] = ["full_attention", "sliding_attention"] * 2
+    (m2 / "config.json").write_text(json.dumps(cfg))
+    recipe = setup_recipe(tmp_path, root_of(family),
+                          'model m2 = "./m2"\nmodel deep = "./ckpt/deep"\n'
+                          "output o = stack(m2.layers[0:2], deep.layers[4:8])\n")
+    code, out, err = run_cli("check", recipe)
+    assert code == 1 and "E418" in err
+
+
+def _garbage_copy(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst)
+    f = dst / "model.safetensors"
+    with open(f, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(8 + n)
+        fh.write(np.random.default_rng(7).integers(0, 256, size - 8 - n, dtype=np.uint8).tobytes())
+    assert f.stat().st_size == (src / "model.safetensors").stat().st_size
+
+
+def test_garbage_tensor_data_checks_and_plans_identically(tmp_path, family):
+    garbage = tmp_path / "garbage"
+    for n in ("base", "math", "code", "deep"):
+        _garbage_copy(family[n], garbage / n)
+    assert load_tensors(garbage / "math")["lm_head.weight"].tobytes() != \
+        load_tensors(family["math"])["lm_head.weight"].tobytes()
+    good = setup_recipe(tmp_path / "good", root_of(family), PURE_RECIPE)
+    bad = setup_recipe(tmp_path / "bad", garbage, PURE_RECIPE)
+    results = []
+    for recipe in (good, bad):
+        compiled = mergec.api.compile(recipe, steps=True)
+        plan = compiled.plan.model_dump()
+        plan.pop("recipe")
+        fps = {k: v.checkpoint.fingerprint() for k, v in compiled.checked.inputs.items()}
+        tables = [{n: (m.shape, m.dtype) for n, m in o.expr.tensors.items()}
+                  for o in compiled.checked.outputs]
+        results.append((plan, fps, tables))
+    assert results[0] == results[1]
+
+
+# --------------------------------------------------------------------------- atomic output
+
+
+SLOW_BUILD = r"""
+import sys, time
+from mergec.backends import torch_backend
+_method = torch_backend.TorchBackend.method
+DELAY = float(sys.argv[1])
+
+def slow(self, *args, **kwargs):
+    time.sleep(DELAY)
+    return _method(self, *args, **kwargs)
+
+torch_backend.TorchBackend.method = slow
+from mergec.cli import app
+sys.argv = ["mergec"] + sys.argv[2:]
+app()
+"""
+
+
+@pytest.fixture(scope="module")
+def big_family(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("big")
+    make_llama(d / "base", layers=8, hidden=256, seed=0)
+    make_llama(d / "math", layers=8, hidden=256, seed=1, base=d / "base")
+    return d
+
+
+def test_killed_build_leaves_no_target_and_rebuild_succeeds(tmp_path, big_family):
+    recipe = setup_recipe(tmp_path, big_family,
+                          'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
+                          "output big = linear(math, base)\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, "0.1", "build", str(recipe),
+                             "-o", str(out), "-q", "--backend", "torch", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not temp_dirs(out, "big"):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the build never created its temporary folder"
+            time.sleep(0.02)
+        time.sleep(0.5)  # a few tensors written
+        assert proc.poll() is None, "the build finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "big").exists()
+    stale = temp_dirs(out, "big")
+    assert len(stale) == 1 and stale[0].name.startswith(".big.mergec-tmp-")
+    # a rebuild succeeds, removes the stale folder and writes the right values
+    res = mergec.api.build(recipe, out, backend="torch", device="cpu")
+    assert res[0].path == out / "big"
+    assert temp_dirs(out, "big") == []
+    got = load_file(str(out / "big" / "model.safetensors"))
+    m, b = load_tensors(big_family / "math"), load_tensors(big_family / "base")
+    n = "model.layers.7.mlp.down_proj.weight"
+    ref = ((m[n].astype(np.float64) + b[n].astype(np.float64)) / 2).astype(m[n].dtype)
+    diff = np.abs(got[n].astype(np.float32) - ref.astype(np.float32))
+    assert np.all(diff <= np.abs(np.spacing(ref)).astype(np.float32))
+
+
+def _fail_on_call(monkeypatch, k: int):
+    original = torch_backend.TorchBackend.method
+    calls = {"n": 0}
+
+    def method(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise RuntimeError(f"kernel failure on call {k}")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch_backend.TorchBackend, "method", method)
+    return calls
+
+
+def test_exception_midway_leaves_nothing_and_exits_2(tmp_path, family, monkeypatch, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    out = tmp_path / "out"
+    calls = _fail_on_call(monkeypatch, 5)
+    code, stdout, stderr = run_cli("build", recipe, "-o", out, "-q", "--backend", "torch")
+    assert calls["n"] == 5
+    assert code == 2
+    assert "E599" in stderr and "kernel failure on call 5" in stderr
+    assert "Traceback" not in stderr + stdout
+    assert not (out / "o").exists()
+    assert temp_dirs(out, "o") == []
+
+
+def test_exception_midway_with_debug_shows_the_exception(tmp_path, family, monkeypatch,
+                                                        run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    out = tmp_path / "out"
+    _fail_on_call(monkeypatch, 5)
+    with pytest.raises(RuntimeError, match="kernel failure on call 5"):
+        run_cli("build", recipe, "-o", out, "-q", "--backend", "torch",
+                env={"MERGEC_DEBUG": "1"})
+    assert not (out / "o").exists()
+    assert temp_dirs(out, "o") == []
+
+
+def test_exception_midway_through_the_api(tmp_path, family, monkeypatch):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    _fail_on_call(monkeypatch, 5)
+    with pytest.raises(RuntimeError):
+        mergec.api.build(recipe, tmp_path / "out", backend="torch")
+    assert not (tmp_path / "out" / "o").exists()
+    assert temp_dirs(tmp_path / "out", "o") == []
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def test_existing_target_needs_force(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    target = tmp_path / "out" / "o"
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("old contents")
+    code, stdout, stderr = run_cli("build", recipe, "-o", tmp_path / "out", "-q")
+    assert code == 1
+    assert "E413" in stderr and "--force" in stderr
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "old contents"
+    # with --force it is replaced
+    code, stdout, stderr = run_cli("build", recipe, "-o", tmp_path / "out", "-q", "--force")
+    assert code == 0, stderr
+    names = sorted(p.name for p in target.iterdir())
+    assert "keep.txt" not in names and "model.safetensors" in names
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["o"]  # nothing beside
+
+
+def test_empty_existing_target_is_fine(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    (tmp_path / "out" / "o").mkdir(parents=True)
+    code, _, stderr = run_cli("build", recipe, "-o", tmp_path / "out", "-q")
+    assert code == 0, stderr
+    assert (tmp_path / "out" / "o" / "model.safetensors").is_file()
+
+
+def test_dry_run_writes_nothing(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, stderr = run_cli("build", recipe, "-o", tmp_path / "out", "--dry-run")
+    assert code == 0, stderr
+    assert "dry run" in stdout and "output o:" in stdout
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_sharded_build_equals_unsharded(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family),
+                          HEAD + "output o = task_arithmetic(math, code, base=base)\n")
+    code, _, err = run_cli("build", recipe, "-o", tmp_path / "one", "-q")
+    assert code == 0, err
+    code, _, err = run_cli("build", recipe, "-o", tmp_path / "many", "-q", "--shard-size", "100KB")
+    assert code == 0, err
+    one = load_file(str(tmp_path / "one" / "o" / "model.safetensors"))
+    d = tmp_path / "many" / "o"
+    shards = sorted(p.name for p in d.glob("*.safetensors"))
+    assert not (d / "model.safetensors").exists()
+    n = len(shards)
+    assert n >= 3
+    assert shards == [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    assert sorted(index["weight_map"]) == sorted(one)
+    many = {}
+    for s in shards:
+        h = read_header(d / s)
+        data = sum(nbytes(v["shape"], v["dtype"]) for v in h.values())
+        assert data <= 100_000 or len(h) == 1
+        part = load_file(str(d / s))
+        assert all(index["weight_map"][k] == s for k in part)
+        many.update(part)
+    assert index["metadata"]["total_size"] == sum(a.nbytes for a in one.values())
+    assert sorted(many) == sorted(one)
+    for k in one:
+        assert many[k].dtype == one[k].dtype and many[k].tobytes() == one[k].tobytes(), k
+    # and the sharded folder is what loaders read
+    assert load_tensors(d)["lm_head.weight"].tobytes() == one["lm_head.weight"].tobytes()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_check_ok(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), PURE_RECIPE)
+    code, out, err = run_cli("check", recipe)
+    assert code == 0, err
+    assert "ok" in out and "4 inputs" in out and "3 outputs" in out
+
+
+def test_cli_check_problem_exits_1(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, cod)\n")
+    code, out, err = run_cli("check", recipe)
+    assert code == 1
+    assert "E201" in err and "r.merge:4:" in err
+    assert "Traceback" not in err
+
+
+def test_cli_plan_json_counts_from_headers(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family), PURE_RECIPE)
+    code, out, err = run_cli("plan", recipe, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    by = {o["output"]: o for o in plan["outputs"]}
+    h = {n: header_table(family[n]) for n in ("base", "math", "code", "deep")}
+
+    def size(model, name):
+        shape, dt = h[model][name]
+        return nbytes(shape, dt)
+
+    names = list(h["math"])
+    # a: slerp(math, code) -> every tensor of both, bf16 out
+    assert by["a"]["tensors"] == len(names)
+    assert by["a"]["bytes_read"] == sum(size("math", n) + size("code", n) for n in names)
+    assert by["a"]["bytes_written"] == sum(size("math", n) for n in names)
+    # b: task arithmetic with base -> three inputs read
+    assert by["b"]["bytes_read"] == sum(size(m, n) for m in ("base", "math", "code")
+                                        for n in names)
+    assert by["b"]["bytes_written"] == sum(size("math", n) for n in names)
+    # c: stack, float32 out
+    reads = [("math", "model.embed_tokens.weight"), ("deep", "model.norm.weight"),
+             ("deep", "lm_head.weight")]
+    reads += [("math", n) for n in names if n.startswith(("model.layers.0.", "model.layers.1."))]
+    reads += [("deep", n) for n in h["deep"]
+              if any(n.startswith(f"model.layers.{i}.") for i in range(4, 8))]
+    assert by["c"]["tensors"] == len(reads) == 57
+    assert by["c"]["layers"] == 6
+    assert by["c"]["bytes_read"] == sum(size(m, n) for m, n in reads)
+    assert by["c"]["bytes_written"] == sum(size(m, n) // 2 * 4 for m, n in reads)
+    # and the build writes exactly that many bytes of tensor data
+    mergec.api.build(recipe, tmp_path / "out")
+    for name in ("a", "b", "c"):
+        written = read_header(tmp_path / "out" / name / "model.safetensors")
+        assert len(written) == by[name]["tensors"]
+        assert sum(nbytes(v["shape"], v["dtype"]) for v in written.values()) == \
+            by[name]["bytes_written"]
+
+
+def test_cli_explain(run_cli):
+    code, out, err = run_cli("explain", "E201")
+    assert code == 0
+    assert out.startswith("E201: unknown name")
+    assert "Names are case-sensitive" in out
+    code, out, err = run_cli("explain", "E2O1")
+    assert code == 2
+
+
+def test_cli_fmt_check_then_fmt(tmp_path, family, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family),
+                          'model   math="./ckpt/math"\nmodel code = "./ckpt/code"\n'
+                          "output o=linear(math,code,weight=[1,2])  # mix\n")
+    original = recipe.read_text()
+    code, out, err = run_cli("fmt", "--check", recipe)
+    assert code == 1
+    assert "would reformat" in err
+    assert recipe.read_text() == original  # --check changes nothing
+    code, out, err = run_cli("fmt", recipe)
+    assert code == 0, err
+    formatted = recipe.read_text()
+    assert formatted != original and "# mix" in formatted
+    code, out, err = run_cli("fmt", "--check", recipe)
+    assert code == 0, err
+    code, out, err = run_cli("fmt", recipe)
+    assert code == 0 and recipe.read_text() == formatted
+    code, out, err = run_cli("check", recipe)
+    assert code == 0, err
