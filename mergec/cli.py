@@ -21,6 +21,7 @@ import typer
 from mergec import __version__
 from mergec.diagnostics import (Diagnostic, MergecError, SourceMap, UsageError, render_all,
                                 to_json)
+from mergec.io.errors import CheckpointError
 
 app = typer.Typer(
     name="mergec",
@@ -63,6 +64,9 @@ def _guard(fn):
             raise typer.Exit(2)
         except MergecError as e:
             _report(e, fmt)
+            raise typer.Exit(1)
+        except CheckpointError as e:  # an input that fails while being read
+            _report(MergecError(e.to_diagnostic()), fmt)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             _err("mergec: interrupted; nothing was written at the target")

@@ -63,17 +63,9 @@ def _eval_tensor(t: OutTensor, checked: CheckedProgram, backend):
 
 
 def output_config(lo: LoweredOutput) -> dict | None:
-    out = lo.output
-    src = out.config_from
-    if src is None or src.config is None:
-        return None
-    float_dtypes = [t.dtype for t in lo.tensors if t.dtype in ("float32", "float16", "bfloat16")]
-    dtype = out.dtype or (float_dtypes[0] if float_dtypes else "float32")
-    from mergec import arch
+    from mergec.check.checker import derive_output_config
 
-    old = arch.layer_count(src.config, src.tensors or {})
-    n = lo.n_layers if lo.n_layers is not None and lo.n_layers != old else None
-    return hf_files.derive_config(src.config, dtype=dtype, num_layers=n)
+    return derive_output_config(lo.output)
 
 
 def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
@@ -96,11 +88,11 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
             done_bytes += t.node.numel * _itemsize(t.dtype)
             if progress:
                 progress(out.name, i + 1, done_bytes)
-        cfg = output_config(lo)
+        cfg = output_config(lo)  # also computed at compile time, so it cannot fail here
         if cfg is not None:
             writer.add_file("config.json", json.dumps(cfg, indent=2) + "\n")
         if out.tokenizer_from is not None and out.tokenizer_from.checkpoint is not None:
-            for f in hf_files.tokenizer_files(out.tokenizer_from.checkpoint.root):
+            for f in hf_files.carry_over_files(out.tokenizer_from.checkpoint.root):
                 writer.copy_file(f.name, f)
         writer.add_file("README.md", model_card(lo, checked))
         path = writer.commit()

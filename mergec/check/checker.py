@@ -11,6 +11,7 @@ produces no further diagnostics.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
 OUTPUT_OPTIONS = ("dtype", "tokenizer", "config")
 BUILTINS = ("stack", "ramp")
 SETTINGS = {
-    "seed": "a whole number >= 0 seeding every random method",
+    "seed": "a whole number >= 0",
     "backend": '"auto", "torch" or "jax"',
     "device": '"auto", "cpu", "cuda" or "gpu"',
     "compute_dtype": '"float32" or "float64"',
@@ -38,6 +39,14 @@ SETTINGS = {
     "max_memory": 'a size such as "8GB"',
 }
 _MAX_LISTED = 3
+_SETTING_HELP = {
+    "seed": "for example `set seed = 42`; it seeds every random method, per tensor",
+    "backend": 'for example `set backend = "torch"`',
+    "device": 'for example `set device = "cpu"`',
+    "compute_dtype": 'for example `set compute_dtype = "float32"`',
+    "shard_size": 'for example `set shard_size = "2GB"`',
+    "max_memory": 'for example `set max_memory = "8GB"`',
+}
 
 
 class _Const:
@@ -125,6 +134,14 @@ class Checker:
         if not self.outputs and not any(d.severity == "error" for d in self.diags):
             self.err("E224", "the recipe has no `output`", None,
                      "add a statement such as `output merged = linear(a, b)`")
+        if not self.diags:
+            from mergec.io.errors import CheckpointError
+
+            for out in self.outputs:
+                try:
+                    derive_output_config(out)
+                except CheckpointError as e:
+                    self.diags.append(e.to_diagnostic(out.span))
         if self.diags:
             raise MergecError(sorted(self.diags, key=_diag_key))
         return CheckedProgram(self.program.file, self.program.text, self.inputs, self.params,
@@ -148,6 +165,12 @@ class Checker:
 
     def _param(self, st: ast.ParamStmt):
         name = st.name.name
+        raw = self._expr(st.value)
+        if isinstance(raw, CExpr) and raw.kind != ERROR:
+            self.err("E222", f"param `{name}` must be a number, true/false or a string, found "
+                     f"a {raw.kind}", st.value.span,
+                     "params hold settings that `--set` can change; use `let` for models")
+            return _Const(ERROR, None, st.span)
         value = self._const_expr(st.value)
         if value is None:
             return _Const(ERROR, None, st.span)
@@ -199,7 +222,8 @@ class Checker:
             except ValueError:
                 ok = False
         if not ok:
-            self.err("E208", f"`set {name}` expects {SETTINGS[name]}", st.value.span)
+            self.err("E208", f"`set {name}` expects {SETTINGS[name]}, found "
+                     f"{_literal_text(v.value)}", st.value.span, _SETTING_HELP[name])
             return
         self.settings[name] = int(val) if name == "seed" else val
 
@@ -225,6 +249,9 @@ class Checker:
                              f"{value.kind}", st.wheres[0].span)
             return value
         if st.wheres:
+            # the overrides belong to this statement only: give it its own copy of the calls
+            # (a `let` used elsewhere keeps its own parameters)
+            value = _copy_tree(value)
             self._apply_wheres(value, st.wheres)
         return value
 
@@ -242,7 +269,8 @@ class Checker:
         for e in st.options or ():
             key = e.name.name
             if key in seen:
-                self.err("E220", f"option `{key}` is given twice", e.name.span)
+                self.err("E220", f"option `{key}` is given twice", e.name.span,
+                         "remove one of them")
                 continue
             seen.add(key)
             if key not in OUTPUT_OPTIONS:
@@ -261,7 +289,7 @@ class Checker:
                     d = None
                 if d not in OUTPUT_DTYPES:
                     self.err("E208", "`dtype` must be \"bfloat16\", \"float16\" or \"float32\"",
-                             e.value.span)
+                             e.value.span, 'for example `dtype = "bfloat16"`')
                     continue
                 dtype = d
             else:
@@ -283,7 +311,12 @@ class Checker:
                 return b.value
             if isinstance(b.value, CExpr) and b.value.kind == ERROR:
                 return None
-        self.err("E207", f"`{key}` names a `model` input", e.span,
+        what = ""
+        if isinstance(e, ast.Name) or not isinstance(e, (ast.Num, ast.Str, ast.Bool)):
+            v = self._expr(e) if not isinstance(e, ast.Name) else None
+            if v is not None and not _is_err(v):
+                what = f", found a {v.kind}"
+        self.err("E207", f"`{key}` must name a `model` input{what}", e.span,
                  f"write the name of a `model` statement, e.g. `{key} = base`")
         return None
 
@@ -549,22 +582,34 @@ class Checker:
             return CExpr(ERROR, e.span)
         inputs = [self._whole(self._expr(a)) for a in e.args]
         ok = True
-        for a, v in zip(e.args, inputs):
+        stray = []  # values written where inputs go: likely parameters without a name
+        missing_required = [p for p in method.params if p.required and e.kwarg(p.name) is None]
+        for i, (a, v) in enumerate(zip(e.args, inputs)):
             if isinstance(v, _Const) and v.kind == LIST:
                 self.err("E207", f"the inputs of `{fname}` are written one by one, "
                          "not as a list", a.span,
                          f"write `{fname}(a, b, ...)`")
                 ok = False
+                stray.append(i)
             elif isinstance(v, _Const) and v.kind != ERROR:
-                self.err("E207", f"input {e.args.index(a) + 1} of `{fname}` is a {v.kind}; "
-                         "inputs are models, deltas or layer runs", a.span,
+                guess = (f"did you mean `{missing_required[0].name}={_src(a)}`?"
+                         if len(missing_required) == 1 else
                          "parameters are passed by name, e.g. `t=0.5`")
+                self.err("E207", f"input {i + 1} of `{fname}` is a {v.kind}; "
+                         "inputs are models, deltas or layer runs", a.span, guess)
                 ok = False
+                stray.append(i)
             elif _is_err(v):
                 ok = False
+        inputs = [v for i, v in enumerate(inputs) if i not in stray]
         n = len(inputs)
-        if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
-            self.err("E206", f"`{fname}` takes {method.arity_text()}, got {n}", e.span)
+        if not stray and (n < method.min_inputs or
+                          (method.max_inputs is not None and n > method.max_inputs)):
+            alt = {"slerp": "for more than two models use `multislerp` or `linear`",
+                   "nearswap": "nearswap takes one model and `base=`",
+                   "passthrough": "passthrough takes one input"}.get(fname)
+            self.err("E206", f"`{fname}` takes {method.arity_text()}, got {n}", e.span,
+                     alt or f"see `mergec methods {fname}`")
             ok = False
         node = CCall(ERROR, e.span, method=method)
         params: dict[str, Any] = {}
@@ -574,7 +619,7 @@ class Checker:
             key = kw.name.name
             if key in seen:
                 self.err("E220", f"`{key}` is given twice", kw.name.span,
-                         labels=(Label(seen[key], "first given here"),))
+                         "remove one of them", (Label(seen[key], "first given here"),))
                 ok = False
                 continue
             seen[key] = kw.name.span
@@ -608,7 +653,9 @@ class Checker:
             params[key] = pv
         for p in method.params:
             if p.name not in params:
-                if p.required:
+                if p.name in seen or stray:
+                    ok = False  # given but invalid (already reported), or written unnamed
+                elif p.required:
                     self.err("E209", f"`{fname}` needs the parameter `{p.name}`", e.span,
                              f"add `{p.name}=...` ({p.doc})")
                     ok = False
@@ -627,9 +674,12 @@ class Checker:
         # kinds of inputs and result
         kinds = {v.kind for v in inputs}
         if len(kinds) > 1:
-            self.err("E223", f"the inputs of `{fname}` mix " +
-                     " and ".join(sorted(kinds)) + "s", e.span,
-                     "pass only models, only deltas (`a - base`), or only layer runs")
+            first = inputs[0].kind
+            odd = next(i for i, v in enumerate(inputs) if v.kind != first)
+            self.err("E223", f"the inputs of `{fname}` mix {first}s and {inputs[odd].kind}s",
+                     e.args[odd].span,
+                     "pass only models, only deltas (`a - base`), or only layer runs",
+                     (Label(e.args[0].span, f"this one is a {first}"),))
             return CExpr(ERROR, e.span)
         kind = kinds.pop()
         if method.base == "delta":
@@ -710,6 +760,13 @@ class Checker:
                     return _BAD
             return v.value
         expected = {"number": NUMBER, "int": NUMBER, "bool": BOOL, "string": STRING}[p.type]
+        if v.kind == STRING and expected == NUMBER and _is_number_text(v.value):
+            self.err("E207", f"`{p.name}` of `{fname}` expects a number, found a String",
+                     v.span, f"remove the quotes: `{p.name}={v.value}`")
+            return _BAD
+        if v.kind == NUMBER and not math.isfinite(v.value):
+            self.err("E208", f"`{p.name}` of `{fname}` is not a finite number", v.span)
+            return _BAD
         if v.kind != expected:
             self.err("E207", f"`{p.name}` of `{fname}` expects a {_ptype(p)}, found a "
                      f"{v.kind}", v.span,
@@ -943,6 +1000,20 @@ def _is_err(v) -> bool:
     return getattr(v, "kind", None) == ERROR
 
 
+def _is_number_text(t: str) -> bool:
+    try:
+        float(t)
+        return True
+    except ValueError:
+        return False
+
+
+def _src(e) -> str:
+    from mergec.lang.fmt import expr
+
+    return expr(e)
+
+
 def _slice_text(a, b) -> str:
     return f"{'' if a is None else a}:{'' if b is None else b}"
 
@@ -996,6 +1067,27 @@ def _kind_of_literal(v) -> str:
     return STRING
 
 
+def _copy_tree(e: CExpr) -> CExpr:
+    """A copy of the expression tree down to (not including) the inputs."""
+    import copy
+
+    if isinstance(e, CInput) or e.kind == ERROR:
+        return e
+    c = copy.copy(e)
+    if isinstance(c, CLinear):
+        c.terms = tuple((_copy_tree(t), k) for t, k in c.terms)
+    elif isinstance(c, CCall):
+        c.inputs = tuple(_copy_tree(i) for i in c.inputs)
+        c.base = _copy_tree(c.base) if c.base is not None else None
+    elif isinstance(c, CSlice):
+        c.target = _copy_tree(c.target)
+    elif isinstance(c, CStack):
+        c.parts = tuple(_copy_tree(p) for p in c.parts)
+        c.embed = _copy_tree(c.embed) if c.embed is not None else None
+        c.head = _copy_tree(c.head) if c.head is not None else None
+    return c
+
+
 def _walk(e: CExpr):
     yield e
     if isinstance(e, CLinear):
@@ -1046,6 +1138,27 @@ def _first_input(e: CExpr) -> CInput | None:
 def _diag_key(d: Diagnostic):
     s = d.span
     return (0, s.file, s.start, s.line, s.col) if s else (1, "", 0, 0, 0)
+
+
+def derive_output_config(out: Output) -> dict | None:
+    """The config.json of an output: its `config=` input's, with the storage dtype and,
+    when the merge changed it, the block count. Raises CheckpointError when the config
+    cannot take the new block count."""
+    from mergec.io import hf_files
+
+    src = out.config_from
+    if src is None or src.config is None:
+        return None
+    cfg = src.config
+    dtype = out.dtype
+    if dtype is None:
+        d = cfg.get("torch_dtype") or cfg.get("dtype")
+        floats = [m.dtype for m in (out.expr.tensors or {}).values() if m.dtype in FLOAT_DTYPES]
+        dtype = d if d in FLOAT_DTYPES else (floats[0] if floats else "float32")
+    old = arch.layer_count(cfg, src.tensors or {})
+    n = out.expr.n_layers
+    return hf_files.derive_config(cfg, dtype=dtype,
+                                  num_layers=n if n is not None and n != old else None)
 
 
 def check_program(program: ast.Program, *, overrides: dict[str, str] | None = None,

@@ -22,7 +22,7 @@ from lark.exceptions import (
     VisitError,
 )
 
-from mergec.diagnostics import Diagnostic, MergecError, Span
+from mergec.diagnostics import Diagnostic, Label, MergecError, Span
 from mergec.lang import ast
 
 KEYWORDS = ("model", "adapter", "param", "set", "let", "output", "where", "and", "true", "false")
@@ -228,7 +228,9 @@ _TOKEN_NAMES = {
 }
 
 
-_ORDER = ["a name", "a number", "a whole number", "a string"]
+_ORDER = ["`,`", "`)`", "`]`", "`}`", "`=`", "a name", "a number", "a whole number",
+          "a string"]
+_OPERATORS = {"`+`", "`-`", "`*`", "`/`", "`.`"}
 
 
 def _describe_expected(expected: set[str], lark: Lark) -> str:
@@ -241,7 +243,10 @@ def _describe_expected(expected: set[str], lark: Lark) -> str:
             names.append(f"`{by_name[e].pattern.value}`")
         else:
             names.append(e.lower())
-    names = sorted(set(names), key=lambda n: (_ORDER.index(n) if n in _ORDER else 9, n))
+    names = set(names)
+    if names - _OPERATORS:
+        names -= _OPERATORS - {"`-`"} if "a number" in names else _OPERATORS
+    names = sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else 99, n))
     if len(names) > 6:
         return ", ".join(names[:6]) + ", ..."
     if len(names) <= 2:
@@ -265,7 +270,46 @@ def _span_at(file: str, text: str, pos: int, line: int, col: int, length: int = 
     return Span(file, line, col, line, col + max(length, 1), pos, pos + max(length, 1))
 
 
-def _diagnose(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _unclosed(text: str, start: int = 0, end: int | None = None) -> int | None:
+    """Offset of the innermost bracket opened in text[start:end] and never closed."""
+    stack: list[int] = []
+    i, end = start, len(text) if end is None else end
+    while i < end:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < end and text[j] not in '"\n':
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        if c == "#":
+            nl = text.find("\n", i)
+            i = end if nl < 0 else nl
+            continue
+        if c in _CLOSERS:
+            stack.append(i)
+        elif c in ")]}" and stack and _CLOSERS[text[stack[-1]]] == c:
+            stack.pop()
+        i += 1
+    return stack[-1] if stack else None
+
+
+def _pos_span(file: str, text: str, pos: int, length: int = 1) -> Span:
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return Span(file, line, col, line, col + length, pos, pos + length)
+
+
+def _end_span(file: str, text: str) -> Span:
+    """The end of the last non-blank line (where a missing token would go)."""
+    stripped = text.rstrip()
+    return _pos_span(file, text, max(len(stripped) - 1, 0))
+
+
+def _diagnose(e: UnexpectedInput, file: str, text: str, chunk_start: int = 0) -> Diagnostic:
     lark = _lark()
     if isinstance(e, UnexpectedCharacters):
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
@@ -276,30 +320,36 @@ def _diagnose(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
         if ch == "'":
             return Diagnostic("E102", "unexpected character `'`", span,
                               'strings use double quotes: "..."')
+        if ch == ";":
+            return Diagnostic("E102", "unexpected character `;`", span,
+                              "statements end at the line break; remove the `;`")
         return Diagnostic("E102", f"unexpected character `{ch}`", span,
-                          f"expected {_describe_expected(set(e.allowed or ()), lark)}"
-                          if e.allowed else None)
+                          "names are letters, digits and `_`; strings go in double quotes")
     if isinstance(e, UnexpectedToken):
         tok = e.token
         expected = set(e.expected or ())
         if tok.type == "$END":
-            line = text.count("\n") + 1
-            col = len(text) - (text.rfind("\n") + 1) + 1
-            span = _span_at(file, text, len(text), line, col)
-            return Diagnostic("E103", "unexpected end of file", span,
-                              f"expected {_describe_expected(expected, lark)}")
+            open_at = _unclosed(text, chunk_start)
+            if open_at is not None:
+                br = text[open_at]
+                return Diagnostic("E103", f"unexpected end of file: this `{br}` is never closed",
+                                  _pos_span(file, text, open_at),
+                                  f"add `{_CLOSERS[br]}` where it ends")
+            return Diagnostic("E103", "unexpected end of file: the statement is incomplete",
+                              _end_span(file, text),
+                              f"expected {_describe_expected(expected, lark)} after this")
         span = Span(file, tok.line, tok.column, tok.end_line, tok.end_column,
                     tok.start_pos, tok.end_pos)
         help_ = f"expected {_describe_expected(expected, lark)}"
-        if str(tok) in KEYWORDS and "NAME" in expected:
+        if tok.type in ("NAME", "STRING", "NUMBER") and "COMMA" in expected:
+            help_ = f"missing `,` before {_token_text(tok)}?"
+        elif str(tok) in KEYWORDS and "NAME" in expected:
             help_ = f"`{tok}` is a keyword and cannot be used as a name"
         elif tok.type == "EQUAL" and {"RPAR", "COMMA"} & expected:
             help_ = "keyword arguments are `name=value`, with a plain name before `=`"
         return Diagnostic("E101", f"unexpected {_token_text(tok)}", span, help_)
     if isinstance(e, UnexpectedEOF):  # pragma: no cover - LALR reports $END tokens instead
-        line = text.count("\n") + 1
-        return Diagnostic("E103", "unexpected end of file",
-                          _span_at(file, text, len(text), line, 1))
+        return Diagnostic("E103", "unexpected end of file", _end_span(file, text))
     raise e  # pragma: no cover
 
 
@@ -361,17 +411,23 @@ def _diagnose_by_statement(text: str, file: str) -> list[Diagnostic]:
         try:
             _parse_once(padded, file)
         except UnexpectedInput as e:
-            d = _diagnose(e, file, padded)
+            d = _diagnose(e, file, padded, a)
             if d.code == "E103" and b < len(text):
                 # the statement ends where the next one starts: point at that keyword
                 kw = _STMT_START.match(text, b)
                 start = kw.start(1)
-                line = text.count("\n", 0, start) + 1
-                col = start - (text.rfind("\n", 0, start) + 1) + 1
-                span = Span(file, line, col, line, col + len(kw.group(1)), start,
-                            start + len(kw.group(1)))
-                d = Diagnostic("E101", f"unexpected `{kw.group(1)}`: the statement before it "
-                               "is incomplete", span, d.help)
+                span = _pos_span(file, text, start, len(kw.group(1)))
+                open_at = _unclosed(text, a, b)
+                if open_at is not None:
+                    br = text[open_at]
+                    o = _pos_span(file, text, open_at)
+                    d = Diagnostic("E101", f"unexpected `{kw.group(1)}`: the `{br}` opened on "
+                                   f"line {o.line} is never closed", span,
+                                   f"add `{_CLOSERS[br]}` where it ends",
+                                   (Label(o, "opened here"),))
+                else:
+                    d = Diagnostic("E101", f"unexpected `{kw.group(1)}`: the statement "
+                                   "before it is incomplete", span, d.help)
             out.append(d)
         except _SyntaxProblem as p:
             out.append(_problem_diag(p, file))

@@ -1,0 +1,71 @@
+"""Execution backends: the only place where tensors are computed.
+
+``get_backend(name, device)`` returns a :class:`~mergec.backends.base.Backend`:
+
+* ``"reference"``: numpy, CPU only; the yardstick every other backend is tested against;
+* ``"torch"``: PyTorch on ``"cpu"``, ``"cuda"`` (``"cuda:N"``, alias ``"gpu"``) or ``"auto"``;
+* ``"jax"``: JAX, once ``mergec/backends/jax_backend.py`` (class ``JaxBackend``) exists;
+* ``"auto"``: torch when it is installed, else the reference.
+
+Backends are found by convention: module ``mergec.backends.<name>_backend`` (``reference``
+for the reference) with one class; the heavy library is imported only when the backend is
+asked for, never when this package is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from .base import Backend, BackendUnavailable
+
+__all__ = ["Backend", "BackendUnavailable", "get_backend", "available_backends"]
+
+# name -> (module, class, library it needs)
+_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "reference": ("mergec.backends.reference", "ReferenceBackend", None),
+    "torch": ("mergec.backends.torch_backend", "TorchBackend", "torch"),
+    "jax": ("mergec.backends.jax_backend", "JaxBackend", "jax"),
+}
+_ALIASES = {"numpy": "reference"}
+_AUTO_ORDER = ("torch", "reference")
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _is_available(name: str) -> bool:
+    module, _, lib = _BACKENDS[name]
+    return (lib is None or _has_module(lib)) and _has_module(module)
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can be created here (without importing their libraries)."""
+    return [n for n in _BACKENDS if _is_available(n)]
+
+
+def get_backend(name: str = "auto", device: str = "cpu") -> Backend:
+    """Create the backend ``name`` on ``device``.
+
+    Raises ValueError for an unknown name and BackendUnavailable when the backend's library
+    (or module) is missing or the device cannot be used.
+    """
+    key = _ALIASES.get(name, name)
+    if key == "auto":
+        for cand in _AUTO_ORDER:
+            if _is_available(cand):
+                key = cand
+                break
+    if key not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(['auto', *_BACKENDS])}")
+    module, cls, lib = _BACKENDS[key]
+    if lib is not None and not _has_module(lib):
+        raise BackendUnavailable(f"backend {key!r} needs the {lib!r} package, which is not "
+                                 f"installed (pip install 'mergec[{lib}]')")
+    if not _has_module(module):
+        raise BackendUnavailable(f"backend {key!r} is not part of this mergec version")
+    return getattr(importlib.import_module(module), cls)(device=device)
