@@ -83,6 +83,15 @@ class Backend(Protocol[T]):
     def method(self, name: str, inputs: Sequence[T], params: Mapping[str, Any],
                seed: int | None) -> T: ...
 
+    def lowrank(self, b: T, a: T, scale: float, transpose: bool) -> T:
+        """scale * (b @ a), transposed when `transpose`: the dense delta of a LoRA pair
+        (b: [out, r], a: [r, in])."""
+        ...
+
+    def zeros(self, shape: tuple[int, ...]) -> T:
+        """A float32 tensor of zeros (a delta that leaves a tensor unchanged)."""
+        ...
+
 
 class BackendUnavailable(RuntimeError):
     """The backend asked for cannot run here (its library or device is missing)."""

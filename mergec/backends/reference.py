@@ -203,6 +203,13 @@ class ReferenceBackend:
             acc = acc + x * float(c)
         return _f32(acc)
 
+    def lowrank(self, b: Array, a: Array, scale: float, transpose: bool) -> Array:
+        d = _f32(np.matmul(_f32(b), _f32(a)) * np.float32(scale))
+        return np.ascontiguousarray(d.T) if transpose else d
+
+    def zeros(self, shape: tuple[int, ...]) -> Array:
+        return np.zeros(tuple(shape), dtype=np.float32)
+
     def method(self, name: str, inputs: Sequence[Array], params: Mapping[str, Any],
                seed: int | None) -> Array:
         kernel = self._kernels.get(name)

@@ -191,6 +191,13 @@ class TorchBackend:
             acc.add_(x * float(c))
         return acc
 
+    def lowrank(self, b: Tensor, a: Tensor, scale: float, transpose: bool) -> Tensor:
+        d = torch.matmul(b.float(), a.float()) * float(scale)
+        return d.t().contiguous() if transpose else d
+
+    def zeros(self, shape: tuple[int, ...]) -> Tensor:
+        return torch.zeros(tuple(shape), dtype=torch.float32, device=self.device)
+
     def method(self, name: str, inputs: Sequence[Tensor], params: Mapping[str, Any],
                seed: int | None) -> Tensor:
         kernel = self._kernels.get(name)

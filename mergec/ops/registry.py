@@ -293,7 +293,5 @@ def get(name: str) -> Method | None:
     return REGISTRY.get(name)
 
 
-#: Methods that run in this version (the others are declared for the method library).
-IMPLEMENTED: frozenset[str] = frozenset(
-    {"linear", "task_arithmetic", "slerp", "passthrough"}
-)
+#: Methods that run in this version: all of them.
+IMPLEMENTED: frozenset[str] = frozenset(REGISTRY)
