@@ -22,6 +22,7 @@ from mergec.io.writer import OutputWriter
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.plan import is_raw_copy
+from mergec.stats import compute_model_stats, resolve_stats
 
 
 @dataclass
@@ -36,8 +37,10 @@ class BuildResult:
 ProgressFn = Callable[[str, int, int], None]  # (output name, tensors done, bytes done)
 
 
-def _eval_tensor(t: OutTensor, checked: CheckedProgram, backend):
-    order = topo(t.node.args[0])
+def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None):
+    """The backend value of `root` (float32), computing its DAG in topological order and
+    freeing every value after its last use."""
+    order = topo(root)
     last_use: dict[int, int] = {}
     for i, n in enumerate(order):
         for a in n.args:
@@ -51,15 +54,27 @@ def _eval_tensor(t: OutTensor, checked: CheckedProgram, backend):
             v = backend.weighted_sum([(values[id(a)], c)
                                       for a, c in zip(n.args, n.attr("coeffs"))])
         elif n.op == "merge":
+            params = dict(n.attr("params"))
+            if stats is not None:
+                params = {k: resolve_stats(v, stats) for k, v in params.items()}
             v = backend.method(n.attr("method"), [values[id(a)] for a in n.args],
-                               dict(n.attr("params")), n.attr("seed"))
+                               params, n.attr("seed"))
+        elif n.op == "lowrank":
+            b, a = (values[id(x)] for x in n.args)
+            v = backend.lowrank(b, a, n.attr("scale"), n.attr("transpose"))
+        elif n.op == "zeros":
+            v = backend.zeros(n.shape)
         else:  # pragma: no cover - cast is the root, handled by the caller
             raise AssertionError(n.op)
         values[id(n)] = v
         for a in n.args:
             if last_use.get(id(a)) == i:
                 values.pop(id(a), None)
-    return backend.to_numpy(values[id(order[-1])], t.dtype)
+    return values[id(order[-1])]
+
+
+def _eval_tensor(t: OutTensor, checked: CheckedProgram, backend, stats=None):
+    return backend.to_numpy(evaluate(t.node.args[0], checked, backend, stats), t.dtype)
 
 
 def output_config(lo: LoweredOutput) -> dict | None:
@@ -76,6 +91,8 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
     done_bytes = 0
     meta = {"mergec_version": __version__}
+    stats = compute_model_stats(lo, lambda node: backend.to_numpy(
+        evaluate(node, checked, backend), "float32"))
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
         for i, t in enumerate(lo.tensors):
@@ -84,7 +101,7 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
                 ckpt = checked.inputs[load.attr("source")].checkpoint
                 writer.write(t.name, ckpt.read(load.attr("tensor")))
             else:
-                writer.write(t.name, _eval_tensor(t, checked, backend))
+                writer.write(t.name, _eval_tensor(t, checked, backend, stats))
             done_bytes += t.node.numel * _itemsize(t.dtype)
             if progress:
                 progress(out.name, i + 1, done_bytes)

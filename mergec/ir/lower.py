@@ -22,6 +22,7 @@ from mergec.check.program import (
 from mergec.check.checker import FLOAT_DTYPES, _part_model
 from mergec.ir.nodes import Graph, Node
 from mergec.ops.random import derive_seed
+from mergec.stats import ModelTopK
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ def _lo_call(e: CCall, name: str, g: Graph, seed: int, out_name: str) -> Node:
     params = resolve_params(e, name)
     xs = [_lo(i, name, g, seed, out_name) for i in e.inputs]
     s = derive_seed(seed, out_name, name) if m.random else None
+    if params.get("trim") == "model":
+        # the threshold is taken over the whole model: a placeholder the executor fills
+        # in before the per-tensor pass (mergec.stats)
+        key = f"{out_name}#{id(e)}"
+        params["thresholds"] = tuple(ModelTopK(key, i, float(d))
+                                     for i, d in enumerate(params["density"]))
     if m.base == "delta" and e.base is not None:
         b = _lo(e.base, name, g, seed, out_name)
         taus = [g.wsum([(x, 1.0), (b, -1.0)]) for x in xs]
