@@ -126,10 +126,6 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E306": ("non-floating-point tensor",
              "Only floating-point tensors can be merged; integer or boolean buffers can only "
              "be carried over from one model."),
-    "E307": ("adapters not supported",
-             "Reading LoRA adapters as Deltas is not available in this version. Merge the "
-             "adapter into its base first (PEFT `merge_and_unload`) and declare the result "
-             "with `model`."),
     "E308": ("model without numbered blocks",
              "`.layers[a:b]` and `stack` need tensor names with a block index such as "
              "`model.layers.3.`; this model has none."),

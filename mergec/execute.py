@@ -37,6 +37,12 @@ class BuildResult:
 ProgressFn = Callable[[str, int, int], None]  # (output name, tensors done, bytes done)
 
 
+def source_of(checked: CheckedProgram, name: str):
+    """The opened checkpoint or adapter of input `name`."""
+    inp = checked.inputs[name]
+    return inp.checkpoint if hasattr(inp, "checkpoint") else inp.adapter
+
+
 def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None):
     """The backend value of `root` (float32), computing its DAG in topological order and
     freeing every value after its last use."""
@@ -48,8 +54,7 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
     values: dict[int, object] = {}
     for i, n in enumerate(order):
         if n.op == "load":
-            ckpt = checked.inputs[n.attr("source")].checkpoint
-            v = backend.asarray(ckpt.read(n.attr("tensor")))
+            v = backend.asarray(source_of(checked, n.attr("source")).read(n.attr("tensor")))
         elif n.op == "wsum":
             v = backend.weighted_sum([(values[id(a)], c)
                                       for a, c in zip(n.args, n.attr("coeffs"))])
@@ -98,8 +103,8 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
         for i, t in enumerate(lo.tensors):
             if is_raw_copy(t):
                 load = t.node.args[0]
-                ckpt = checked.inputs[load.attr("source")].checkpoint
-                writer.write(t.name, ckpt.read(load.attr("tensor")))
+                writer.write(t.name, source_of(checked, load.attr("source"))
+                             .read(load.attr("tensor")))
             else:
                 writer.write(t.name, _eval_tensor(t, checked, backend, stats))
             done_bytes += t.node.numel * _itemsize(t.dtype)
@@ -125,8 +130,8 @@ def _itemsize(dtype: str) -> int:
 def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     inputs = []
     bases = []
-    for name, inp in checked.inputs.items():
-        ck = inp.checkpoint
+    for name in checked.inputs:
+        ck = source_of(checked, name)
         ref = getattr(ck, "ref", None)
         src = ref.raw if ref is not None else str(ck.root)
         if ref is not None and not ref.local:

@@ -105,8 +105,8 @@ def plan_output(lo: LoweredOutput, *, steps: bool = False) -> OutputPlan:
                 loads[(n.attr("source"), n.attr("tensor"))] = _nbytes(n)
             elif n.op == "merge":
                 ops[n.attr("method")] += 1
-            elif n.op == "wsum":
-                ops["wsum"] += 1
+            elif n.op in ("wsum", "lowrank"):
+                ops[n.op] += 1
         written += t.node.numel * itemsize(t.dtype)
         peak = max(peak, tensor_peak(t))
         if steps:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from mergec import arch
 from mergec.check.program import (
     BOOL, DEFAULT_SEED, DELTA, ERROR, LAYERS, LIST, MODEL, NUMBER, RAMP, SCALED, STRING,
-    CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Override, Ramp,
+    CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Override, Ramp,
     Settings, TensorMeta,
 )
 from mergec.check.suggest import did_you_mean
@@ -70,12 +70,20 @@ def _default_loader(raw: str, base_dir: Path):
     return open_input(raw, base_dir)
 
 
+def _default_adapter_loader(raw: str, base_dir: Path):
+    from mergec.io.adapter import open_adapter
+
+    return open_adapter(raw, base_dir)
+
+
 class Checker:
     def __init__(self, program: ast.Program, *, overrides: dict[str, str] | None = None,
-                 loader: InputLoader | None = None, base_dir: Path | None = None):
+                 loader: InputLoader | None = None, base_dir: Path | None = None,
+                 adapter_loader: InputLoader | None = None):
         self.program = program
         self.overrides = dict(overrides or {})
         self.loader = loader or _default_loader
+        self.adapter_loader = adapter_loader or _default_adapter_loader
         self.base_dir = base_dir if base_dir is not None else \
             Path(program.file).resolve().parent
         self.diags: list[Diagnostic] = []
@@ -111,10 +119,7 @@ class Checker:
             if isinstance(st, ast.ModelStmt):
                 value = self._model(st)
             elif isinstance(st, ast.AdapterStmt):
-                self.err("E307", "LoRA adapters cannot be merged in this version",
-                         st.span, "merge the adapter into its base model first "
-                         "(PEFT: merge_and_unload) and declare the result with `model`")
-                value = CExpr(ERROR, st.span)
+                value = self._adapter(st)
             elif isinstance(st, ast.ParamStmt):
                 value = self._param(st)
                 used_overrides.add(name)
@@ -160,6 +165,20 @@ class Checker:
         n_layers = arch.layer_count(ckpt.config, tensors)
         node = CInput(MODEL, st.name.span, tensors, n_layers, name=st.name.name,
                       checkpoint=ckpt, config=ckpt.config)
+        self.inputs[st.name.name] = node
+        return node
+
+    def _adapter(self, st: ast.AdapterStmt) -> CExpr:
+        from mergec.io.errors import CheckpointError
+
+        try:
+            ad = self.adapter_loader(st.source.value, self.base_dir)
+        except CheckpointError as e:
+            self.diags.append(e.to_diagnostic(st.source.span))
+            return CExpr(ERROR, st.span)
+        tensors = {n: TensorMeta(p.shape, "float32") for n, p in ad.pairs.items()}
+        node = CAdapter(DELTA, st.name.span, tensors, None, sparse=True, name=st.name.name,
+                        adapter=ad)
         self.inputs[st.name.name] = node
         return node
 
@@ -912,6 +931,48 @@ class Checker:
         return ok
 
     # -- tensor tables ---------------------------------------------------------------------
+    def _merge_sparse(self, node: CExpr, operands, spans) -> None:
+        """Tables with LoRA deltas: an adapter covers some tensors of the model it is
+        combined with (the others are zero); it must name only tensors the model has, with
+        the model's shapes."""
+        dense = [(o, sp) for o, sp in zip(operands, spans) if not o.sparse]
+        sparse = [(o, sp) for o, sp in zip(operands, spans) if o.sparse]
+        if dense:
+            self._merge_tables(node, [o for o, _ in dense], [sp for _, sp in dense])
+            if node.tensors is None:
+                return
+            table, ref_span, what = node.tensors, dense[0][1], "the model it is combined with"
+        else:
+            table, ref_span, what = {}, sparse[0][1], "the other adapter"
+        ok = True
+        for o, sp in sparse:
+            if dense:
+                missing = [n for n in o.tensors if n not in table]
+                if missing:
+                    ok = False
+                    self.err("E303", f"the adapter adapts {len(missing)} tensor"
+                             f"{'s' if len(missing) != 1 else ''} that {what} lacks "
+                             f"({_list_names(missing)})", sp,
+                             "is it an adapter for this model? PEFT names modules after the "
+                             "model it was trained on", (Label(ref_span, "this model"),))
+                    continue
+            bad = [(n, m.shape, table[n].shape) for n, m in o.tensors.items()
+                   if n in table and tuple(table[n].shape) != tuple(m.shape)]
+            if bad:
+                ok = False
+                name, a, b = bad[0]
+                self.err("E304", f"the adapter's delta for `{name}` is {_shape(a)}, but it is "
+                         f"{_shape(b)} in {what}" +
+                         (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""), sp,
+                         "is it an adapter for a model of this size?",
+                         (Label(ref_span, f"{_shape(b)} here"),))
+            if not dense:
+                for n, m in o.tensors.items():
+                    table.setdefault(n, m)
+        if not ok:
+            node.tensors = None
+        elif not dense:
+            node.tensors, node.sparse, node.n_layers = dict(table), True, None
     def _merge_tables(self, node: CExpr, operands: list[CExpr], spans=None) -> None:
         """Set node.tensors from operands that must agree; report disagreements."""
         if any(o.tensors is None for o in operands) or not operands:
@@ -919,6 +980,9 @@ class Checker:
             node.n_layers = operands[0].n_layers if operands else None
             return
         spans = list(spans or [o.span for o in operands])
+        if any(o.sparse for o in operands):
+            self._merge_sparse(node, operands, spans)
+            return
         ref, ref_span = operands[0], spans[0]
         ok = True
         for o, sp in zip(operands[1:], spans[1:]):
@@ -1127,7 +1191,7 @@ def _first_input(e: CExpr) -> CInput | None:
     if isinstance(e, CCall):
         return _first_input(e.base if e.base is not None else e.inputs[0])
     if isinstance(e, CLinear):
-        return _first_input(e.terms[0][0])
+        return next((x for x in (_first_input(t) for t, _ in e.terms) if x is not None), None)
     if isinstance(e, CSlice):
         return _first_input(e.target)
     if isinstance(e, CStack):

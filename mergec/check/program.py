@@ -83,6 +83,8 @@ class CExpr:
     span: Span
     tensors: dict[str, TensorMeta] | None = field(default=None, repr=False)
     n_layers: int | None = None
+    #: the table covers only some tensors of a model; the others are zero (LoRA deltas)
+    sparse: bool = False
 
 
 @dataclass(eq=False)
@@ -90,6 +92,14 @@ class CInput(CExpr):
     name: str = ""
     checkpoint: Any = None  # mergec.io.checkpoint.Checkpoint | None
     config: dict | None = None
+
+
+@dataclass(eq=False)
+class CAdapter(CExpr):
+    """A LoRA adapter: a Delta over the tensors its modules adapt (zero elsewhere)."""
+
+    name: str = ""
+    adapter: Any = None  # mergec.io.adapter.Adapter
 
 
 @dataclass(eq=False)
@@ -152,7 +162,7 @@ DEFAULT_SEED = 0x6D657267  # used and recorded in the model card when no `set se
 class CheckedProgram:
     file: str
     text: str
-    inputs: dict[str, CInput]
+    inputs: dict[str, Any]  # name -> CInput or CAdapter
     params: dict[str, Any]
     settings: Settings
     outputs: list[Output]

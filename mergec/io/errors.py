@@ -33,6 +33,7 @@ E_WRITE_FAILED = "E415"
 E_BAD_SIZE = "E416"
 E_DTYPE = "E417"
 E_CONFIG_DERIVE = "E418"
+E_ADAPTER = "E419"
 
 IO_ERRORS: dict[str, tuple[str, str]] = {
     E_SOURCE_MISSING: (
@@ -152,6 +153,16 @@ IO_ERRORS: dict[str, tuple[str, str]] = {
         "and, when the layer count changes, the layer count and per-layer lists such as "
         "`layer_types`. A per-layer list whose entries differ cannot be shortened or "
         "extended automatically, or the config has no known layer-count key.",
+    ),
+    E_ADAPTER: (
+        "invalid or unsupported LoRA adapter",
+        "An `adapter` source must be a PEFT LoRA adapter folder: `adapter_config.json` "
+        "(with `r`, `lora_alpha`, optionally `use_rslora`, `alpha_pattern`, "
+        "`fan_in_fan_out`) and `adapter_model.safetensors` holding `lora_A`/`lora_B` pairs "
+        "(or `lora_embedding_A`/`lora_embedding_B` for embeddings). DoRA adapters, adapters "
+        "with trained biases, and other PEFT methods (IA3, prefix tuning, ...) are not LoRA "
+        "deltas mergec can apply; merge them into their base with PEFT's "
+        "`merge_and_unload` and declare the result with `model`.",
     ),
 }
 

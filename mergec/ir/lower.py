@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mergec import arch
 from mergec.check.program import (
-    CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Ramp,
+    CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Ramp,
 )
 from mergec.check.checker import FLOAT_DTYPES, _part_model
 from mergec.ir.nodes import Graph, Node
@@ -70,8 +70,20 @@ def _lo(e: CExpr, name: str, g: Graph, seed: int, out_name: str) -> Node:
     if isinstance(e, CInput):
         m = e.tensors[name]
         return g.load(e.name, name, m.shape, m.dtype)
+    if isinstance(e, CAdapter):
+        pair = e.adapter.pairs.get(name)
+        if pair is None:
+            return g.zeros(e.tensors[name].shape) if name in e.tensors else None
+        ia, ib = e.adapter.tensors[pair.a], e.adapter.tensors[pair.b]
+        a = g.load(e.name, pair.a, tuple(ia.shape), ia.dtype)
+        b = g.load(e.name, pair.b, tuple(ib.shape), ib.dtype)
+        return g.lowrank(b, a, pair.scale, pair.transpose)
     if isinstance(e, CLinear):
-        return g.wsum([(_lo(t, name, g, seed, out_name), c) for t, c in e.terms])
+        terms = [(_lo(t, name, g, seed, out_name), c) for t, c in e.terms
+                 if not (t.sparse and name not in t.tensors)]
+        if not terms:  # only adapters, none of which adapts this tensor
+            return g.zeros(e.tensors[name].shape)
+        return g.wsum(terms)
     if isinstance(e, CSlice):
         bi = arch.block_index(name)
         return _lo(e.target, arch.with_block_index(name, bi + e.start), g, seed, out_name)
@@ -123,7 +135,8 @@ def resolve_params(call: CCall, name: str) -> dict:
 def _lo_call(e: CCall, name: str, g: Graph, seed: int, out_name: str) -> Node:
     m = e.method
     params = resolve_params(e, name)
-    xs = [_lo(i, name, g, seed, out_name) for i in e.inputs]
+    xs = [g.zeros(e.tensors[name].shape) if i.sparse and name not in i.tensors
+          else _lo(i, name, g, seed, out_name) for i in e.inputs]
     s = derive_seed(seed, out_name, name) if m.random else None
     if params.get("trim") == "model":
         # the threshold is taken over the whole model: a placeholder the executor fills

@@ -9,6 +9,8 @@ Op set (the whole vocabulary; backends implement exactly these):
   load(source, tensor)        read one tensor of an input checkpoint; `shape`, `dtype` its stored ones
   wsum(coeffs)                sum_i coeffs[i] * args[i]  (every +, -, * by a number, linear)
   merge(method, params, seed) a registry method over args (task vectors for delta methods)
+  lowrank(scale, transpose)   scale * args[0] @ args[1] (transposed): the delta of a LoRA pair
+  zeros                       a zero tensor of `shape` (a delta that changes nothing)
   cast(dtype)                 the storage dtype of the written tensor; the root of every output
 
 Values between nodes are float32 (the compute dtype); `cast` happens once, at the root.
@@ -84,7 +86,10 @@ class Graph:
         """sum of c * x over (x, c) terms; nested sums are flattened, equal terms combined."""
         acc: dict[Node, float] = {}
         order: list[Node] = []
+        shape0 = terms[0][0].shape if terms else ()
         for x, c in terms:
+            if x.op == "zeros":
+                continue
             if x.op == "wsum":
                 inner = [(a, c * k) for a, k in zip(x.args, x.attr("coeffs"))]
             else:
@@ -95,6 +100,8 @@ class Graph:
                     order.append(a)
                 acc[a] += k
         kept = [(a, acc[a]) for a in order if acc[a] != 0.0]
+        if not kept:
+            return self.zeros(shape0)
         if len(kept) == 1 and kept[0][1] == 1.0:
             return kept[0][0]
         shape = order[0].shape if order else ()
@@ -105,6 +112,14 @@ class Graph:
         items = tuple(sorted((k, _freeze(v)) for k, v in params.items()))
         return self.node("merge", args, (("method", method), ("params", items), ("seed", seed)),
                          args[0].shape)
+
+    def zeros(self, shape) -> Node:
+        return self.node("zeros", (), (), shape)
+
+    def lowrank(self, b: Node, a: Node, scale: float, transpose: bool) -> Node:
+        shape = (a.shape[1], b.shape[0]) if transpose else (b.shape[0], a.shape[1])
+        return self.node("lowrank", (b, a), (("scale", float(scale)), ("transpose", transpose)),
+                         shape)
 
     def cast(self, x: Node, dtype: str) -> Node:
         return self.node("cast", (x,), (("dtype", dtype),), x.shape, dtype)
@@ -153,6 +168,11 @@ def render(root: Node) -> str:
         elif n.op == "wsum":
             desc = "wsum(" + ", ".join(f"{c:g}*{ids[id(a)]}" for a, c in
                                        zip(n.args, attrs["coeffs"])) + ")"
+        elif n.op == "lowrank":
+            desc = f"lowrank({args}; scale={attrs['scale']:g}" + \
+                (", transposed)" if attrs["transpose"] else ")")
+        elif n.op == "zeros":
+            desc = f"zeros{list(n.shape)}"
         elif n.op == "merge":
             ps = ", ".join(f"{k}={v}" for k, v in attrs["params"])
             desc = f"{attrs['method']}({args}; {ps}" + \
