@@ -68,6 +68,12 @@ def _guard(fn):
         except CheckpointError as e:  # an input that fails while being read
             _report(MergecError(e.to_diagnostic()), fmt)
             raise typer.Exit(1)
+        except BrokenPipeError:  # the reader went away (`mergec plan --json | head`)
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:  # pragma: no cover
+                pass
+            raise typer.Exit(0)
         except KeyboardInterrupt:
             _err("mergec: interrupted; nothing was written at the target")
             raise typer.Exit(130)
@@ -102,7 +108,8 @@ def _size(text: Optional[str], flag: str) -> Optional[int]:
     try:
         return parse_size(text)
     except ValueError as e:
-        raise UsageError(Diagnostic("E502", f"`{flag} {text}`: {e}",
+        msg = getattr(e, "message", None) or str(e)
+        raise UsageError(Diagnostic("E502", f"`{flag} {text}`: {msg}",
                                     help="sizes look like 5GB, 500MB or 2GiB")) from None
 
 
@@ -131,12 +138,22 @@ def check(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     from mergec.api import check as api_check
 
     checked = api_check(recipe, overrides=_overrides(set_))
+    _warn(checked, output_format)
     if output_format == Fmt.json:
-        print(json.dumps({"diagnostics": [], "outputs": [o.name for o in checked.outputs]}))
+        print(json.dumps({"diagnostics": [d.to_dict() for d in checked.warnings],
+                          "outputs": [o.name for o in checked.outputs]}))
     else:
         n = len(checked.outputs)
         print(f"{recipe}: ok ({len(checked.inputs)} input{'s' if len(checked.inputs) != 1 else ''}"
               f", {n} output{'s' if n != 1 else ''})")
+
+
+def _warn(checked, fmt: Fmt) -> None:
+    """Print the warnings of a recipe that checked (text mode; JSON carries them itself)."""
+    if checked.warnings and fmt == Fmt.text:
+        from mergec.diagnostics import render
+
+        _err("\n\n".join(render(d, SourceMap()) for d in checked.warnings))
 
 
 def _human(n: int) -> str:
@@ -176,12 +193,30 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
                     or None))
 
 
+def _backend_name(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    from mergec.backends import available_backends
+
+    avail = available_backends()
+    return next((b for b in ("torch", "jax", "reference") if b in avail), "reference")
+
+
+def _print_steps(compiled) -> None:
+    for op in compiled.plan.outputs:
+        print(f"\ntensors of {op.output}:")
+        width = max((len(s.name) for s in op.steps), default=0)
+        for s in op.steps:
+            how = "copy" if s.raw_copy else f"{s.ops} op{'s' if s.ops != 1 else ''}"
+            print(f"  {s.name.ljust(width)}  {s.dtype:<8} {str(s.shape):<14} {how}")
+
+
 @app.command()
 @_guard
 def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
          as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-         tensors: bool = typer.Option(False, "--tensors", help="With --json: every tensor."),
+         tensors: bool = typer.Option(False, "--tensors", help="List every tensor too."),
          ir: Optional[str] = typer.Option(None, "--ir", metavar="TENSOR",
                                           help="Also print the IR of one tensor."),
          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
@@ -189,10 +224,14 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     from mergec.api import compile as api_compile
 
     compiled = api_compile(recipe, overrides=_overrides(set_), steps=tensors)
+    _warn(compiled.checked, output_format)
+    compiled.plan.backend = _backend_name(compiled.checked.settings.backend)
     if as_json:
         print(compiled.plan.model_dump_json(indent=2))
     else:
         _print_plan(compiled, ir)
+        if tensors:
+            _print_steps(compiled)
 
 
 @app.command()
@@ -222,6 +261,7 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
         raise UsageError(Diagnostic("E502", f"unknown device `{device}`",
                                     help="use cpu, cuda or auto"))
     compiled = api_compile(recipe, overrides=_overrides(set_))
+    _warn(compiled.checked, output_format)
     check_targets(compiled, out_dir, force)
     if dry_run:
         _print_plan(compiled, None)
@@ -233,9 +273,17 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
         results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
                              device, quiet)
     except BackendUnavailable as e:
-        raise UsageError(Diagnostic("E503", str(e), help="install it with "
-                                    "`pip install 'mergec[torch]'` or `'mergec[jax]'`")) \
-            from None
+        text = str(e)
+        if "CUDA" in text or "device" in text:
+            help_ = "choose a device this machine has: `--device cpu` (or `auto`)"
+        elif "package" in text:
+            want = backend or compiled.checked.settings.backend
+            help_ = (f"install it with `pip install 'mergec[{want}]'`, or choose another "
+                     "backend with `--backend`" if want in ("torch", "jax") else
+                     "choose another backend with `--backend`")
+        else:
+            help_ = "choose another backend with `--backend`"
+        raise UsageError(Diagnostic("E503", text, help=help_)) from None
     for r in results:
         print(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
               f"{r.seconds:.1f}s)")
@@ -252,7 +300,7 @@ def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, devic
     totals = {p.output: (p.tensors, p.bytes_written) for p in compiled.plan.outputs}
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.fields[tensors]}"), DownloadColumn(),
+                  TextColumn("{task.fields[tensors]}"), DownloadColumn(binary_units=True),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=console,
                   transient=False) as prog:
         tasks = {}
@@ -338,6 +386,10 @@ def methods(name: Optional[str] = typer.Argument(None, help="Show one method in 
             mark = "" if m.name in IMPLEMENTED else "  (declared; not yet runnable)"
             print(f"{m.name.ljust(width)}  {m.summary}{mark}")
         print(f"{'stack'.ljust(width)}  Concatenate runs of blocks into a new model (builtin).")
+        print(f"{'ramp'.ljust(width)}  A parameter value that varies with depth (builtin).")
+        return
+    if name in BUILTIN_DOCS:
+        print(BUILTIN_DOCS[name])
         return
     m = REGISTRY.get(name)
     if m is None:
@@ -346,6 +398,24 @@ def methods(name: Optional[str] = typer.Argument(None, help="Show one method in 
              (f"\n  = help: did you mean `{close[0]}`?" if close else ""))
         raise typer.Exit(2)
     print(method_text(m))
+
+
+BUILTIN_DOCS = {
+    "stack": """stack: concatenate runs of blocks into a new model (builtin)
+
+  inputs   one or more runs of blocks (`x.layers[a:b]`), whole models, or merges of
+           equal-length runs (`slerp(a.layers[0:8], b.layers[0:8], t=0.5)`)
+  result   a Model whose blocks are renumbered from 0; config.json gets the new count
+
+  parameters:
+    embed   Model  default: the first run's model   where embeddings come from
+    head    Model  default: the last run's model    where the final norm and head come from""",
+    "ramp": """ramp: a number that varies with depth (builtin, a parameter value)
+
+  ramp(v0, ..., vk): for block i of n, x = i / (n - 1); the value is the piecewise-linear
+  interpolation of the anchors placed evenly on [0, 1]. Tensors outside the blocks take v0.
+  Example: slerp(a, b, t=ramp(0, 1)) goes from a at the first block to b at the last.""",
+}
 
 
 def method_text(m) -> str:

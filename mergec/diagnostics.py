@@ -149,8 +149,10 @@ def render_all(diags: list[Diagnostic], sources: SourceMap | None = None) -> str
     sources = sources or SourceMap()
     parts = [render(d, sources) for d in diags]
     n = sum(1 for d in diags if d.severity == "error")
+    w = len(diags) - n
     if n:
-        parts.append(f"found {n} error{'s' if n != 1 else ''}")
+        parts.append(f"found {n} error{'s' if n != 1 else ''}" +
+                     (f" and {w} warning{'s' if w != 1 else ''}" if w else ""))
     return "\n\n".join(parts[:-1]) + ("\n\n" if len(parts) > 1 else "") + parts[-1] if parts else ""
 
 

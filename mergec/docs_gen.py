@@ -66,8 +66,9 @@ def _base_text(m: registry.Method) -> str:
     if m.base == "delta":
         without = ("Without it, the inputs must be Deltas (`a - base`) and the result is a "
                    "Delta.")
-        if m.notes.startswith(_WITHOUT_BASE):  # the method says it itself
-            without = "Without it, " + m.notes[len(_WITHOUT_BASE):].strip()
+        if m.models_without_base:
+            without = ("Without it, the inputs are merged as they are (all Models or all "
+                       "Deltas) and the result has their kind.")
         return ("optional `base=`. With it, the inputs are models: each becomes a task "
                 "vector `x - base`, the method merges the task vectors, and the result is "
                 "`base + merged`, a Model. " + without)

@@ -67,7 +67,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A per-input parameter given as a list needs one value per input, in the order "
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
-             "`set` takes: seed, backend, device, compute_dtype, shard_size, max_memory."),
+             "`set` takes: seed, backend, device, shard_size."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),
@@ -129,6 +129,11 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E308": ("model without numbered blocks",
              "`.layers[a:b]` and `stack` need tensor names with a block index such as "
              "`model.layers.3.`; this model has none."),
+    "W301": ("`where` selector matches no tensor",
+             "No tensor of the merge calls a `where` block applies to matches its selector, "
+             "so the block changes nothing. Check the glob against the tensor names "
+             "(`mergec plan RECIPE --tensors` lists them); globs match the full name, so "
+             "`\"mlp.*\"` matches nothing where `\"*.mlp.*\"` matches every MLP tensor."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read."),
     "E502": ("invalid command-line value",
@@ -147,7 +152,7 @@ ERRORS = dict(sorted(ERRORS.items()))
 
 def explain(code: str) -> str | None:
     code = code.strip().upper()
-    if not code.startswith("E"):
+    if not code[:1] in ("E", "W"):
         code = "E" + code
     entry = ERRORS.get(code)
     if entry is None:
@@ -164,8 +169,13 @@ def errors_markdown() -> str:
              "when it is stale.", ""]
     stage = None
     for code, (title, text) in ERRORS.items():
-        if code[1] != stage:
-            stage = code[1]
-            lines += [f"## {STAGES.get(stage, 'Other')} (E{stage}xx)", ""]
+        if code[:2] != stage:
+            stage = code[:2]
+            if code[0] == "W":
+                lines += ["## Warnings (Wxxx)", "",
+                          "A warning does not stop a build; it points at something that is "
+                          "probably not what the recipe means.", ""]
+            else:
+                lines += [f"## {STAGES.get(stage[1], 'Other')} (E{stage[1]}xx)", ""]
         lines += [f"### {code}: {title}", "", text, ""]
     return "\n".join(lines)

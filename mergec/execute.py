@@ -130,7 +130,11 @@ def _itemsize(dtype: str) -> int:
 def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     inputs = []
     bases = []
-    for name in checked.inputs:
+    used = {n.attr("source") for t in lo.tensors for n in topo(t.node) if n.op == "load"}
+    for o in (lo.output.config_from, lo.output.tokenizer_from):
+        if o is not None:
+            used.add(o.name)
+    for name in [n for n in checked.inputs if n in used]:
         ck = source_of(checked, name)
         ref = getattr(ck, "ref", None)
         src = ref.raw if ref is not None else str(ck.root)
@@ -140,4 +144,5 @@ def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     return hf_files.model_card(
         output_name=lo.output.name, recipe_text=checked.text,
         recipe_path=Path(checked.file).name, inputs=inputs, mergec_version=__version__,
-        seed=checked.settings.seed, base_models=bases)
+        seed=checked.settings.seed, base_models=bases, params=checked.params,
+        overridden=tuple(checked.overrides))

@@ -12,6 +12,7 @@ produces no further diagnostics.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,20 +33,16 @@ OUTPUT_OPTIONS = ("dtype", "tokenizer", "config")
 BUILTINS = ("stack", "ramp")
 SETTINGS = {
     "seed": "a whole number >= 0",
-    "backend": '"auto", "torch" or "jax"',
-    "device": '"auto", "cpu", "cuda" or "gpu"',
-    "compute_dtype": '"float32" or "float64"',
+    "backend": '"auto", "torch", "jax" or "reference"',
+    "device": '"auto", "cpu", "cuda", "cuda:N" or "gpu"',
     "shard_size": 'a size such as "5GB"',
-    "max_memory": 'a size such as "8GB"',
 }
 _MAX_LISTED = 3
 _SETTING_HELP = {
     "seed": "for example `set seed = 42`; it seeds every random method, per tensor",
     "backend": 'for example `set backend = "torch"`',
     "device": 'for example `set device = "cpu"`',
-    "compute_dtype": 'for example `set compute_dtype = "float32"`',
     "shard_size": 'for example `set shard_size = "2GB"`',
-    "max_memory": 'for example `set max_memory = "8GB"`',
 }
 
 
@@ -87,6 +84,7 @@ class Checker:
         self.base_dir = base_dir if base_dir is not None else \
             Path(program.file).resolve().parent
         self.diags: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
         self.env: dict[str, _Binding] = {}
         self.later_defs: dict[str, Span] = {}
         self.inputs: dict[str, CInput] = {}
@@ -148,9 +146,10 @@ class Checker:
                 except CheckpointError as e:
                     self.diags.append(e.to_diagnostic(out.span))
         if self.diags:
-            raise MergecError(sorted(self.diags, key=_diag_key))
+            raise MergecError(sorted(self.diags + self.warnings, key=_diag_key))
         return CheckedProgram(self.program.file, self.program.text, self.inputs, self.params,
-                              self._settings(), self.outputs, self.program)
+                              self._settings(), self.outputs, self.program,
+                              overrides=dict(self.overrides), warnings=list(self.warnings))
 
     # -- statements -----------------------------------------------------------------------
     def _model(self, st: ast.ModelStmt) -> CExpr:
@@ -227,12 +226,11 @@ class Checker:
         if name == "seed":
             ok = v.kind == NUMBER and float(val).is_integer() and val >= 0
         elif name == "backend":
-            ok = val in ("auto", "torch", "jax")
+            ok = val in ("auto", "torch", "jax", "reference")
         elif name == "device":
-            ok = val in ("auto", "cpu", "cuda", "gpu")
-        elif name == "compute_dtype":
-            ok = val in ("float32", "float64")
-        elif name in ("shard_size", "max_memory"):
+            ok = isinstance(val, str) and (val in ("auto", "cpu", "cuda", "gpu") or
+                                           re.fullmatch(r"cuda:\d+", val) is not None)
+        elif name == "shard_size":
             from mergec.io.sizes import parse_size
 
             try:
@@ -250,8 +248,7 @@ class Checker:
         s = self.settings
         return Settings(seed=s.get("seed", DEFAULT_SEED), seed_explicit="seed" in s,
                         backend=s.get("backend", "auto"), device=s.get("device", "auto"),
-                        compute_dtype=s.get("compute_dtype", "float32"),
-                        shard_size=s.get("shard_size"), max_memory=s.get("max_memory"))
+                        shard_size=s.get("shard_size"))
 
     def _tensor_stmt(self, st) -> CExpr:
         value = self._expr(st.expr)
@@ -378,6 +375,13 @@ class Checker:
             ov = Override(globs, layers, tuple(values), w.span)
             for c in calls:
                 c.overrides = c.overrides + (ov,)
+            tables = [c.tensors for c in calls if c.tensors is not None]
+            if tables and len(tables) == len(calls) and not any(
+                    ov.matches(n, arch.block_index(n)) for t in tables for n in t):
+                self.warnings.append(Diagnostic(
+                    "W301", "this `where` matches no tensor, so it changes nothing", w.span,
+                    "globs match full tensor names: `\"*.mlp.*\"`, not `\"mlp\"`; "
+                    "`mergec plan --tensors` lists the names", severity="warning"))
 
     # -- expressions -----------------------------------------------------------------------
     def _lookup(self, e: ast.Name) -> _Binding | None:
@@ -518,7 +522,8 @@ class Checker:
         elif abs(weight) < 1e-9:
             if LAYERS in kinds:
                 self.err("E215", "differences of layer runs are not supported", span,
-                         "subtract whole models, then slice: `(a - base)` ...")
+                         "merge whole models, then slice the result: "
+                         "`(base + 0.5 * (math - base)).layers[0:2]`")
                 return CExpr(ERROR, span)
             kind = DELTA
         else:
@@ -568,6 +573,7 @@ class Checker:
         if n is not None and stop > n:
             self.err("E301", f"layer range `[{start}:{stop}]` is out of bounds: the model has "
                      f"{n} blocks (0 to {n - 1})", e.span,
+                     f"did you mean `[{start}:{n}]`?" if start < n else
                      f"the largest range is `[0:{n}]`")
             return CExpr(ERROR, e.span)
         tensors = None
@@ -710,7 +716,7 @@ class Checker:
                              f"`{fname}(a, b, base=base)`")
                     return CExpr(ERROR, e.span)
                 result = MODEL
-            elif kind == MODEL and fname not in ("nuslerp", "multislerp"):
+            elif kind == MODEL and not method.models_without_base:
                 self.err("E216", f"`{fname}` merges task vectors: give it `base=` or deltas",
                          e.span, f"write `{fname}(a, b, base=base)` or "
                          f"`{fname}(a - base, b - base)`")
@@ -915,6 +921,21 @@ class Checker:
                 ok = False
         first = _part_model(parts[0])
         sources = dict((key, src) for src, key in extra)
+        emb_src = sources.get("embed") or first
+        head_src = sources.get("head") or _part_model(parts[-1])
+        if ok and emb_src is not head_src and emb_src.tensors and head_src.tensors:
+            def rows(src, embedding):
+                return {m.shape[0] for n, m in src.tensors.items() if arch.is_vocab_tensor(n)
+                        and arch.is_embedding(n) == embedding and m.shape}
+            ve, vh = rows(emb_src, True), rows(head_src, False) or rows(head_src, True)
+            if len(ve) == 1 and len(vh) == 1 and ve != vh:
+                where = next((k.value.span for k in kwargs if k.name.name == "head"),
+                             args[-1].span)
+                self.err("E305", f"the embeddings come from a model with {ve.pop()} tokens and "
+                         f"the output head from one with {vh.pop()}", where,
+                         "take the embeddings and the head from models with the same "
+                         "vocabulary (`embed=` and `head=` choose them)")
+                ok = False
         for kw in kwargs:
             key = kw.name.name
             src = sources.get(key)

@@ -150,9 +150,7 @@ class Settings:
     seed_explicit: bool = False
     backend: str = "auto"
     device: str = "auto"
-    compute_dtype: str = "float32"
     shard_size: int | None = None
-    max_memory: int | None = None
 
 
 DEFAULT_SEED = 0x6D657267  # used and recorded in the model card when no `set seed` is given
@@ -167,3 +165,5 @@ class CheckedProgram:
     settings: Settings
     outputs: list[Output]
     program: Any = None  # the ast.Program
+    overrides: dict[str, str] = field(default_factory=dict)  # --set name=value given
+    warnings: list = field(default_factory=list)  # Diagnostics with severity "warning"

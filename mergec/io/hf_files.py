@@ -184,7 +184,8 @@ def _yaml_str(text: str) -> str:
 
 
 def model_card(*, output_name: str, recipe_text: str, recipe_path: str, inputs: list[dict],
-               mergec_version: str, seed: int | None, base_models: list[str]) -> str:
+               mergec_version: str, seed: int | None, base_models: list[str],
+               params: dict | None = None, overridden: tuple[str, ...] = ()) -> str:
     """README.md for an output: YAML front matter, description, inputs, seed and recipe.
 
     ``base_model`` in the front matter lists only hub ids (local paths are left out;
@@ -212,6 +213,14 @@ def model_card(*, output_name: str, recipe_text: str, recipe_path: str, inputs: 
     lines.append("")
     if seed is not None:
         lines += [f"Random seed: `{seed}`", ""]
+    if params:
+        lines += ["## Parameters", "", "| param | value | |", "| --- | --- | --- |"]
+        for k, v in params.items():
+            val = ("true" if v else "false") if isinstance(v, bool) else \
+                (f'"{v}"' if isinstance(v, str) else repr(v))
+            note = "set on the command line (`--set`)" if k in overridden else "recipe default"
+            lines.append(f"| {_cell(k)} | `{_cell(val)}` | {note} |")
+        lines.append("")
     fence = "```"
     while fence in recipe_text:
         fence += "`"

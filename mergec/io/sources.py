@@ -227,8 +227,8 @@ def _download_hint(ref: SourceRef) -> str:
     hint = (f"download it once while online (`hf download {ref.repo_id}{rev}`), "
             f"or point the recipe at a local copy (`./path`)")
     if ref.local_candidate is not None:
-        hint = (f"a local folder `{ref.raw}` exists next to the recipe: write `./{ref.raw}` to use it; "
-                f"otherwise " + hint)
+        hint = (f"did you mean the local folder? write `./{ref.raw}` (local paths start with "
+                f"`./`); otherwise " + hint)
     return hint
 
 
@@ -237,7 +237,8 @@ def _not_cached(ref: SourceRef, reason: str, what: str = "files") -> CheckpointE
     if reason == "offline":
         msg = (f"hub model `{ref.hub_label()}`: {what} not in the local cache ({hub_cache_dir()}) "
                f"and hub access is disabled (HF_HUB_OFFLINE)")
-        help = "unset HF_HUB_OFFLINE to allow downloads, or " + help
+        if ref.local_candidate is None:
+            help = "unset HF_HUB_OFFLINE to allow downloads, or " + help
     elif reason == "no-download":
         msg = (f"hub model `{ref.hub_label()}`: {what} not in the local cache ({hub_cache_dir()}) "
                f"and downloads are disabled")

@@ -95,6 +95,8 @@ class Method:
     references: tuple[str, ...] = ()
     notes: str = ""
     family: str = "established"
+    #: a "delta" method that also merges Models as they are when given no `base=`
+    models_without_base: bool = False
 
     def param(self, name: str) -> Param | None:
         for p in self.params:
@@ -165,7 +167,7 @@ METHODS: tuple[Method, ...] = (
         (WEIGHT, _P("flatten", "bool", True, "treat the tensor as one vector"),
          _P("row_wise", "bool", False, "with flatten=false: rows (true) or columns (false)"),
          _P("epsilon", "number", 1e-8, "norms below this count as zero", min=0.0)),
-        base="delta", min_inputs=2, max_inputs=2,
+        base="delta", min_inputs=2, max_inputs=2, models_without_base=True,
         references=("Shoemake 1985",),
         notes="Without base= the inputs are interpolated as they are (Models or Deltas).",
     ),
@@ -174,7 +176,7 @@ METHODS: tuple[Method, ...] = (
         "unit directions u_i; mean direction m = normalize(sum w_i u_i); log map of each u_i at m, "
         "weighted tangent sum, exp map; times sum w_i |x_i| / sum w_i",
         (WEIGHT, _P("epsilon", "number", 1e-8, "norms below this count as zero", min=0.0)),
-        base="delta", min_inputs=2,
+        base="delta", min_inputs=2, models_without_base=True,
         references=("Buss & Fillmore 2001, Spherical averages and applications",),
         notes="Without base= the inputs are averaged as they are (Models or Deltas).",
     ),
