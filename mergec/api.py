@@ -16,7 +16,7 @@ from pathlib import Path
 from mergec.check.checker import check_program
 from mergec.check.program import CheckedProgram
 from mergec.diagnostics import Diagnostic, MergecError, UsageError
-from mergec.ir.lower import LoweredOutput, lower
+from mergec.ir.lower import LoweredOutput, lower, optimize
 from mergec.lang import ast
 from mergec.lang.parser import parse as _parse
 from mergec.plan import Plan, make_plan
@@ -59,9 +59,13 @@ def check(recipe: str | Path, *, text: str | None = None,
 
 
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
-            overrides: dict[str, str] | None = None, steps: bool = False) -> Compiled:
+            overrides: dict[str, str] | None = None, steps: bool = False,
+            passes: bool = True) -> Compiled:
+    """Check, lower to per-tensor IR and (unless `passes=False`) optimize."""
     checked = check(recipe, text=text, overrides=overrides)
     lowered = lower(checked)
+    if passes:
+        optimize(lowered)
     return Compiled(checked, lowered, make_plan(checked.file, lowered, steps=steps))
 
 

@@ -177,11 +177,20 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
         print(f"  write          {_human(op.bytes_written)}")
         print(f"  peak memory    {_human(op.peak_memory)} (estimate)")
         print(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
+        lo = next(x for x in compiled.lowered if x.output.name == op.output)
+        done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]
+        if done:
+            print("  passes         " + "\n                 ".join(done))
     if show_ir:
         for lo in compiled.lowered:
-            for t in lo.tensors:
+            for i, t in enumerate(lo.tensors):
                 if t.name == show_ir:
-                    print(f"\nIR of {lo.output.name}:{t.name}")
+                    if lo.before is not None:
+                        print(f"\nIR of {lo.output.name}:{t.name} before the passes")
+                        print(render(lo.before[i]))
+                        print(f"\nIR of {lo.output.name}:{t.name} after the passes")
+                    else:
+                        print(f"\nIR of {lo.output.name}:{t.name}")
                     print(render(t.node))
                     break
             else:

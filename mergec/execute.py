@@ -21,7 +21,8 @@ from mergec.io import hf_files
 from mergec.io.writer import OutputWriter
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
-from mergec.plan import is_raw_copy
+from mergec.io.errors import CheckpointError
+from mergec.ops.linear import linear_coeffs
 from mergec.stats import compute_model_stats, resolve_stats
 
 
@@ -44,8 +45,10 @@ def source_of(checked: CheckedProgram, name: str):
 
 
 def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None):
-    """The backend value of `root` (float32), computing its DAG in topological order and
-    freeing every value after its last use."""
+    """The backend value of `root`, computing its DAG in topological order and freeing
+    every value after its last use. Weighted sums (and the linear methods, which are
+    weighted sums) are accumulated in float64 and stay float64 while they feed other
+    weighted sums; everything else is float32."""
     order = topo(root)
     last_use: dict[int, int] = {}
     for i, n in enumerate(order):
@@ -56,20 +59,25 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
         if n.op == "load":
             v = backend.asarray(source_of(checked, n.attr("source")).read(n.attr("tensor")))
         elif n.op == "wsum":
-            v = backend.weighted_sum([(values[id(a)], c)
-                                      for a, c in zip(n.args, n.attr("coeffs"))])
+            v = backend.weighted_sum64([(values[id(a)], c)
+                                        for a, c in zip(n.args, n.attr("coeffs"))])
         elif n.op == "merge":
             params = dict(n.attr("params"))
             if stats is not None:
                 params = {k: resolve_stats(v, stats) for k, v in params.items()}
-            v = backend.method(n.attr("method"), [values[id(a)] for a in n.args],
-                               params, n.attr("seed"))
+            args = [values[id(a)] for a in n.args]
+            coeffs = linear_coeffs(n.attr("method"), params, len(args))
+            if coeffs is not None:  # a linear method: the same sum the fold pass writes
+                v = backend.weighted_sum64(list(zip(args, coeffs)))
+            else:
+                v = backend.method(n.attr("method"), [backend.to_float32(x) for x in args],
+                                   params, n.attr("seed"))
         elif n.op == "lowrank":
-            b, a = (values[id(x)] for x in n.args)
+            b, a = (backend.to_float32(values[id(x)]) for x in n.args)
             v = backend.lowrank(b, a, n.attr("scale"), n.attr("transpose"))
         elif n.op == "zeros":
             v = backend.zeros(n.shape)
-        else:  # pragma: no cover - cast is the root, handled by the caller
+        else:  # pragma: no cover - roots (cast, copy, convert) are handled by the caller
             raise AssertionError(n.op)
         values[id(n)] = v
         for a in n.args:
@@ -78,8 +86,33 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
     return values[id(order[-1])]
 
 
-def _eval_tensor(t: OutTensor, checked: CheckedProgram, backend, stats=None):
-    return backend.to_numpy(evaluate(t.node.args[0], checked, backend, stats), t.dtype)
+def tensor_bytes(t: OutTensor, checked: CheckedProgram, backend, stats=None):
+    """The stored form of one output tensor: raw bytes (a copy) or a numpy array."""
+    root = t.node
+    if root.op in ("copy", "convert"):
+        src = source_of(checked, root.attr("source"))
+        name = root.attr("tensor")
+        if root.op == "copy":
+            read_raw = getattr(src, "read_raw", None)
+            try:
+                return read_raw(name) if read_raw is not None else src.read(name)
+            except CheckpointError:
+                if getattr(src, "format", "") == "bin":  # no raw bytes in a pickle
+                    return src.read(name)
+                raise
+        return convert(src.read(name), t.dtype)
+    value = evaluate(root.args[0], checked, backend, stats)
+    return backend.to_numpy(backend.to_float32(value), t.dtype)
+
+
+def convert(a, dtype: str):
+    """A stored array in another storage dtype, through float32 like every computed tensor
+    (bfloat16 and float16 widen to float32 exactly, so this is one rounding)."""
+    import numpy as np
+
+    from mergec.io.dtypes import numpy_dtype
+
+    return a.astype(np.float32).astype(numpy_dtype(dtype))
 
 
 def output_config(lo: LoweredOutput) -> dict | None:
@@ -101,12 +134,11 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
         for i, t in enumerate(lo.tensors):
-            if is_raw_copy(t):
-                load = t.node.args[0]
-                writer.write(t.name, source_of(checked, load.attr("source"))
-                             .read(load.attr("tensor")))
+            data = tensor_bytes(t, checked, backend, stats)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                writer.write_raw(t.name, data)
             else:
-                writer.write(t.name, _eval_tensor(t, checked, backend, stats))
+                writer.write(t.name, data)
             done_bytes += t.node.numel * _itemsize(t.dtype)
             if progress:
                 progress(out.name, i + 1, done_bytes)
@@ -130,7 +162,8 @@ def _itemsize(dtype: str) -> int:
 def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     inputs = []
     bases = []
-    used = {n.attr("source") for t in lo.tensors for n in topo(t.node) if n.op == "load"}
+    used = {n.attr("source") for t in lo.tensors for n in topo(t.node)
+            if n.op in ("load", "copy", "convert")}
     for o in (lo.output.config_from, lo.output.tokenizer_from):
         if o is not None:
             used.add(o.name)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from mergec.io.dtypes import itemsize
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
+from mergec.ops.linear import LINEAR_METHODS
 
 COMPUTE_ITEMSIZE = 4  # float32
 
@@ -48,8 +49,10 @@ class Plan(BaseModel):
 
 def is_raw_copy(t: OutTensor) -> bool:
     """The tensor is one input tensor written with its stored dtype: no decode, no compute."""
-    arg = t.node.args[0]
-    return arg.op == "load" and arg.dtype == t.dtype
+    if t.node.op == "copy":
+        return True
+    arg = t.node.args[0] if t.node.op == "cast" else None
+    return arg is not None and arg.op == "load" and arg.dtype == t.dtype
 
 
 def _nbytes(n: Node) -> int:
@@ -61,6 +64,8 @@ def tensor_peak(t: OutTensor) -> int:
     and freeing each value after its last use."""
     if is_raw_copy(t):
         return _nbytes(t.node)
+    if t.node.op == "convert":  # the stored array, its float32 form, the result
+        return t.node.numel * (COMPUTE_ITEMSIZE + itemsize(t.node.attr("from"))) + _nbytes(t.node)
     order = topo(t.node)
     last_use: dict[int, int] = {}
     for i, n in enumerate(order):
@@ -76,6 +81,9 @@ def tensor_peak(t: OutTensor) -> int:
             peak = max(peak, live + size + transient)
         elif n.op == "cast":
             size = _nbytes(n)
+        elif n.op == "wsum" or (n.op == "merge" and n.attr("method") in LINEAR_METHODS):
+            size = n.numel * 8  # accumulated in float64
+            peak = max(peak, live + size + n.numel * 8)  # plus one widened term
         else:
             size = n.numel * COMPUTE_ITEMSIZE
             # a kernel's own temporaries: about two more values of this size
@@ -107,6 +115,10 @@ def plan_output(lo: LoweredOutput, *, steps: bool = False) -> OutputPlan:
                 ops[n.attr("method")] += 1
             elif n.op in ("wsum", "lowrank"):
                 ops[n.op] += 1
+            elif n.op in ("copy", "convert"):
+                loads[(n.attr("source"), n.attr("tensor"))] = n.numel * itemsize(n.attr("from"))
+                if n.op == "convert":
+                    ops["convert"] += 1
         written += t.node.numel * itemsize(t.dtype)
         peak = max(peak, tensor_peak(t))
         if steps:

@@ -9,7 +9,7 @@ import pytest
 
 from mergec.check.checker import check_program
 from mergec.check.program import Ramp
-from mergec.ir.lower import lower, resolve_params
+from mergec.ir.lower import lower, optimize, resolve_params
 from mergec.ir.nodes import Graph, topo
 from mergec.lang.parser import parse
 
@@ -45,7 +45,7 @@ def compile_text(text: str, layers: dict | None = None):
         return FakeCkpt(layers.get(raw, 4))
 
     checked = check_program(parse(text, "t.merge"), loader=loader, base_dir=Path("."))
-    return checked, lower(checked)
+    return checked, optimize(lower(checked))
 
 
 HEAD = 'model base = "./base"\nmodel a = "./a"\nmodel b = "./b"\nmodel deep = "./deep"\n'
@@ -53,6 +53,11 @@ HEAD = 'model base = "./base"\nmodel a = "./a"\nmodel b = "./b"\nmodel deep = ".
 
 def tensor(lo, name):
     return next(t for t in lo.tensors if t.name == name)
+
+
+def value(t):
+    """What a tensor writes: the copied input (a copy root) or the computed node."""
+    return t.node if t.node.op in ("copy", "convert") else t.node.args[0]
 
 
 def test_arithmetic_folds_to_one_weighted_sum():
@@ -66,8 +71,8 @@ def test_arithmetic_folds_to_one_weighted_sum():
 
 def test_terms_that_cancel_disappear():
     _, (lo,) = compile_text(HEAD + "output m = a + (b - b)\n")
-    root = tensor(lo, "model.norm.weight").node
-    assert root.args[0].op == "load" and root.args[0].attr("source") == "a"
+    root = value(tensor(lo, "model.norm.weight"))
+    assert root.op == "copy" and root.attr("source") == "a"
 
 
 def test_equal_subexpressions_are_one_node():
@@ -125,8 +130,7 @@ def test_stack_renumbers_and_takes_outer_tensors_from_first_and_last():
     checked, (lo,) = compile_text(
         HEAD + "output f = stack(a.layers[0:2], deep.layers[4:8])\n", {"./deep": 8})
     assert lo.n_layers == 6
-    src = {t.name: (t.node.args[0].attr("source"), t.node.args[0].attr("tensor"))
-           for t in lo.tensors}
+    src = {t.name: (value(t).attr("source"), value(t).attr("tensor")) for t in lo.tensors}
     assert src["model.layers.1.mlp.up_proj.weight"] == ("a", "model.layers.1.mlp.up_proj.weight")
     assert src["model.layers.2.mlp.up_proj.weight"] == ("deep", "model.layers.4.mlp.up_proj.weight")
     assert src["model.layers.5.mlp.up_proj.weight"] == ("deep", "model.layers.7.mlp.up_proj.weight")
@@ -139,7 +143,7 @@ def test_stack_embed_and_head_overrides_and_merged_runs():
     _, (lo,) = compile_text(
         HEAD + "output f = stack(slerp(a.layers[0:2], b.layers[2:4], t=ramp(0, 1)), "
         "a.layers[2:4], embed=b, head=base)\n")
-    by = {t.name: t.node.args[0] for t in lo.tensors}
+    by = {t.name: value(t) for t in lo.tensors}
     assert by["model.embed_tokens.weight"].attr("source") == "b"
     assert by["lm_head.weight"].attr("source") == "base"
     m0 = by["model.layers.0.mlp.up_proj.weight"]

@@ -83,6 +83,15 @@ class Backend(Protocol[T]):
     def method(self, name: str, inputs: Sequence[T], params: Mapping[str, Any],
                seed: int | None) -> T: ...
 
+    def weighted_sum64(self, terms: Sequence[tuple[T, float]]) -> T:
+        """sum c_i x_i accumulated in float64, returned as float64 (inputs float32 or
+        float64): linear chains round once, wherever they are split."""
+        ...
+
+    def to_float32(self, x: T) -> T:
+        """A float64 value rounded to float32 (a float32 value unchanged)."""
+        ...
+
     def lowrank(self, b: T, a: T, scale: float, transpose: bool) -> T:
         """scale * (b @ a), transposed when `transpose`: the dense delta of a LoRA pair
         (b: [out, r], a: [r, in])."""

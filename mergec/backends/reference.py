@@ -203,6 +203,17 @@ class ReferenceBackend:
             acc = acc + x * float(c)
         return _f32(acc)
 
+    def weighted_sum64(self, terms: Sequence[tuple[Array, float]]) -> Array:
+        if not terms:
+            raise ValueError("weighted_sum64 of no terms")
+        acc = np.asarray(terms[0][0], dtype=np.float64) * float(terms[0][1])
+        for x, c in terms[1:]:
+            acc += np.asarray(x, dtype=np.float64) * float(c)
+        return acc
+
+    def to_float32(self, x: Array) -> Array:
+        return x if x.dtype == np.float32 else x.astype(np.float32)
+
     def lowrank(self, b: Array, a: Array, scale: float, transpose: bool) -> Array:
         d = _f32(np.matmul(_f32(b), _f32(a)) * np.float32(scale))
         return np.ascontiguousarray(d.T) if transpose else d

@@ -191,6 +191,17 @@ class TorchBackend:
             acc.add_(x * float(c))
         return acc
 
+    def weighted_sum64(self, terms: Sequence[tuple[Tensor, float]]) -> Tensor:
+        if not terms:
+            raise ValueError("weighted_sum64 of no terms")
+        acc = terms[0][0].to(torch.float64) * float(terms[0][1])
+        for x, c in terms[1:]:
+            acc.add_(x.to(torch.float64) * float(c))
+        return acc
+
+    def to_float32(self, x: Tensor) -> Tensor:
+        return x if x.dtype == torch.float32 else x.to(torch.float32)
+
     def lowrank(self, b: Tensor, a: Tensor, scale: float, transpose: bool) -> Tensor:
         d = torch.matmul(b.float(), a.float()) * float(scale)
         return d.t().contiguous() if transpose else d

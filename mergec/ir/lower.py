@@ -39,11 +39,28 @@ class LoweredOutput:
     tensors: list[OutTensor]
     n_layers: int | None
     graph: Graph = field(repr=False, default_factory=Graph)
+    before: list[Node] | None = field(default=None, repr=False)  # roots before the passes
+    reports: list = field(default_factory=list)  # what each pass changed
 
 
-def lower(checked: CheckedProgram) -> list[LoweredOutput]:
-    graph = Graph()
+def lower(checked: CheckedProgram, *, canonical: bool = False) -> list[LoweredOutput]:
+    """The IR exactly as the recipe writes it (a literal graph); `optimize` then runs the
+    passes. `canonical=True` builds the canonical form directly (interned, sums flat)."""
+    graph = Graph(canonical=canonical)
     return [_lower_output(checked, o, graph) for o in checked.outputs]
+
+
+def optimize(lowered: list[LoweredOutput], rules=None) -> list[LoweredOutput]:
+    """Run the passes (mergec.ir.passes.RULES) on every output, keeping the IR from
+    before them and what each pass changed."""
+    from mergec.ir.passes import RULES, run_passes
+
+    for lo in lowered:
+        before = [t.node for t in lo.tensors]
+        after, reports = run_passes(before, RULES if rules is None else rules)
+        lo.before, lo.reports = before, reports
+        lo.tensors = [OutTensor(t.name, r, t.shape, t.dtype) for t, r in zip(lo.tensors, after)]
+    return lowered
 
 
 def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutput:

@@ -11,9 +11,13 @@ Op set (the whole vocabulary; backends implement exactly these):
   merge(method, params, seed) a registry method over args (task vectors for delta methods)
   lowrank(scale, transpose)   scale * args[0] @ args[1] (transposed): the delta of a LoRA pair
   zeros                       a zero tensor of `shape` (a delta that changes nothing)
+  copy(source, tensor)        an input tensor written as stored: raw bytes, no decode (a root)
+  convert(source, tensor)     an input tensor converted to another storage dtype (a root)
   cast(dtype)                 the storage dtype of the written tensor; the root of every output
 
-Values between nodes are float32 (the compute dtype); `cast` happens once, at the root.
+Values between nodes are float32 (the compute dtype), except that weighted sums are
+accumulated in float64 and stay float64 while they feed other weighted sums, so a chain of
+linear operations rounds once however it is written; `cast` happens once, at the root.
 """
 
 from __future__ import annotations
@@ -70,20 +74,36 @@ class Node:
 
 
 class Graph:
-    """Interning table: one Node object per distinct value."""
+    """Builds nodes. A canonical graph (the default) interns them — one Node object per
+    distinct value — and builds every weighted sum in its canonical form (nested sums
+    flattened, equal terms combined, zero terms dropped). A literal graph
+    (`canonical=False`) builds exactly what it is asked for: that is the IR as the
+    lowering writes it, before the passes of `mergec.ir.passes`."""
 
-    def __init__(self):
+    def __init__(self, canonical: bool = True):
+        self.canonical = canonical
         self._nodes: dict[Node, Node] = {}
 
     def node(self, op: str, args=(), attrs=(), shape=(), dtype="float32") -> Node:
         n = Node(op, tuple(args), tuple(attrs), tuple(shape), dtype)
+        if not self.canonical:
+            return n
         return self._nodes.setdefault(n, n)
+
+    def raw_wsum(self, terms) -> Node:
+        """sum of c * x over (x, c), exactly these terms in this order."""
+        terms = list(terms)
+        return self.node("wsum", [x for x, _ in terms],
+                         (("coeffs", tuple(float(c) for _, c in terms)),), terms[0][0].shape)
 
     def load(self, source: str, tensor: str, shape, dtype: str) -> Node:
         return self.node("load", (), (("source", source), ("tensor", tensor)), shape, dtype)
 
     def wsum(self, terms) -> Node:
-        """sum of c * x over (x, c) terms; nested sums are flattened, equal terms combined."""
+        """sum of c * x over (x, c) terms; in a canonical graph nested sums are flattened,
+        equal terms combined and zero terms dropped."""
+        if not self.canonical:
+            return self.raw_wsum(terms)
         acc: dict[Node, float] = {}
         order: list[Node] = []
         shape0 = terms[0][0].shape if terms else ()
@@ -156,9 +176,17 @@ def topo(root: Node) -> list[Node]:
 
 def render(root: Node) -> str:
     """A printable form: one line per node, `%i = op(args) attrs`."""
+    return render_many([root])
+
+
+def render_many(roots: list[Node]) -> str:
+    """Several DAGs in one listing, shared nodes once; parsed back by mergec.ir.text."""
     ids: dict[int, str] = {}
     lines = []
-    for n in topo(root):
+    seen: list[Node] = []
+    for r in roots:
+        seen += [n for n in topo(r) if id(n) not in {id(x) for x in seen}]
+    for n in seen:
         name = f"%{len(ids)}"
         ids[id(n)] = name
         args = ", ".join(ids[id(a)] for a in n.args)
@@ -166,15 +194,19 @@ def render(root: Node) -> str:
         if n.op == "load":
             desc = f"load {attrs['source']}[{attrs['tensor']}] {n.dtype}{list(n.shape)}"
         elif n.op == "wsum":
-            desc = "wsum(" + ", ".join(f"{c:g}*{ids[id(a)]}" for a, c in
+            desc = "wsum(" + ", ".join(f"{c:.17g}*{ids[id(a)]}" for a, c in
                                        zip(n.args, attrs["coeffs"])) + ")"
+        elif n.op in ("copy", "convert"):
+            desc = f"{n.op} {attrs['source']}[{attrs['tensor']}] {attrs['from']}{list(n.shape)}"
+            if n.op == "convert":
+                desc += f" -> {n.dtype}"
         elif n.op == "lowrank":
             desc = f"lowrank({args}; scale={attrs['scale']:g}" + \
                 (", transposed)" if attrs["transpose"] else ")")
         elif n.op == "zeros":
             desc = f"zeros{list(n.shape)}"
         elif n.op == "merge":
-            ps = ", ".join(f"{k}={v}" for k, v in attrs["params"])
+            ps = ", ".join(f"{k}={v!r}" for k, v in attrs["params"])
             desc = f"{attrs['method']}({args}; {ps}" + \
                 (f"; seed={attrs['seed']}" if attrs["seed"] is not None else "") + ")"
         else:

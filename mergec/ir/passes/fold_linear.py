@@ -1,0 +1,47 @@
+"""fold_linear: linear merges and nested weighted sums become one weighted sum."""
+
+from __future__ import annotations
+
+from mergec.ir.nodes import Graph, Node
+from mergec.ir.passes._rewrite import rewrite
+from mergec.ops.linear import linear_coeffs
+
+
+def fold_linear(roots: list[Node], g: Graph) -> tuple[list[Node], list[str]]:
+    folded = {"merges": 0, "sums": 0, "combined": 0}
+
+    def fn(n: Node, args: tuple) -> Node | None:
+        if n.op == "merge":
+            coeffs = linear_coeffs(n.attr("method"), dict(n.attr("params")), len(args))
+            if coeffs is None:
+                return None
+            folded["merges"] += 1
+            return _flat(g, list(zip(args, coeffs)), folded)
+        if n.op == "wsum":
+            return _flat(g, list(zip(args, n.attr("coeffs"))), folded)
+        return None
+
+    out = rewrite(roots, g, fn)
+    changes = []
+    if folded["merges"]:
+        changes.append(f"{folded['merges']} linear merges became weighted sums")
+    if folded["sums"]:
+        changes.append(f"{folded['sums']} nested weighted sums were flattened")
+    if folded["combined"]:
+        changes.append(f"{folded['combined']} repeated terms were combined")
+    return out, changes
+
+
+def _flat(g: Graph, terms, folded) -> Node:
+    flat = []
+    for x, c in terms:
+        if x.op == "wsum":
+            folded["sums"] += 1
+            flat += [(a, c * k) for a, k in zip(x.args, x.attr("coeffs"))]
+        else:
+            flat.append((x, c))
+    acc: dict[Node, float] = {}
+    for x, c in flat:
+        acc[x] = acc.get(x, 0.0) + c
+    folded["combined"] += len(flat) - len(acc)
+    return g.raw_wsum(list(acc.items()))
