@@ -15,6 +15,7 @@ from mergec.backends import base as B
 from mergec.ops.registry import METHODS
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_JAX = importlib.util.find_spec("jax") is not None
 
 
 def _has_cuda() -> bool:
@@ -25,12 +26,27 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _has_jax_gpu() -> bool:
+    if not HAS_JAX:
+        return False
+    import jax
+
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
 BACKENDS = [
     pytest.param(("reference", "cpu"), id="reference"),
     pytest.param(("torch", "cpu"), id="torch",
                  marks=pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")),
     pytest.param(("torch", "cuda"), id="torch-cuda",
                  marks=pytest.mark.skipif(not _has_cuda(), reason="no CUDA device")),
+    pytest.param(("jax", "cpu"), id="jax",
+                 marks=pytest.mark.skipif(not HAS_JAX, reason="jax not installed")),
+    pytest.param(("jax", "gpu"), id="jax-gpu",
+                 marks=pytest.mark.skipif(not _has_jax_gpu(), reason="no GPU device for jax")),
 ]
 
 @pytest.fixture(params=BACKENDS)
@@ -44,6 +60,14 @@ def test_package_import_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(_root()))
 
 
+@pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
+def test_jax_backend_imports_jax_only():
+    code = ("import sys, mergec.backends as b; be = b.get_backend('jax'); "
+            "assert be.name == 'jax' and 'jax' in sys.modules; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(_root()))
+
+
 def _root():
     from pathlib import Path
     return Path(__file__).resolve().parent.parent
@@ -53,6 +77,7 @@ def test_discovery():
     names = available_backends()
     assert "reference" in names
     assert ("torch" in names) == HAS_TORCH
+    assert ("jax" in names) == HAS_JAX
     auto = get_backend("auto")
     assert auto.name == ("torch" if HAS_TORCH else "reference")
     assert get_backend("numpy").name == "reference"
@@ -79,6 +104,63 @@ def test_torch_devices():
         for dev in ("cuda", "gpu", "cuda:0"):
             with pytest.raises(BackendUnavailable):
                 TorchBackend(dev)
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="no jax")
+def test_jax_devices():
+    from mergec.backends.jax_backend import JaxBackend
+
+    assert JaxBackend().device.platform == "cpu"
+    assert JaxBackend("cpu").host_select and not JaxBackend("cpu", host_select=False).host_select
+    if _has_jax_gpu():
+        assert JaxBackend("auto").device.platform == "gpu"
+        assert JaxBackend("cuda").device.platform == "gpu"
+        assert JaxBackend("gpu:0").device.platform == "gpu"
+        assert not JaxBackend("gpu").host_select
+    else:
+        assert JaxBackend("auto").device.platform == "cpu"
+        for dev in ("cuda", "gpu", "cuda:0", "gpu:1"):
+            with pytest.raises(BackendUnavailable, match="device"):
+                JaxBackend(dev)
+    with pytest.raises(BackendUnavailable, match="device"):
+        JaxBackend("tpu-ish")
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="no jax")
+def test_jax_device_side_conversions():
+    """Off the cpu, jax moves bf16/f16 to the device as they are and widens them there, and
+    casts to bf16/f16 there before copying back; that path, run on the cpu, rounds the same."""
+    from mergec.backends.jax_backend import JaxBackend
+
+    be = JaxBackend("cpu")
+    be.platform = "gpu"  # take the device-side branches of asarray and to_numpy
+    ulp = 2.0**-7
+    vals = np.array([1 + 0.5 * ulp, 1 + 1.5 * ulp, 1 + 0.5 * ulp + 2**-20, -(1 + 2.5 * ulp),
+                     3.0e38, 1e-40, 0.0, -0.0, 65504.0, 1e-8, 70000.0], np.float32)
+    for dtype in ("bfloat16", "float16", "float32", "float64"):
+        with np.errstate(over="ignore"):
+            want = vals.astype(B.storage_dtype(dtype))
+        out = be.to_numpy(be.asarray(vals), dtype)
+        assert out.dtype == want.dtype and out.flags.owndata and out.flags.writeable
+        np.testing.assert_array_equal(out.view(np.uint8), want.view(np.uint8))
+    for dtype in ("bfloat16", "float16"):
+        b = np.random.default_rng(0).standard_normal(64).astype(B.storage_dtype(dtype))
+        x = be.asarray(b)
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(be.to_numpy(x, dtype).view(np.uint16), b.view(np.uint16))
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="no jax")
+def test_jax_x64_stays_local():
+    import jax
+
+    be = get_backend("jax")
+    x = be.asarray(np.arange(6, dtype=np.float32))
+    be.method("ties", [x, x], {"weight": (1.0, 2.0), "density": (0.5, 0.5), "trim": "tensor",
+                               "elect": "mass", "weighted_elect": True, "normalize": True,
+                               "lambda": 1.0}, None)
+    assert x.dtype == np.float32
+    assert not jax.config.jax_enable_x64  # the float64 steps did not switch it on globally
 
 
 def test_every_registry_method_has_a_kernel(be):
@@ -133,6 +215,48 @@ def test_no_aliasing(be):
     ro = np.arange(4, dtype=np.float32)
     ro.setflags(write=False)
     np.testing.assert_array_equal(be.to_numpy(be.asarray(ro), "float32"), ro)
+
+
+def test_lowrank_and_zeros(be):
+    rng = np.random.default_rng(2)
+    b, a = rng.standard_normal((6, 2)).astype(np.float32), rng.standard_normal((2, 5)).astype(
+        np.float32)
+    d = be.to_numpy(be.lowrank(be.asarray(b), be.asarray(a), 0.5, False), "float32")
+    np.testing.assert_allclose(d, 0.5 * (b.astype(np.float64) @ a), rtol=1e-6, atol=1e-6)
+    dt = be.to_numpy(be.lowrank(be.asarray(b), be.asarray(a), 0.5, True), "float32")
+    np.testing.assert_array_equal(dt, d.T)
+    z = be.to_numpy(be.zeros((3, 2)), "float32")
+    assert z.shape == (3, 2) and z.dtype == np.float32 and not z.any()
+
+
+def _on_cpu(be) -> bool:
+    dev = be.device
+    return dev == "cpu" or getattr(dev, "type", None) == "cpu" or \
+        getattr(dev, "platform", None) == "cpu"
+
+
+def test_weighted_sum_is_rounded_per_operation(be):
+    """Each product and each sum is rounded to float32 (float64 in weighted_sum64) with no
+    fused multiply-add, as in the reference, so weighted sums are bit-identical on every CPU
+    backend."""
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(4096).astype(np.float32) for _ in range(3)]
+    cs = [0.3, -0.7, 1.0 / 3.0]
+    want = xs[0] * np.float32(cs[0]) + xs[1] * np.float32(cs[1]) + xs[2] * np.float32(cs[2])
+    got = be.to_numpy(be.weighted_sum([(be.asarray(x), c) for x, c in zip(xs, cs)]), "float32")
+    want64 = xs[0].astype(np.float64) * cs[0]
+    for x, c in zip(xs[1:], cs[1:]):
+        want64 += x.astype(np.float64) * c
+    s64 = be.weighted_sum64([(be.asarray(x), c) for x, c in zip(xs, cs)])
+    got64 = be.to_numpy(s64, "float64")
+    got32 = be.to_numpy(be.to_float32(s64), "float32")
+    if _on_cpu(be):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got64, want64)
+        np.testing.assert_array_equal(got32, want64.astype(np.float32))
+    else:  # a GPU may round differently in the last bit
+        np.testing.assert_allclose(got, want, rtol=3e-7, atol=1e-7)
+        np.testing.assert_allclose(got64, want64, rtol=1e-15, atol=1e-15)
 
 
 def test_weighted_sum(be):

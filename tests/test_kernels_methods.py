@@ -18,6 +18,7 @@ from mergec.ops import random as rnd
 from mergec.ops.registry import REGISTRY, REQUIRED
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_JAX = importlib.util.find_spec("jax") is not None
 
 
 def _has_cuda() -> bool:
@@ -28,19 +29,41 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _has_jax_gpu() -> bool:
+    if not HAS_JAX:
+        return False
+    import jax
+
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+NO_JAX = pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
 BACKENDS = [
     pytest.param(("reference", "cpu"), id="reference"),
     pytest.param(("torch", "cpu"), id="torch",
                  marks=pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")),
     pytest.param(("torch", "cuda"), id="torch-cuda",
                  marks=pytest.mark.skipif(not _has_cuda(), reason="no CUDA device")),
+    pytest.param(("jax", "cpu"), id="jax", marks=NO_JAX),
+    # top-k masks and DELLA ranks computed by the XLA kernels (the GPU path) on the cpu
+    pytest.param(("jax", "cpu", {"host_select": False}), id="jax-xla-select", marks=NO_JAX),
+    pytest.param(("jax", "gpu"), id="jax-gpu",
+                 marks=pytest.mark.skipif(not _has_jax_gpu(), reason="no GPU device for jax")),
 ]
 SEED = 0x5EED_1234_ABCD
 
 
 @pytest.fixture(params=BACKENDS)
 def be(request):
-    return get_backend(*request.param)
+    name, device, *kw = request.param
+    if kw:
+        from mergec.backends.jax_backend import JaxBackend
+
+        return JaxBackend(device, **kw[0])
+    return get_backend(name, device)
 
 
 def params_for(name: str, n: int, **over):
@@ -640,6 +663,57 @@ def test_torch_topk_selection_paths(host_select):
             np.testing.assert_array_equal(got, ref_topk(x, k))
             keep = set(o_order(x)[:k])
             np.testing.assert_array_equal(np.nonzero(got)[0], sorted(keep))
+
+
+@NO_JAX
+@pytest.mark.parametrize("host_select", [True, False])
+def test_jax_topk_selection_paths(host_select):
+    import jax
+
+    from mergec.backends.jax_backend import topk_mask
+    from mergec.backends.reference import topk_mask as ref_topk
+
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 7, 30):
+        x = (np.round(rng.standard_normal(n) * 2) / 2).astype(np.float32)  # many ties, signs
+        for k in range(n + 1):
+            got = np.asarray(topk_mask(jax.numpy.asarray(x), k, host_select=host_select))
+            np.testing.assert_array_equal(got, ref_topk(np.abs(x), k))
+            keep = set(o_order(x)[:k])
+            np.testing.assert_array_equal(np.nonzero(got)[0], sorted(keep))
+    # 2-D, every entry equal, -0.0 and 0.0, subnormals, infinities
+    y = np.array([[0.0, -0.0, 1e-45, -1e-45], [3e-39, np.inf, -np.inf, 2.0]], np.float32)
+    for k in range(y.size + 1):
+        got = np.asarray(topk_mask(jax.numpy.asarray(y), k, host_select=host_select))
+        np.testing.assert_array_equal(got, ref_topk(np.abs(y), k))
+    z = np.full((3, 5), -0.75, np.float32)
+    for k in (1, 7, 14):
+        got = np.asarray(topk_mask(jax.numpy.asarray(z), k, host_select=host_select))
+        np.testing.assert_array_equal(got.reshape(-1), np.arange(15) < k)
+
+
+@NO_JAX
+def test_jax_kernels_compile_once_per_shape():
+    """Weights, t, densities, lambda and k are traced: new values reuse the compiled kernels."""
+    from mergec.backends.jax_backend import JaxBackend, kernel_traces
+
+    be = JaxBackend("cpu", host_select=False)
+    xs = [rand((6, 7), s) for s in range(3)]
+
+    def traces():
+        return sum(kernel_traces().values())
+
+    run(be, "ties", xs, density=(0.5, 0.3, 0.8), weight=(1.0, 0.5, 2.0), **{"lambda": 0.9})
+    run(be, "slerp", xs[:2], t=0.3)
+    run(be, "della", xs, seed=SEED, density=0.6, epsilon=0.2)
+    before = traces()
+    for d, w, lam in ((0.2, 3.0, 1.0), (0.9, -1.5, 0.25)):
+        run(be, "ties", xs, density=(d, d / 2, 0.7), weight=(w, 1.0, 0.5), **{"lambda": lam})
+        run(be, "slerp", xs[:2], t=d)
+        run(be, "della", xs, seed=SEED + 1, density=d, epsilon=0.05)
+    assert traces() == before
+    run(be, "ties", [rand((5, 7), s) for s in range(3)])  # a new shape compiles
+    assert traces() > before
 
 
 # errors ------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from mergec.backends import get_backend
 from mergec.ops.registry import REGISTRY
 
-BACKEND_NAMES = ["reference"] + (["torch"] if importlib.util.find_spec("torch") else [])
+BACKEND_NAMES = (["reference"] + (["torch"] if importlib.util.find_spec("torch") else [])
+                 + (["jax"] if importlib.util.find_spec("jax") else []))
 BACKENDS = {n: get_backend(n) for n in BACKEND_NAMES}
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
