@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,7 +45,8 @@ def source_of(checked: CheckedProgram, name: str):
     return inp.checkpoint if hasattr(inp, "checkpoint") else inp.adapter
 
 
-def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None):
+def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
+             fetched: dict | None = None):
     """The backend value of `root`, computing its DAG in topological order and freeing
     every value after its last use. Weighted sums (and the linear methods, which are
     weighted sums) are accumulated in float64 and stay float64 while they feed other
@@ -57,7 +59,11 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
     values: dict[int, object] = {}
     for i, n in enumerate(order):
         if n.op == "load":
-            v = backend.asarray(source_of(checked, n.attr("source")).read(n.attr("tensor")))
+            key = (n.attr("source"), n.attr("tensor"))
+            data = fetched.pop(key, None) if fetched is not None else None
+            if data is None:
+                data = source_of(checked, key[0]).read(key[1])
+            v = backend.asarray(data)
         elif n.op == "wsum":
             v = backend.weighted_sum64([(values[id(a)], c)
                                         for a, c in zip(n.args, n.attr("coeffs"))])
@@ -86,9 +92,14 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
     return values[id(order[-1])]
 
 
-def tensor_bytes(t: OutTensor, checked: CheckedProgram, backend, stats=None):
+def tensor_bytes(t: OutTensor, checked: CheckedProgram, backend, stats=None,
+                 fetched: dict | None = None):
     """The stored form of one output tensor: raw bytes (a copy) or a numpy array."""
     root = t.node
+    if fetched and root.op in ("copy", "convert"):
+        data = fetched.pop((root.attr("source"), root.attr("tensor")), None)
+        if data is not None:
+            return data if root.op == "copy" else convert(data, t.dtype)
     if root.op in ("copy", "convert"):
         src = source_of(checked, root.attr("source"))
         name = root.attr("tensor")
@@ -101,8 +112,46 @@ def tensor_bytes(t: OutTensor, checked: CheckedProgram, backend, stats=None):
                     return src.read(name)
                 raise
         return convert(src.read(name), t.dtype)
-    value = evaluate(root.args[0], checked, backend, stats)
+    value = evaluate(root.args[0], checked, backend, stats, fetched)
     return backend.to_numpy(backend.to_float32(value), t.dtype)
+
+
+class Prefetcher:
+    """Reads the inputs of upcoming tensors on a thread while the current one computes,
+    so reading and computing overlap. Holds the inputs of `ahead` tensors at most."""
+
+    def __init__(self, checked: CheckedProgram, tensors: list[OutTensor], ahead: int = 1):
+        self.checked, self.tensors, self.ahead = checked, tensors, ahead
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mergec-read")
+        self.futures: dict[int, Future] = {}
+
+    def _reads(self, t: OutTensor) -> dict:
+        root = t.node
+        out = {}
+        if root.op == "copy":
+            src = source_of(self.checked, root.attr("source"))
+            if getattr(src, "format", "") != "bin" and hasattr(src, "read_raw"):
+                out[(root.attr("source"), root.attr("tensor"))] = src.read_raw(root.attr("tensor"))
+            return out
+        nodes = [root] if root.op == "convert" else [n for n in topo(root) if n.op == "load"]
+        for n in nodes:
+            key = (n.attr("source"), n.attr("tensor"))
+            if key not in out:
+                out[key] = source_of(self.checked, key[0]).read(key[1])
+        return out
+
+    def get(self, i: int) -> dict:
+        """The inputs of tensor i (read now if they were not read ahead); reads ahead."""
+        for j in range(i + 1, min(i + 1 + self.ahead, len(self.tensors))):
+            if j not in self.futures:
+                self.futures[j] = self.pool.submit(self._reads, self.tensors[j])
+        fut = self.futures.pop(i, None)
+        return fut.result() if fut is not None else self._reads(self.tensors[i])
+
+    def close(self) -> None:
+        for f in self.futures.values():
+            f.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def convert(a, dtype: str):
@@ -125,16 +174,29 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
                  force: bool = False, shard_size: int = 5 * 10**9,
                  progress: ProgressFn | None = None) -> BuildResult:
     t0 = time.perf_counter()
-    out = lo.output
     decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
-    done_bytes = 0
     meta = {"mergec_version": __version__}
     stats = compute_model_stats(lo, lambda node: backend.to_numpy(
         evaluate(node, checked, backend), "float32"))
+    prefetch = Prefetcher(checked, lo.tensors)
+    try:
+        path = _write_output(lo, checked, target, backend, decl, meta, stats, prefetch,
+                             force=force, shard_size=shard_size, progress=progress)
+    finally:
+        prefetch.close()
+    done_bytes = sum(t.node.numel * _itemsize(t.dtype) for t in lo.tensors)
+    return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
+                       time.perf_counter() - t0)
+
+
+def _write_output(lo, checked, target, backend, decl, meta, stats, prefetch, *, force,
+                  shard_size, progress) -> Path:
+    out = lo.output
+    done_bytes = 0
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
         for i, t in enumerate(lo.tensors):
-            data = tensor_bytes(t, checked, backend, stats)
+            data = tensor_bytes(t, checked, backend, stats, prefetch.get(i))
             if isinstance(data, (bytes, bytearray, memoryview)):
                 writer.write_raw(t.name, data)
             else:
@@ -149,8 +211,7 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
             for f in hf_files.carry_over_files(out.tokenizer_from.checkpoint.root):
                 writer.copy_file(f.name, f)
         writer.add_file("README.md", model_card(lo, checked))
-        path = writer.commit()
-    return BuildResult(out.name, path, len(lo.tensors), done_bytes, time.perf_counter() - t0)
+        return writer.commit()
 
 
 def _itemsize(dtype: str) -> int:
