@@ -60,13 +60,19 @@ def check(recipe: str | Path, *, text: str | None = None,
 
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
             overrides: dict[str, str] | None = None, steps: bool = False,
-            passes: bool = True) -> Compiled:
-    """Check, lower to per-tensor IR and (unless `passes=False`) optimize."""
+            passes: bool = True, max_memory: int | None = None) -> Compiled:
+    """Check, lower to per-tensor IR and (unless `passes=False`) optimize. The plan's
+    memory estimate follows `max_memory` (or `set max_memory`)."""
+    from mergec.plan import memory_warnings
+
     checked = check(recipe, text=text, overrides=overrides)
     lowered = lower(checked)
     if passes:
         optimize(lowered)
-    return Compiled(checked, lowered, make_plan(checked.file, lowered, steps=steps))
+    limit = max_memory or checked.settings.max_memory
+    checked.warnings += memory_warnings(lowered, limit)
+    return Compiled(checked, lowered, make_plan(checked.file, lowered, steps=steps,
+                                                max_memory=limit))
 
 
 def check_targets(compiled: Compiled, out_dir: Path, force: bool) -> None:
@@ -87,12 +93,14 @@ def check_targets(compiled: Compiled, out_dir: Path, force: bool) -> None:
 def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None = None,
           overrides: dict[str, str] | None = None, force: bool = False,
           shard_size: int | None = None, backend: str | None = None,
-          device: str | None = None, progress=None, compiled: Compiled | None = None):
+          device: str | None = None, progress=None, compiled: Compiled | None = None,
+          max_memory: int | None = None):
     """Check, compile and build every output of a recipe into `out_dir/<output name>`."""
     from mergec.backends import get_backend
     from mergec.execute import build_output
 
-    compiled = compiled or compile(recipe, text=text, overrides=overrides)
+    compiled = compiled or compile(recipe, text=text, overrides=overrides,
+                                   max_memory=max_memory)
     out_dir = Path(out_dir)
     check_targets(compiled, out_dir, force)
     settings = compiled.checked.settings
@@ -101,5 +109,6 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     results = []
     for lo in compiled.lowered:
         results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
-                                    force=force, shard_size=size, progress=progress))
+                                    force=force, shard_size=size, progress=progress,
+                                    max_memory=max_memory or settings.max_memory))
     return results

@@ -228,11 +228,14 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
          tensors: bool = typer.Option(False, "--tensors", help="List every tensor too."),
          ir: Optional[str] = typer.Option(None, "--ir", metavar="TENSOR",
                                           help="Also print the IR of one tensor."),
+         max_memory: Optional[str] = typer.Option(None, "--max-memory",
+                                                  help="Plan for this memory limit."),
          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Show what a build would do, from headers alone: tensors, ops, bytes, peak memory."""
     from mergec.api import compile as api_compile
 
-    compiled = api_compile(recipe, overrides=_overrides(set_), steps=tensors)
+    compiled = api_compile(recipe, overrides=_overrides(set_), steps=tensors,
+                           max_memory=_size(max_memory, "--max-memory"))
     _warn(compiled.checked, output_format)
     compiled.plan.backend = _backend_name(compiled.checked.settings.backend)
     if as_json:
@@ -257,11 +260,15 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
                                                 help="torch | jax | reference | auto."),
           device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          max_memory: Optional[str] = typer.Option(
+              None, "--max-memory", help="Keep tensor memory within SIZE (e.g. 512MB): "
+              "entry-by-entry computations run in row blocks."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Check, compile and build every output of a recipe."""
     from mergec.api import build as api_build, check_targets, compile as api_compile
 
     size = _size(shard_size, "--shard-size")
+    limit = _size(max_memory, "--max-memory")
     if backend is not None and backend not in ("torch", "jax", "reference", "auto"):
         raise UsageError(Diagnostic("E502", f"unknown backend `{backend}`",
                                     help="use torch, jax, reference or auto"))
@@ -269,7 +276,7 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
             not device.startswith("cuda:"):
         raise UsageError(Diagnostic("E502", f"unknown device `{device}`",
                                     help="use cpu, cuda or auto"))
-    compiled = api_compile(recipe, overrides=_overrides(set_))
+    compiled = api_compile(recipe, overrides=_overrides(set_), max_memory=limit)
     _warn(compiled.checked, output_format)
     check_targets(compiled, out_dir, force)
     if dry_run:
@@ -280,7 +287,7 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
 
     try:
         results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
-                             device, quiet)
+                             device, quiet, limit)
     except BackendUnavailable as e:
         text = str(e)
         if "CUDA" in text or "device" in text:
@@ -298,10 +305,11 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
               f"{r.seconds:.1f}s)")
 
 
-def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, device, quiet):
+def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, device, quiet,
+               limit=None):
     if quiet:
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
-                         device=device, compiled=compiled)
+                         device=device, compiled=compiled, max_memory=limit)
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
@@ -321,7 +329,8 @@ def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, devic
             prog.update(tasks[name], completed=nbytes, tensors=f"{done}/{n} tensors")
 
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
-                         device=device, compiled=compiled, progress=progress)
+                         device=device, compiled=compiled, progress=progress,
+                         max_memory=limit)
 
 
 @app.command()

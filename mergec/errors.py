@@ -67,7 +67,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A per-input parameter given as a list needs one value per input, in the order "
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
-             "`set` takes: seed, backend, device, shard_size."),
+             "`set` takes: seed, backend, device, shard_size, max_memory."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),
@@ -134,6 +134,13 @@ ERRORS: dict[str, tuple[str, str]] = {
              "so the block changes nothing. Check the glob against the tensor names "
              "(`mergec plan RECIPE --tensors` lists them); globs match the full name, so "
              "`\"mlp.*\"` matches nothing where `\"*.mlp.*\"` matches every MLP tensor."),
+    "W302": ("tensors that cannot be split to fit the memory limit",
+             "With `--max-memory` (or `set max_memory`), tensors computed entry by entry — "
+             "weighted sums, linear methods, nearswap, copies and conversions — are computed "
+             "and written a block of rows at a time so that they fit. Methods that look at a "
+             "whole tensor at once (TIES and the other sparsifying methods, slerp, "
+             "model_stock, ...) still hold their whole tensors in this version; the warning "
+             "names the largest such tensor and how much memory it needs."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read."),
     "E502": ("invalid command-line value",

@@ -24,6 +24,7 @@ from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.io.errors import CheckpointError
 from mergec.ops.linear import linear_coeffs
+from mergec.plan import rows_per_chunk
 from mergec.stats import compute_model_stats, resolve_stats
 
 
@@ -46,7 +47,7 @@ def source_of(checked: CheckedProgram, name: str):
 
 
 def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
-             fetched: dict | None = None):
+             fetched: dict | None = None, rows: tuple[int, int] | None = None):
     """The backend value of `root`, computing its DAG in topological order and freeing
     every value after its last use. Weighted sums (and the linear methods, which are
     weighted sums) are accumulated in float64 and stay float64 while they feed other
@@ -62,7 +63,8 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
             key = (n.attr("source"), n.attr("tensor"))
             data = fetched.pop(key, None) if fetched is not None else None
             if data is None:
-                data = source_of(checked, key[0]).read(key[1])
+                src = source_of(checked, key[0])
+                data = src.read(key[1]) if rows is None else src.read_rows(key[1], *rows)
             v = backend.asarray(data)
         elif n.op == "wsum":
             v = backend.weighted_sum64([(values[id(a)], c)
@@ -82,7 +84,7 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
             b, a = (backend.to_float32(values[id(x)]) for x in n.args)
             v = backend.lowrank(b, a, n.attr("scale"), n.attr("transpose"))
         elif n.op == "zeros":
-            v = backend.zeros(n.shape)
+            v = backend.zeros(n.shape if rows is None else (rows[1] - rows[0],) + n.shape[1:])
         else:  # pragma: no cover - roots (cast, copy, convert) are handled by the caller
             raise AssertionError(n.op)
         values[id(n)] = v
@@ -172,31 +174,57 @@ def output_config(lo: LoweredOutput) -> dict | None:
 
 def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
                  force: bool = False, shard_size: int = 5 * 10**9,
-                 progress: ProgressFn | None = None) -> BuildResult:
+                 progress: ProgressFn | None = None,
+                 max_memory: int | None = None) -> BuildResult:
+    """Compute and write one output. With `max_memory`, tensors computed entry by entry
+    are split into row blocks that fit it, and nothing is read ahead."""
     t0 = time.perf_counter()
     decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
     meta = {"mergec_version": __version__}
     stats = compute_model_stats(lo, lambda node: backend.to_numpy(
         evaluate(node, checked, backend), "float32"))
-    prefetch = Prefetcher(checked, lo.tensors)
+    prefetch = Prefetcher(checked, lo.tensors) if max_memory is None else None
     try:
         path = _write_output(lo, checked, target, backend, decl, meta, stats, prefetch,
-                             force=force, shard_size=shard_size, progress=progress)
+                             force=force, shard_size=shard_size, progress=progress,
+                             max_memory=max_memory)
     finally:
-        prefetch.close()
+        if prefetch is not None:
+            prefetch.close()
     done_bytes = sum(t.node.numel * _itemsize(t.dtype) for t in lo.tensors)
     return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
                        time.perf_counter() - t0)
 
 
+def write_in_rows(t: OutTensor, k: int, checked: CheckedProgram, backend, writer) -> None:
+    """Compute and write one tensor k rows at a time (an entry-by-entry computation)."""
+    root = t.node
+    for r0 in range(0, t.shape[0], k):
+        rows = (r0, min(r0 + k, t.shape[0]))
+        if root.op in ("copy", "convert"):
+            a = source_of(checked, root.attr("source")).read_rows(root.attr("tensor"), *rows)
+            writer.write_rows(t.name, r0, a if root.op == "copy" else convert(a, t.dtype))
+        else:
+            v = evaluate(root.args[0], checked, backend, rows=rows)
+            writer.write_rows(t.name, r0, backend.to_numpy(backend.to_float32(v), t.dtype))
+
+
 def _write_output(lo, checked, target, backend, decl, meta, stats, prefetch, *, force,
-                  shard_size, progress) -> Path:
+                  shard_size, progress, max_memory=None) -> Path:
     out = lo.output
     done_bytes = 0
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
         for i, t in enumerate(lo.tensors):
-            data = tensor_bytes(t, checked, backend, stats, prefetch.get(i))
+            k = rows_per_chunk(t, max_memory)
+            if t.shape and k < t.shape[0]:
+                write_in_rows(t, k, checked, backend, writer)
+                done_bytes += t.node.numel * _itemsize(t.dtype)
+                if progress:
+                    progress(out.name, i + 1, done_bytes)
+                continue
+            data = tensor_bytes(t, checked, backend, stats,
+                                prefetch.get(i) if prefetch is not None else None)
             if isinstance(data, (bytes, bytearray, memoryview)):
                 writer.write_raw(t.name, data)
             else:

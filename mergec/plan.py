@@ -97,7 +97,40 @@ def tensor_peak(t: OutTensor) -> int:
     return peak
 
 
-def plan_output(lo: LoweredOutput, *, steps: bool = False) -> OutputPlan:
+#: methods that act entry by entry, so a tensor can be computed a block of rows at a time
+ROWWISE_METHODS = LINEAR_METHODS + ("nearswap",)
+
+
+def chunkable(t: OutTensor) -> bool:
+    """Can this tensor be computed and written a block of rows at a time?"""
+    if not t.shape:
+        return False
+    if t.node.op in ("copy", "convert"):
+        return True
+    for n in topo(t.node.args[0] if t.node.op == "cast" else t.node):
+        if n.op in ("load", "wsum", "zeros"):
+            continue
+        if n.op == "merge" and n.attr("method") in ROWWISE_METHODS:
+            continue
+        return False
+    return True
+
+
+def rows_per_chunk(t: OutTensor, budget: int | None) -> int:
+    """Rows computed at once so that the tensor's peak stays within `budget` bytes
+    (all rows when there is no budget or the tensor cannot be split)."""
+    n = t.shape[0] if t.shape else 1
+    if budget is None or not chunkable(t):
+        return n
+    peak = tensor_peak(t)
+    if peak <= budget:
+        return n
+    per_row = -(-peak // n)
+    return max(1, min(n, budget // per_row))
+
+
+def plan_output(lo: LoweredOutput, *, steps: bool = False,
+                max_memory: int | None = None) -> OutputPlan:
     ops: Counter = Counter()
     loads: dict[tuple, int] = {}
     peak = 0
@@ -120,7 +153,10 @@ def plan_output(lo: LoweredOutput, *, steps: bool = False) -> OutputPlan:
                 if n.op == "convert":
                     ops["convert"] += 1
         written += t.node.numel * itemsize(t.dtype)
-        peak = max(peak, tensor_peak(t))
+        k = rows_per_chunk(t, max_memory)
+        whole = tensor_peak(t)
+        peak = max(peak, whole if k == (t.shape[0] if t.shape else 1)
+                   else -(-whole // t.shape[0]) * k)
         if steps:
             step_list.append(TensorStep(name=t.name, shape=list(t.shape), dtype=t.dtype,
                                         ops=sum(1 for n in nodes if n.op in ("merge", "wsum")),
@@ -136,5 +172,32 @@ def plan_output(lo: LoweredOutput, *, steps: bool = False) -> OutputPlan:
     )
 
 
-def make_plan(recipe: str, lowered: list[LoweredOutput], *, steps: bool = False) -> Plan:
-    return Plan(recipe=recipe, outputs=[plan_output(lo, steps=steps) for lo in lowered])
+def make_plan(recipe: str, lowered: list[LoweredOutput], *, steps: bool = False,
+              max_memory: int | None = None) -> Plan:
+    return Plan(recipe=recipe, outputs=[plan_output(lo, steps=steps, max_memory=max_memory)
+                                        for lo in lowered])
+
+
+def memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> list:
+    """W302 for each output with tensors that cannot be split to fit `max_memory`."""
+    from mergec.diagnostics import Diagnostic
+    from mergec.io.sizes import format_size
+
+    out = []
+    if max_memory is None:
+        return out
+    for lo in lowered:
+        over = [(t, tensor_peak(t)) for t in lo.tensors
+                if not chunkable(t) and tensor_peak(t) > max_memory]
+        if over:
+            t, p = max(over, key=lambda x: x[1])
+            methods = sorted({n.attr("method") for n in topo(t.node) if n.op == "merge"})
+            out.append(Diagnostic(
+                "W302", f"output `{lo.output.name}`: {len(over)} tensor"
+                f"{'s' if len(over) != 1 else ''} need more than the memory limit "
+                f"{format_size(max_memory)} at once (`{t.name}`: {format_size(p)})",
+                lo.output.span,
+                f"{', '.join(methods) or 'this merge'} works on whole tensors in this version; "
+                "only weighted sums, linear methods and nearswap are split into row blocks",
+                severity="warning"))
+    return out

@@ -36,6 +36,7 @@ SETTINGS = {
     "backend": '"auto", "torch", "jax" or "reference"',
     "device": '"auto", "cpu", "cuda", "cuda:N" or "gpu"',
     "shard_size": 'a size such as "5GB"',
+    "max_memory": 'a size such as "8GB"',
 }
 _MAX_LISTED = 3
 _SETTING_HELP = {
@@ -43,6 +44,7 @@ _SETTING_HELP = {
     "backend": 'for example `set backend = "torch"`',
     "device": 'for example `set device = "cpu"`',
     "shard_size": 'for example `set shard_size = "2GB"`',
+    "max_memory": 'for example `set max_memory = "8GB"`',
 }
 
 
@@ -230,7 +232,7 @@ class Checker:
         elif name == "device":
             ok = isinstance(val, str) and (val in ("auto", "cpu", "cuda", "gpu") or
                                            re.fullmatch(r"cuda:\d+", val) is not None)
-        elif name == "shard_size":
+        elif name in ("shard_size", "max_memory"):
             from mergec.io.sizes import parse_size
 
             try:
@@ -248,7 +250,7 @@ class Checker:
         s = self.settings
         return Settings(seed=s.get("seed", DEFAULT_SEED), seed_explicit="seed" in s,
                         backend=s.get("backend", "auto"), device=s.get("device", "auto"),
-                        shard_size=s.get("shard_size"))
+                        shard_size=s.get("shard_size"), max_memory=s.get("max_memory"))
 
     def _tensor_stmt(self, st) -> CExpr:
         value = self._expr(st.expr)

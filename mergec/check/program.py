@@ -151,6 +151,7 @@ class Settings:
     backend: str = "auto"
     device: str = "auto"
     shard_size: int | None = None
+    max_memory: int | None = None
 
 
 DEFAULT_SEED = 0x6D657267  # used and recorded in the model card when no `set seed` is given

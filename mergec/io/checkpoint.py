@@ -343,6 +343,36 @@ class Checkpoint:
         arr = np.frombuffer(buf, dtype=dtypes.numpy_dtype(info.dtype))
         return arr.reshape(info.shape)
 
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of one tensor (along its first axis), reading only them."""
+        info = self.info(name)
+        if not info.shape:
+            return self.read(name)
+        n = info.shape[0]
+        start, stop = max(0, start), min(n, stop)
+        row = info.nbytes // n if n else 0
+        if self._closed:
+            raise CheckpointError(E_READ, f"checkpoint {self.name} is closed")
+        if self.remote:
+            self.ensure_weights()
+            info = self.info(name)
+        try:
+            if info.offset is not None:
+                buf = _read_span(info.file, info.offset + start * row, (stop - start) * row)
+            else:
+                tensor = self._bin_state(info.file)[name]
+                buf = _read_span(info.file, None, (stop - start) * row, tensor=tensor[start:stop])
+        except CheckpointError:
+            raise
+        except EOFError:
+            raise CheckpointError(
+                E_TRUNCATED, f"{info.file} is shorter than when it was opened: cannot read `{name}`",
+                _REDOWNLOAD) from None
+        except OSError as e:
+            raise CheckpointError(E_READ, f"cannot read `{name}` from {info.file}: {e.strerror or e}") from None
+        arr = np.frombuffer(buf, dtype=dtypes.numpy_dtype(info.dtype))
+        return arr.reshape((stop - start,) + tuple(info.shape[1:]))
+
     def read_raw(self, name: str) -> bytes:
         """The exact stored bytes of one tensor (safetensors checkpoints only)."""
         info = self.info(name)

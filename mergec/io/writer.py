@@ -216,6 +216,7 @@ class OutputWriter:
         self._shards: list[_Shard] = []
         self._plan(tensors)
         self._written: set[str] = set()
+        self._rows_done: dict[str, int] = {}  # tensors written in row chunks, so far
         self._files: set[str] = set()
         self._fds: list[int] = []
         self._lock = threading.Lock()
@@ -373,6 +374,38 @@ class OutputWriter:
         arr = np.ascontiguousarray(arr)
         data = memoryview(arr.reshape(-1).view(np.uint8))
         self._put(slot, data)
+
+    def write_rows(self, name: str, start: int, array: np.ndarray) -> None:
+        """Write rows [start, start + len(array)) of a declared tensor (along its first
+        axis). The tensor counts as written once all its rows are; rows are not checked
+        for overlap, so write each row once."""
+        self._check_open()
+        slot = self._slot(name)
+        arr = np.ascontiguousarray(np.asarray(array))
+        if tuple(arr.shape[1:]) != slot.shape[1:] or not slot.shape or \
+                start < 0 or start + arr.shape[0] > slot.shape[0]:
+            raise _plan_error(f"rows {start}:{start + arr.shape[0]} of `{name}` do not fit "
+                              f"its declared shape {slot.shape}")
+        if dtypes.from_numpy(arr.dtype) != slot.dtype:
+            raise _plan_error(f"output tensor `{name}` declared as {slot.dtype} but written as "
+                              f"{dtypes.from_numpy(arr.dtype)}")
+        row = slot.nbytes // slot.shape[0]
+        path = self.temp_dir / self._shards[slot.shard].file_name  # type: ignore[operator]
+        try:
+            self._pwrite_all(self._fds[slot.shard], memoryview(arr.reshape(-1).view(np.uint8)),
+                             slot.offset + start * row, path)
+        except OSError as e:
+            raise CheckpointError(E_WRITE_FAILED, f"cannot write tensor `{name}` to {path}: "
+                                  f"{e.strerror or e}", "check free disk space") from None
+        with self._lock:
+            if name in self._written:
+                raise _plan_error(f"output tensor `{name}` was written twice")
+            done = self._rows_done.get(name, 0) + arr.shape[0]
+            if done >= slot.shape[0]:
+                self._rows_done.pop(name, None)
+                self._written.add(name)
+            else:
+                self._rows_done[name] = done
 
     def write_raw(self, name: str, data: bytes) -> None:
         """Write one declared tensor from its exact little-endian bytes."""

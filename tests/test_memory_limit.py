@@ -1,0 +1,72 @@
+"""--max-memory: entry-by-entry tensors are computed in row blocks that fit the limit,
+bit-identical to whole-tensor builds; the rest is named by a W302 warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mergec.api import build, compile
+from mergec.demo import load_tensors
+from mergec.io.checkpoint import Checkpoint
+
+RECIPE = """model base = "./ckpt/base"
+model math = "./ckpt/math"
+model code = "./ckpt/code"
+output ta = task_arithmetic(math, code, base=base, weight=[0.3, 0.6], lambda=0.8)
+output ar = base + 0.7 * (math - base) - 0.2 * (code - base) { dtype = "float32" }
+output ns = nearswap(math, base=base, t=0.01)
+output cp = stack(math.layers[0:2], code.layers[2:4])
+output cv = stack(math.layers[0:4]) { dtype = "float16" }
+"""
+
+
+@pytest.mark.parametrize("fam", ["family", "family_f32"])
+def test_row_blocks_give_the_same_bytes_and_fit(tmp_path, fam, request, monkeypatch):
+    family = request.getfixturevalue(fam)
+    (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
+    r = tmp_path / "r.merge"
+    r.write_text(RECIPE)
+    build(r, tmp_path / "whole")
+    limit = 16 * 1024
+    comp = compile(r, max_memory=limit)
+    assert not comp.checked.warnings  # everything here can be split
+    assert all(o.peak_memory <= limit for o in comp.plan.outputs)
+    rows_read: list[int] = []
+    whole_reads: list[str] = []
+    real_rows, real_read = Checkpoint.read_rows, Checkpoint.read
+
+    def read_rows(self, name, start, stop):
+        rows_read.append(stop - start)
+        return real_rows(self, name, start, stop)
+
+    def read(self, name):
+        whole_reads.append(name)
+        return real_read(self, name)
+
+    monkeypatch.setattr(Checkpoint, "read_rows", read_rows)
+    monkeypatch.setattr(Checkpoint, "read", read)
+    build(r, tmp_path / "blocks", max_memory=limit)
+    assert rows_read and max(rows_read) < 128  # the 128-row tensors were split
+    big = {n for n, i in compile(r).checked.inputs["base"].checkpoint.tensors.items()
+           if i.shape[0] >= 128}
+    assert not big & set(whole_reads)  # no big tensor was read whole
+    for out in ("ta", "ar", "ns", "cp", "cv"):
+        a, b = load_tensors(tmp_path / "whole" / out), load_tensors(tmp_path / "blocks" / out)
+        for n in a:
+            assert np.array_equal(a[n].view(np.uint8), b[n].view(np.uint8)), (out, n)
+
+
+def test_whole_tensor_methods_are_named_by_a_warning(tmp_path, family):
+    (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
+    r = tmp_path / "r.merge"
+    r.write_text('model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
+                 "output t = ties(math, base=base, density=0.5)\n"
+                 "output l = linear(math, base)\n")
+    comp = compile(r, max_memory=16 * 1024)
+    (w,) = comp.checked.warnings
+    assert w.code == "W302"
+    assert w.message == ("output `t`: 30 tensors need more than the memory limit 16.0 KiB at "
+                         "once (`lm_head.weight`: 192.0 KiB)")
