@@ -24,7 +24,7 @@ from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.io.errors import CheckpointError
 from mergec.ops.linear import linear_coeffs
-from mergec.plan import rows_per_chunk
+from mergec.plan import MASKED_METHODS, rows_per_chunk
 from mergec.stats import compute_model_stats, resolve_stats
 
 
@@ -47,7 +47,8 @@ def source_of(checked: CheckedProgram, name: str):
 
 
 def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
-             fetched: dict | None = None, rows: tuple[int, int] | None = None):
+             fetched: dict | None = None, rows: tuple[int, int] | None = None,
+             trims: dict | None = None):
     """The backend value of `root`, computing its DAG in topological order and freeing
     every value after its last use. Weighted sums (and the linear methods, which are
     weighted sums) are accumulated in float64 and stay float64 while they feed other
@@ -74,6 +75,8 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
             if stats is not None:
                 params = {k: resolve_stats(v, stats) for k, v in params.items()}
             args = [values[id(a)] for a in n.args]
+            if rows is not None and n.attr("method") in MASKED_METHODS:
+                params["masks"] = _block_masks(n, params, args, rows, backend, trims)
             coeffs = linear_coeffs(n.attr("method"), params, len(args))
             if coeffs is not None:  # a linear method: the same sum the fold pass writes
                 v = backend.weighted_sum64(list(zip(args, coeffs)))
@@ -181,8 +184,15 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     t0 = time.perf_counter()
     decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
     meta = {"mergec_version": __version__}
-    stats = compute_model_stats(lo, lambda node: backend.to_numpy(
-        evaluate(node, checked, backend), "float32"))
+    def chunks_of(node: Node):
+        n = node.shape[0] if node.shape else 1
+        row_bytes = max(1, node.numel // n) * 32  # the node's inputs and temporaries
+        k = n if max_memory is None else max(1, min(n, max_memory // row_bytes))
+        for rows in (_blocks(n, k) if node.shape and k < n else [None]):
+            yield backend.to_numpy(backend.to_float32(
+                evaluate(node, checked, backend, rows=rows)), "float32")
+
+    stats = compute_model_stats(lo, chunks_of)
     prefetch = Prefetcher(checked, lo.tensors) if max_memory is None else None
     try:
         path = _write_output(lo, checked, target, backend, decl, meta, stats, prefetch,
@@ -196,17 +206,88 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
                        time.perf_counter() - t0)
 
 
-def write_in_rows(t: OutTensor, k: int, checked: CheckedProgram, backend, writer) -> None:
-    """Compute and write one tensor k rows at a time (an entry-by-entry computation)."""
+def _blocks(n_rows: int, k: int):
+    return [(r0, min(r0 + k, n_rows)) for r0 in range(0, n_rows, k)]
+
+
+def _block_masks(n: Node, params: dict, args, rows, backend, trims) -> tuple:
+    """The keep masks of a sparsifying merge for one block of rows."""
+    import numpy as np
+
+    from mergec.ops.random import keep_mask_rows
+
+    dens = params["density"]
+    if n.attr("method") != "ties":  # DARE: the rows of the masks the whole tensor draws
+        return tuple(keep_mask_rows(n.attr("seed"), i, n.shape, d, *rows) if d < 1.0
+                     else np.ones((rows[1] - rows[0],) + n.shape[1:], dtype=bool)
+                     for i, d in enumerate(dens))
+    if params.get("trim") == "model":  # the model-wide threshold applies as it is
+        thr = params["thresholds"]
+        return tuple(np.abs(backend.to_numpy(backend.to_float32(a), "float32")) >=
+                     np.float32(t) for a, t in zip(args, thr))
+    masks = []
+    for i, a in enumerate(args):
+        state = trims[(id(n), i)]
+        mag = np.abs(backend.to_numpy(backend.to_float32(a), "float32"))
+        if state is None:  # keeps everything
+            masks.append(np.ones(mag.shape, dtype=bool))
+            continue
+        thr, remaining = state
+        mask = mag > thr
+        if remaining > 0:  # magnitudes equal to the threshold: the lowest indices first
+            eq = np.flatnonzero(mag == thr)[:remaining]
+            mask.reshape(-1)[eq] = True
+            state[1] = remaining - len(eq)
+        masks.append(mask)
+    return tuple(masks)
+
+
+def _trim_thresholds(root: Node, blocks, checked, backend, stats) -> dict:
+    """Per-tensor TIES thresholds for a tensor computed in blocks: for each input, the
+    k-th largest magnitude (two streaming passes) and how many entries equal to it are
+    kept, so the blocks keep exactly what the whole tensor would."""
+    from mergec.backends.base import keep_count
+    from mergec.stats import exact_kth_largest
+
+    trims: dict = {}
+    for n in topo(root):
+        if n.op != "merge" or n.attr("method") != "ties":
+            continue
+        params = dict(n.attr("params"))
+        if params.get("trim") == "model":
+            continue
+        for i, (a, d) in enumerate(zip(n.args, params["density"])):
+            k = keep_count(d, n.numel)
+            if k >= n.numel:
+                trims[(id(n), i)] = None
+                continue
+
+            def chunks(a=a):
+                for rows in blocks:
+                    v = evaluate(a, checked, backend, stats, rows=rows)
+                    yield backend.to_numpy(backend.to_float32(v), "float32")
+
+            thr, larger = exact_kth_largest(chunks, k)
+            trims[(id(n), i)] = [thr, k - larger]
+    return trims
+
+
+def write_in_rows(t: OutTensor, k: int, checked: CheckedProgram, backend, writer,
+                  stats: dict | None = None) -> None:
+    """Compute and write one tensor k rows at a time: entry-by-entry computations, and
+    sparsifying merges once their masks are known."""
     root = t.node
-    for r0 in range(0, t.shape[0], k):
-        rows = (r0, min(r0 + k, t.shape[0]))
-        if root.op in ("copy", "convert"):
-            a = source_of(checked, root.attr("source")).read_rows(root.attr("tensor"), *rows)
-            writer.write_rows(t.name, r0, a if root.op == "copy" else convert(a, t.dtype))
-        else:
-            v = evaluate(root.args[0], checked, backend, rows=rows)
-            writer.write_rows(t.name, r0, backend.to_numpy(backend.to_float32(v), t.dtype))
+    blocks = _blocks(t.shape[0], k)
+    if root.op in ("copy", "convert"):
+        src = source_of(checked, root.attr("source"))
+        for rows in blocks:
+            a = src.read_rows(root.attr("tensor"), *rows)
+            writer.write_rows(t.name, rows[0], a if root.op == "copy" else convert(a, t.dtype))
+        return
+    trims = _trim_thresholds(root.args[0], blocks, checked, backend, stats)
+    for rows in blocks:
+        v = evaluate(root.args[0], checked, backend, stats, rows=rows, trims=trims)
+        writer.write_rows(t.name, rows[0], backend.to_numpy(backend.to_float32(v), t.dtype))
 
 
 def _write_output(lo, checked, target, backend, decl, meta, stats, prefetch, *, force,
@@ -218,7 +299,7 @@ def _write_output(lo, checked, target, backend, decl, meta, stats, prefetch, *, 
         for i, t in enumerate(lo.tensors):
             k = rows_per_chunk(t, max_memory)
             if t.shape and k < t.shape[0]:
-                write_in_rows(t, k, checked, backend, writer)
+                write_in_rows(t, k, checked, backend, writer, stats)
                 done_bytes += t.node.numel * _itemsize(t.dtype)
                 if progress:
                     progress(out.name, i + 1, done_bytes)

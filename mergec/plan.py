@@ -99,6 +99,18 @@ def tensor_peak(t: OutTensor) -> int:
 
 #: methods that act entry by entry, so a tensor can be computed a block of rows at a time
 ROWWISE_METHODS = LINEAR_METHODS + ("nearswap",)
+#: methods that act entry by entry once their keep masks are known: TIES (its per-tensor
+#: threshold comes from two streaming passes first) and DARE (masks drawn row by row)
+MASKED_METHODS = ("ties", "dare_ties", "dare_linear")
+
+
+def _row_ok(n: Node) -> bool:
+    method = n.attr("method")
+    if method in ROWWISE_METHODS:
+        return True
+    if method in MASKED_METHODS:
+        return dict(n.attr("params")).get("rescale") != "l1"  # l1 needs whole-tensor norms
+    return False
 
 
 def chunkable(t: OutTensor) -> bool:
@@ -110,7 +122,7 @@ def chunkable(t: OutTensor) -> bool:
     for n in topo(t.node.args[0] if t.node.op == "cast" else t.node):
         if n.op in ("load", "wsum", "zeros"):
             continue
-        if n.op == "merge" and n.attr("method") in ROWWISE_METHODS:
+        if n.op == "merge" and _row_ok(n):
             continue
         return False
     return True
@@ -198,6 +210,7 @@ def memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> lis
                 f"{format_size(max_memory)} at once (`{t.name}`: {format_size(p)})",
                 lo.output.span,
                 f"{', '.join(methods) or 'this merge'} works on whole tensors in this version; "
-                "only weighted sums, linear methods and nearswap are split into row blocks",
+                "weighted sums, linear methods, nearswap, ties and dare (rescale inverse) "
+                "are split into row blocks",
                 severity="warning"))
     return out

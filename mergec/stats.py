@@ -17,7 +17,7 @@ No full sort and no copy of the model: memory is one tensor plus the bucket.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -61,9 +61,33 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(np.float32, copy=False)).ravel().view(np.uint32)
 
 
-def compute_model_stats(lo, value_of: Callable[[Node], np.ndarray]) -> dict:
+def exact_kth_largest(chunks: Callable[[], Iterable[np.ndarray]], k: int
+                      ) -> tuple[float, int]:
+    """The k-th largest magnitude over all the arrays `chunks()` yields (called twice:
+    a histogram pass, then a pass over one bucket), and how many magnitudes are strictly
+    larger. Memory: one chunk plus the bucket."""
+    hist = np.zeros(_BUCKETS, dtype=np.int64)
+    for a in chunks():
+        hist += np.bincount(_bits(a) >> 16, minlength=_BUCKETS)
+    above = np.cumsum(hist[::-1])
+    j = int(np.searchsorted(above, k))
+    bucket = _BUCKETS - 1 - j
+    before = int(above[j - 1]) if j > 0 else 0
+    inside = []
+    for a in chunks():
+        b = _bits(a)
+        inside.append(b[(b >> 16) == bucket])
+    vals = np.concatenate(inside)
+    r = k - before
+    kth = np.partition(vals, vals.size - r)[vals.size - r]
+    larger = before + int((vals > kth).sum())
+    return float(np.array([kth], dtype=np.uint32).view(np.float32)[0]), larger
+
+
+def compute_model_stats(lo, chunks_of: Callable[[Node], Iterable[np.ndarray]]) -> dict:
     """Exact model-wide thresholds for every placeholder of one lowered output.
-    `value_of(node)` evaluates a node to a float32 numpy array."""
+    `chunks_of(node)` yields a node's value as float32 numpy arrays (the whole tensor, or
+    blocks of rows when memory is limited)."""
     stats: dict[ModelTopK, float] = {}
     for ph, nodes in _placeholders(lo).items():
         unique = list(dict.fromkeys(nodes))
@@ -72,22 +96,12 @@ def compute_model_stats(lo, value_of: Callable[[Node], np.ndarray]) -> dict:
         if k >= total:
             stats[ph] = 0.0
             continue
-        hist = np.zeros(_BUCKETS, dtype=np.int64)
-        for n in unique:
-            hist += np.bincount(_bits(value_of(n)) >> 16, minlength=_BUCKETS)
-        # walk from the largest bucket down until k entries are covered
-        above = np.cumsum(hist[::-1])  # above[j]: entries in the top j+1 buckets
-        j = int(np.searchsorted(above, k))
-        bucket = _BUCKETS - 1 - j
-        before = int(above[j - 1]) if j > 0 else 0
-        inside = []
-        for n in unique:
-            b = _bits(value_of(n))
-            inside.append(b[(b >> 16) == bucket])
-        vals = np.concatenate(inside)
-        r = k - before  # the r-th largest inside the bucket (1-based)
-        kth = np.partition(vals, vals.size - r)[vals.size - r]
-        stats[ph] = float(np.array([kth], dtype=np.uint32).view(np.float32)[0])
+
+        def chunks(unique=unique):
+            for n in unique:
+                yield from chunks_of(n)
+
+        stats[ph], _ = exact_kth_largest(chunks, k)
     return stats
 
 

@@ -20,6 +20,10 @@ output ar = base + 0.7 * (math - base) - 0.2 * (code - base) { dtype = "float32"
 output ns = nearswap(math, base=base, t=0.01)
 output cp = stack(math.layers[0:2], code.layers[2:4])
 output cv = stack(math.layers[0:4]) { dtype = "float16" }
+output ti = ties(math, code, base=base, density=[0.3, 0.5], weight=[0.6, 0.4])
+output tm = ties(math, code, base=base, density=0.4, trim="model") { dtype = "float32" }
+output dt = dare_ties(math, code, base=base, density=0.6)
+output dl = dare_linear(math, code, base=base, density=0.5) { dtype = "float32" }
 """
 
 
@@ -53,7 +57,7 @@ def test_row_blocks_give_the_same_bytes_and_fit(tmp_path, fam, request, monkeypa
     big = {n for n, i in compile(r).checked.inputs["base"].checkpoint.tensors.items()
            if i.shape[0] >= 128}
     assert not big & set(whole_reads)  # no big tensor was read whole
-    for out in ("ta", "ar", "ns", "cp", "cv"):
+    for out in ("ta", "ar", "ns", "cp", "cv", "ti", "tm", "dt", "dl"):
         a, b = load_tensors(tmp_path / "whole" / out), load_tensors(tmp_path / "blocks" / out)
         for n in a:
             assert np.array_equal(a[n].view(np.uint8), b[n].view(np.uint8)), (out, n)
@@ -63,10 +67,10 @@ def test_whole_tensor_methods_are_named_by_a_warning(tmp_path, family):
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
     r.write_text('model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
-                 "output t = ties(math, base=base, density=0.5)\n"
+                 "output t = slerp(math, base, t=0.3)\n"
                  "output l = linear(math, base)\n")
     comp = compile(r, max_memory=16 * 1024)
     (w,) = comp.checked.warnings
     assert w.code == "W302"
     assert w.message == ("output `t`: 30 tensors need more than the memory limit 16.0 KiB at "
-                         "once (`lm_head.weight`: 192.0 KiB)")
+                         "once (`lm_head.weight`: 160.0 KiB)")

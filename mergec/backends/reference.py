@@ -337,7 +337,9 @@ class ReferenceBackend:
         m = "ties"
         B.check_inputs(m, [x.shape for x in xs])
         trim = str(B.scalar(p, "trim", m))
-        if trim == "tensor":
+        if "masks" in p:  # trim masks made by the executor for a block of rows
+            taus = [np.where(np.asarray(k), x, _ZERO) for x, k in zip(xs, p["masks"])]
+        elif trim == "tensor":
             dens = B.per_input(p, "density", len(xs), m)
             taus = [np.where(topk_mask(np.abs(x), B.keep_count(d, x.size)), x, _ZERO)
                     for x, d in zip(xs, dens)]
@@ -362,7 +364,8 @@ class ReferenceBackend:
                 continue
             if seed is None:
                 raise ValueError(f"method {method} draws random numbers and needs a seed")
-            kept = np.where(rnd.keep_mask(seed, i, x.shape, d), x, _ZERO)
+            mask = p["masks"][i] if "masks" in p else rnd.keep_mask(seed, i, x.shape, d)
+            kept = np.where(mask, x, _ZERO)
             out.append(_rescale(kept, x, mode, _F32(d), method))
         return out
 

@@ -328,7 +328,10 @@ class TorchBackend:
         B.check_inputs(m, [tuple(x.shape) for x in xs])
         zero = self._zero()
         trim = str(B.scalar(p, "trim", m))
-        if trim == "tensor":
+        if "masks" in p:  # trim masks made by the executor for a block of rows
+            taus = [torch.where(torch.from_numpy(np.asarray(k)).to(self.device), x, zero)
+                    for x, k in zip(xs, p["masks"])]
+        elif trim == "tensor":
             dens = B.per_input(p, "density", len(xs), m)
             taus = [torch.where(topk_mask(x.abs(), B.keep_count(d, x.numel())), x, zero)
                     for x, d in zip(xs, dens)]
@@ -355,7 +358,8 @@ class TorchBackend:
                 continue
             if seed is None:
                 raise ValueError(f"method {method} draws random numbers and needs a seed")
-            mask = torch.from_numpy(rnd.keep_mask(seed, i, tuple(x.shape), d)).to(self.device)
+            mask = torch.from_numpy(np.asarray(p["masks"][i]) if "masks" in p else
+                                    rnd.keep_mask(seed, i, tuple(x.shape), d)).to(self.device)
             kept = torch.where(mask, x, zero)
             out.append(_rescale(kept, x, mode, float(np.float32(d)), method))
         return out

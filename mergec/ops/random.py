@@ -169,3 +169,23 @@ def keep_mask(seed: int, stream: int, shape: int | Sequence[int], density: float
 
     n = math.prod(shp)
     return _fill(seed, stream, 0, n, np.empty(n, dtype=bool), convert).reshape(shp)
+
+
+def keep_mask_rows(seed: int, stream: int, shape: Sequence[int], density: float,
+                   row_start: int, row_stop: int) -> np.ndarray:
+    """Rows [row_start, row_stop) of ``keep_mask(seed, stream, shape, density)``, drawing
+    only those values (for tensors computed a block of rows at a time)."""
+    shp = _shape(shape)
+    per_row = math.prod(shp[1:])
+    rows = (row_stop - row_start,) + tuple(shp[1:])
+    f = float(np.float32(density))
+    if f >= 1.0:
+        return np.ones(rows, dtype=bool)
+    limit = np.uint64(math.ceil(f * 2.0**24) << 40) if f > 0 else np.uint64(0)
+
+    def convert(words: np.ndarray, out: np.ndarray) -> None:
+        np.less(words, limit, out=out)
+
+    n = math.prod(rows)
+    return _fill(seed, stream, row_start * per_row, n, np.empty(n, dtype=bool),
+                 convert).reshape(rows)
