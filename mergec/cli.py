@@ -258,7 +258,8 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
                                                    help="Largest shard file [default: 5GB]."),
           backend: Optional[str] = typer.Option(None, "--backend",
                                                 help="torch | jax | reference | auto."),
-          device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto."),
+          device: Optional[str] = typer.Option(None, "--device",
+                                               help="cpu | cuda | cuda:N | gpu | auto."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
           max_memory: Optional[str] = typer.Option(
               None, "--max-memory", help="Keep tensor memory within SIZE (e.g. 512MB): "

@@ -137,9 +137,11 @@ ERRORS: dict[str, tuple[str, str]] = {
     "W302": ("tensors that cannot be split to fit the memory limit",
              "With `--max-memory` (or `set max_memory`), tensors computed entry by entry — "
              "weighted sums, linear methods, nearswap, copies and conversions — are computed "
-             "and written a block of rows at a time so that they fit. Methods that look at a "
-             "whole tensor at once (TIES and the other sparsifying methods, slerp, "
-             "model_stock, ...) still hold their whole tensors in this version; the warning "
+             "and written a block of rows at a time so that they fit, and so are `ties` "
+             "(its per-tensor threshold found first by two streaming passes) and "
+             "`dare_ties`/`dare_linear` with `rescale=\"inverse\"` or `\"none\"`. The other "
+             "methods that look at a whole tensor at once (slerp, model_stock, breadcrumbs, "
+             "della, sce, ...) still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read."),

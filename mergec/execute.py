@@ -332,8 +332,10 @@ def _itemsize(dtype: str) -> int:
 def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     inputs = []
     bases = []
-    used = {n.attr("source") for t in lo.tensors for n in topo(t.node)
-            if n.op in ("load", "copy", "convert")}
+    from mergec.check.checker import _walk
+
+    # the inputs the output's expression names (a zero weight is still provenance)
+    used = {getattr(x, "name", None) for x in _walk(lo.output.expr)}
     for o in (lo.output.config_from, lo.output.tokenizer_from):
         if o is not None:
             used.add(o.name)

@@ -356,7 +356,8 @@ def test_killed_build_leaves_no_target_and_rebuild_succeeds(tmp_path, big_family
 
 
 def _fail_on_call(monkeypatch, k: int):
-    original = torch_backend.TorchBackend.method
+    """The k-th weighted sum fails (linear merges are computed as weighted sums)."""
+    original = torch_backend.TorchBackend.weighted_sum64
     calls = {"n": 0}
 
     def method(self, *args, **kwargs):
@@ -365,7 +366,7 @@ def _fail_on_call(monkeypatch, k: int):
             raise RuntimeError(f"kernel failure on call {k}")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch_backend.TorchBackend, "method", method)
+    monkeypatch.setattr(torch_backend.TorchBackend, "weighted_sum64", method)
     return calls
 
 

@@ -60,6 +60,14 @@ def value(t):
     return t.node if t.node.op in ("copy", "convert") else t.node.args[0]
 
 
+def test_linear_methods_fold_into_one_weighted_sum():
+    _, (lo,) = compile_text(HEAD + "output m = task_arithmetic(a, b, base=base, lambda=0.5)\n")
+    ws = tensor(lo, "model.norm.weight").node.args[0]
+    assert ws.op == "wsum"
+    srcs = dict(zip([n.attr("source") for n in ws.args], ws.attr("coeffs")))
+    assert srcs == {"a": 0.5, "b": 0.5}  # base: 1 - 0.5 - 0.5 = 0, dropped
+
+
 def test_arithmetic_folds_to_one_weighted_sum():
     _, (lo,) = compile_text(HEAD + "output m = base + 0.5 * (a - base) + 0.25 * (b - base)\n")
     root = tensor(lo, "model.norm.weight").node
@@ -89,11 +97,11 @@ def test_equal_subexpressions_are_one_node():
 
 
 def test_delta_method_with_base_works_on_task_vectors():
-    _, (lo,) = compile_text(HEAD + "output m = task_arithmetic(a, b, base=base, lambda=0.5)\n")
+    _, (lo,) = compile_text(HEAD + "output m = ties(a, b, base=base, lambda=0.5)\n")
     root = tensor(lo, "model.norm.weight").node.args[0]
     assert root.op == "wsum"  # base + merged
     merge = [n for n in root.args if n.op == "merge"][0]
-    assert merge.attr("method") == "task_arithmetic"
+    assert merge.attr("method") == "ties"
     assert dict(merge.attr("params"))["lambda"] == 0.5
     for tau in merge.args:  # x_i - base
         assert tau.op == "wsum" and sorted(tau.attr("coeffs")) == [-1.0, 1.0]
@@ -159,3 +167,22 @@ def test_output_dtype_from_option_block():
     assert {t.dtype for t in lo.tensors} == {"float16"}
     _, (lo,) = compile_text(HEAD + "output m = linear(a, b)\n")
     assert {t.dtype for t in lo.tensors} == {"bfloat16"}
+
+
+def test_random_calls_draw_their_own_masks():
+    """Seeds name the output tensor and the call: two DARE calls in one output, or in two
+    runs of a stack, never share masks."""
+    _, (lo,) = compile_text(
+        HEAD + "output m = base + dare_linear(a - base, density=0.5) "
+        "+ dare_linear(b - base, density=0.5)\n")
+    seeds = [n.attr("seed") for n in topo(tensor(lo, "model.norm.weight").node)
+             if n.op == "merge"]
+    assert len(seeds) == 2 and seeds[0] != seeds[1]
+    _, (lo,) = compile_text(
+        HEAD + "output f = stack(dare_linear(a.layers[0:2], density=0.5), "
+        "dare_linear(b.layers[0:2], density=0.5))\n")
+    s0 = [n.attr("seed") for n in topo(tensor(lo, "model.layers.0.mlp.up_proj.weight").node)
+          if n.op == "merge"]
+    s2 = [n.attr("seed") for n in topo(tensor(lo, "model.layers.2.mlp.up_proj.weight").node)
+          if n.op == "merge"]
+    assert s0 and s2 and s0 != s2

@@ -28,7 +28,7 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "jax": ("mergec.backends.jax_backend", "JaxBackend", "jax"),
 }
 _ALIASES = {"numpy": "reference"}
-_AUTO_ORDER = ("torch", "reference")
+_AUTO_ORDER = ("torch", "jax", "reference")
 
 
 def _has_module(name: str) -> bool:

@@ -687,7 +687,8 @@ class Checker:
                              f"add `{p.name}=...` ({p.doc})")
                     ok = False
                 else:
-                    params[p.name] = p.default
+                    params[p.name] = (tuple([p.default] * len(inputs)) if p.per_input
+                                      else p.default)
         if ok and "weight" in params and params.get("normalize") is True:
             w = params["weight"]
             if isinstance(w, tuple) and all(isinstance(x, (int, float)) for x in w) and \

@@ -123,8 +123,9 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
         raise _bad(f"cannot read {cfg_path}: {e}") from None
     ptype = str(cfg.get("peft_type", "LORA")).upper()
     if ptype != "LORA":
-        raise _bad(f"`{ref.raw}` is a {ptype} adapter; only LoRA adapters can be read "
-                   "as deltas")
+        raise _bad(f"`{ref.raw}` is a PEFT {ptype} adapter; only LoRA adapters can be read "
+                   "as deltas", "merge it into its base with PEFT's `merge_and_unload` and "
+                   "declare the result with `model`")
     if cfg.get("use_dora"):
         raise _bad(f"`{ref.raw}` is a DoRA adapter, whose update is not a low-rank delta",
                    "merge it into its base with PEFT's `merge_and_unload` and declare the "

@@ -63,11 +63,28 @@ def optimize(lowered: list[LoweredOutput], rules=None) -> list[LoweredOutput]:
     return lowered
 
 
+class _Ctx:
+    """What the lowering of one output tensor needs besides the expression."""
+
+    def __init__(self, g: Graph, seed: int, out: Output):
+        from mergec.check.checker import _walk
+
+        self.g, self.seed, self.out_name = g, seed, out.name
+        self.out_tensor = ""
+        # calls numbered in the order they are written (a stable identity for seeds)
+        self._calls = {id(c): i for i, c in enumerate(
+            c for c in _walk(out.expr) if isinstance(c, CCall))}
+
+    def call_index(self, call: CCall) -> int:
+        return self._calls[id(call)]
+
+
 def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutput:
-    seed = checked.settings.seed
+    ctx = _Ctx(g, checked.settings.seed, out)
     tensors: list[OutTensor] = []
     for name, meta in out.expr.tensors.items():
-        value = _lo(out.expr, name, g, seed, out.name)
+        ctx.out_tensor = name
+        value = _lo(out.expr, name, ctx)
         if meta.dtype in FLOAT_DTYPES:
             dtype = out.dtype or _default_dtype(out, meta.dtype)
         else:
@@ -83,7 +100,8 @@ def _default_dtype(out: Output, own: str) -> str:
     return d if d in FLOAT_DTYPES else own
 
 
-def _lo(e: CExpr, name: str, g: Graph, seed: int, out_name: str) -> Node:
+def _lo(e: CExpr, name: str, ctx: "_Ctx") -> Node:
+    g = ctx.g
     if isinstance(e, CInput):
         m = e.tensors[name]
         return g.load(e.name, name, m.shape, m.dtype)
@@ -96,14 +114,14 @@ def _lo(e: CExpr, name: str, g: Graph, seed: int, out_name: str) -> Node:
         b = g.load(e.name, pair.b, tuple(ib.shape), ib.dtype)
         return g.lowrank(b, a, pair.scale, pair.transpose)
     if isinstance(e, CLinear):
-        terms = [(_lo(t, name, g, seed, out_name), c) for t, c in e.terms
+        terms = [(_lo(t, name, ctx), c) for t, c in e.terms
                  if not (t.sparse and name not in t.tensors)]
         if not terms:  # only adapters, none of which adapts this tensor
             return g.zeros(e.tensors[name].shape)
         return g.wsum(terms)
     if isinstance(e, CSlice):
         bi = arch.block_index(name)
-        return _lo(e.target, arch.with_block_index(name, bi + e.start), g, seed, out_name)
+        return _lo(e.target, arch.with_block_index(name, bi + e.start), ctx)
     if isinstance(e, CStack):
         bi = arch.block_index(name)
         if bi is None:
@@ -111,16 +129,16 @@ def _lo(e: CExpr, name: str, g: Graph, seed: int, out_name: str) -> Node:
                 src = e.embed or _part_model(e.parts[0])
             else:
                 src = e.head or _part_model(e.parts[-1])
-            return _lo(src, name, g, seed, out_name)
+            return _lo(src, name, ctx)
         offset = 0
         for part in e.parts:
             count = part.n_layers or 0
             if offset <= bi < offset + count:
-                return _lo(part, arch.with_block_index(name, bi - offset), g, seed, out_name)
+                return _lo(part, arch.with_block_index(name, bi - offset), ctx)
             offset += count
         raise AssertionError(f"block {bi} outside the stack")  # checker guarantees it
     if isinstance(e, CCall):
-        return _lo_call(e, name, g, seed, out_name)
+        return _lo_call(e, name, ctx)
     raise TypeError(type(e))  # pragma: no cover
 
 
@@ -149,20 +167,24 @@ def resolve_params(call: CCall, name: str) -> dict:
     return {k: value(v) for k, v in params.items()}
 
 
-def _lo_call(e: CCall, name: str, g: Graph, seed: int, out_name: str) -> Node:
+def _lo_call(e: CCall, name: str, ctx: "_Ctx") -> Node:
+    g = ctx.g
     m = e.method
     params = resolve_params(e, name)
     xs = [g.zeros(e.tensors[name].shape) if i.sparse and name not in i.tensors
-          else _lo(i, name, g, seed, out_name) for i in e.inputs]
-    s = derive_seed(seed, out_name, name) if m.random else None
+          else _lo(i, name, ctx) for i in e.inputs]
+    # the seed names the output tensor (not the call's local name: two runs of blocks in a
+    # stack differ) and the call (two random calls in one output draw different masks)
+    s = derive_seed(ctx.seed, ctx.out_name, ctx.out_tensor, str(ctx.call_index(e))) \
+        if m.random else None
     if params.get("trim") == "model":
         # the threshold is taken over the whole model: a placeholder the executor fills
         # in before the per-tensor pass (mergec.stats)
-        key = f"{out_name}#{id(e)}"
+        key = f"{ctx.out_name}#{ctx.call_index(e)}"
         params["thresholds"] = tuple(ModelTopK(key, i, float(d))
                                      for i, d in enumerate(params["density"]))
     if m.base == "delta" and e.base is not None:
-        b = _lo(e.base, name, g, seed, out_name)
+        b = _lo(e.base, name, ctx)
         taus = [g.wsum([(x, 1.0), (b, -1.0)]) for x in xs]
         merged = g.merge(m.name, taus, params, s)
         return g.wsum([(b, 1.0), (merged, 1.0)])

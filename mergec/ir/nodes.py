@@ -201,7 +201,7 @@ def render_many(roots: list[Node]) -> str:
             if n.op == "convert":
                 desc += f" -> {n.dtype}"
         elif n.op == "lowrank":
-            desc = f"lowrank({args}; scale={attrs['scale']:g}" + \
+            desc = f"lowrank({args}; scale={attrs['scale']:.17g}" + \
                 (", transposed)" if attrs["transpose"] else ")")
         elif n.op == "zeros":
             desc = f"zeros{list(n.shape)}"

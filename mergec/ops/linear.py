@@ -18,6 +18,8 @@ def linear_coeffs(method: str, params: dict, n: int) -> tuple[float, ...] | None
     if method == "passthrough":
         return (float(params["scale"]),)
     w = params["weight"]
+    if isinstance(w, (int, float)) and not isinstance(w, bool):
+        w = (w,) * n
     if not isinstance(w, tuple) or not all(isinstance(x, (int, float)) for x in w):
         return None
     w = [float(x) for x in w]
