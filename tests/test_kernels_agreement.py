@@ -128,7 +128,6 @@ def test_reference_and_jax_agree(method, shape, device, name):
     _agree([get_backend("reference"), _make(name, device)], method, shape)
 
 
-@pytest.mark.parity
 @NO_TORCH
 @NO_JAX
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)

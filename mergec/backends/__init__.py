@@ -4,8 +4,8 @@
 
 * ``"reference"``: numpy, CPU only; the yardstick every other backend is tested against;
 * ``"torch"``: PyTorch on ``"cpu"``, ``"cuda"`` (``"cuda:N"``, alias ``"gpu"``) or ``"auto"``;
-* ``"jax"``: JAX, once ``mergec/backends/jax_backend.py`` (class ``JaxBackend``) exists;
-* ``"auto"``: torch when it is installed, else the reference.
+* ``"jax"``: JAX on ``"cpu"``, ``"gpu"`` (alias ``"cuda"``, ``"cuda:N"``) or ``"auto"``;
+* ``"auto"``: torch when it is installed, else jax, else the reference.
 
 Backends are found by convention: module ``mergec.backends.<name>_backend`` (``reference``
 for the reference) with one class; the heavy library is imported only when the backend is

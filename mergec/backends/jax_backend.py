@@ -19,10 +19,12 @@ Numbers
   (norms, dot products, L1 sums, the TIES vote) run in float64 inside the kernels: every call
   into this backend runs under ``jax.enable_x64`` (a thread-local context, so the process-wide
   setting is left alone), and every array the kernels make has an explicit dtype.
-* Elementwise float32 arithmetic is the reference's sequence of operations, one rounding per
+* Elementwise arithmetic is the reference's sequence of operations, one rounding per
   operation. XLA would fuse ``a * b + c`` into a fused multiply-add (one rounding, a different
-  last bit); :func:`_rounded` stops that, so weighted sums, the disjoint merge and the SCE
-  variance are bit-identical to the reference on CPU.
+  last bit) and turn a division by a scalar into a multiplication by its reciprocal;
+  :func:`_rounded` and :func:`_div` stop both, so weighted sums (float32 and float64), the
+  disjoint merge, the DARE rescale and the SCE variance are bit-identical to the reference on
+  the CPU.
 * Decisions (top-k, DELLA ranks) are made on the integer bit patterns of the magnitudes,
   which order non-negative floats exactly, so they never depend on how the device treats
   subnormal numbers. XLA's CPU runtime flushes subnormal float32 values (magnitude below
@@ -638,7 +640,9 @@ class JaxBackend:
         m = "ties"
         B.check_inputs(m, [tuple(x.shape) for x in xs])
         trim = str(B.scalar(p, "trim", m))
-        if trim == "tensor":
+        if "masks" in p:  # trim masks made by the executor for a block of rows
+            taus = [_keep(x, self._put(np.asarray(k, dtype=bool))) for x, k in zip(xs, p["masks"])]
+        elif trim == "tensor":
             dens = B.per_input(p, "density", len(xs), m)
             taus = []
             for x, d in zip(xs, dens):
@@ -670,7 +674,8 @@ class JaxBackend:
                 raise ValueError(f"method {method} draws random numbers and needs a seed")
             if mode not in _RESCALES:
                 raise ValueError(f"method {method}: unknown rescale {mode!r}")
-            mask = self._put(rnd.keep_mask(seed, i, tuple(x.shape), d))
+            mask = self._put(np.asarray(p["masks"][i], dtype=bool) if "masks" in p else
+                             rnd.keep_mask(seed, i, tuple(x.shape), d))
             out.append(_dare_keep(x, mask, _F32(d), _Z, mode=mode))
         return out
 
