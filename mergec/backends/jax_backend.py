@@ -119,6 +119,11 @@ def kernel_traces() -> dict[str, int]:
     return dict(_TRACES)
 
 
+def _c_order(a: np.ndarray) -> np.ndarray:
+    """`a` in C order, keeping its shape (np.ascontiguousarray turns a 0-d array into 1-d)."""
+    return a if a.flags.c_contiguous else np.array(a, order="C")
+
+
 def _rounded(p: Array, z: Array) -> Array:
     """``p`` with its float32 rounding made final: ``p`` reaches the next operation through an
     integer xor with the traced zero ``z``, so XLA cannot fuse the multiply that made ``p`` into
@@ -478,9 +483,9 @@ class JaxBackend:
         if self.platform != "cpu" and a.dtype in (B.storage_dtype("bfloat16"),
                                                   np.dtype(np.float16)):
             # half the bytes over the bus; the conversion to float32 is exact
-            return _to_f32(self._put(np.ascontiguousarray(a)))
+            return _to_f32(self._put(_c_order(a)))
         if self.platform != "cpu" and a.dtype == np.float32:
-            return self._put(np.ascontiguousarray(a))
+            return self._put(_c_order(a))
         # a private float32 copy (bf16/f16 exact, f64 rounded to nearest even)
         return self._put(np.array(a, dtype=np.float32, copy=True))
 
