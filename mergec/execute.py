@@ -23,7 +23,7 @@ from mergec.io.writer import OutputWriter
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.io.errors import CheckpointError
-from mergec.ops.linear import linear_coeffs
+from mergec.ops.linear import LINEAR_METHODS, linear_coeffs
 from mergec.plan import MASKED_METHODS, rows_per_chunk
 from mergec.stats import compute_model_stats, resolve_stats
 
@@ -55,9 +55,16 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
     weighted sums; everything else is float32."""
     order = topo(root)
     last_use: dict[int, int] = {}
+    # a weighted sum read only by non-linear kernels is rounded to float32 at once anyway:
+    # compute it in float32 (half the memory, no widening); the passes never fold across
+    # such kernels, so this is the same with and without them
+    wide: set[int] = {id(root)}
     for i, n in enumerate(order):
         for a in n.args:
             last_use[id(a)] = i
+            if n.op == "wsum" or n.op == "cast" or (
+                    n.op == "merge" and n.attr("method") in LINEAR_METHODS):
+                wide.add(id(a))
     values: dict[int, object] = {}
     for i, n in enumerate(order):
         if n.op == "load":
@@ -68,8 +75,8 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
                 data = src.read(key[1]) if rows is None else src.read_rows(key[1], *rows)
             v = backend.asarray(data)
         elif n.op == "wsum":
-            v = backend.weighted_sum64([(values[id(a)], c)
-                                        for a, c in zip(n.args, n.attr("coeffs"))])
+            terms = [(values[id(a)], c) for a, c in zip(n.args, n.attr("coeffs"))]
+            v = _sum(backend, terms, id(n) in wide)
         elif n.op == "merge":
             params = dict(n.attr("params"))
             if stats is not None:
@@ -79,7 +86,7 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
                 params["masks"] = _block_masks(n, params, args, rows, backend, trims)
             coeffs = linear_coeffs(n.attr("method"), params, len(args))
             if coeffs is not None:  # a linear method: the same sum the fold pass writes
-                v = backend.weighted_sum64(list(zip(args, coeffs)))
+                v = _sum(backend, list(zip(args, coeffs)), id(n) in wide)
             else:
                 v = backend.method(n.attr("method"), [backend.to_float32(x) for x in args],
                                    params, n.attr("seed"))
@@ -95,6 +102,20 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
             if last_use.get(id(a)) == i:
                 values.pop(id(a), None)
     return values[id(order[-1])]
+
+
+def _is_wide(x) -> bool:
+    return "64" in str(getattr(x, "dtype", ""))
+
+
+def _sum(backend, terms, wide: bool):
+    """A weighted sum: float64 when it feeds other sums or the output, else float32 (from
+    float64 only when a term already is)."""
+    if wide:
+        return backend.weighted_sum64(terms)
+    if any(_is_wide(x) for x, _ in terms):
+        return backend.to_float32(backend.weighted_sum64(terms))
+    return backend.weighted_sum(terms)
 
 
 def tensor_bytes(t: OutTensor, checked: CheckedProgram, backend, stats=None,
