@@ -102,6 +102,18 @@ class Backend(Protocol[T]):
         ...
 
 
+def kernel_table(backend) -> dict:
+    """Method name -> kernel: every registry method, found on the backend as `_<name>`
+    (the registry declares the methods; a backend only implements them)."""
+    from mergec.ops.registry import REGISTRY
+
+    missing = [m for m in REGISTRY if not hasattr(backend, f"_{m}")]
+    if missing:
+        raise NotImplementedError(f"the {backend.name} backend has no kernel for "
+                                  + ", ".join(missing))
+    return {m: getattr(backend, f"_{m}") for m in REGISTRY}
+
+
 class BackendUnavailable(RuntimeError):
     """The backend asked for cannot run here (its library or device is missing)."""
 

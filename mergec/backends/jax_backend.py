@@ -53,7 +53,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -445,25 +445,7 @@ class JaxBackend:
         self.device = _resolve_device(device)
         self.platform = self.device.platform
         self.host_select = (self.platform == "cpu") if host_select is None else bool(host_select)
-        self._kernels: dict[str, Callable[..., Array]] = {
-            "linear": self._linear,
-            "task_arithmetic": self._task_arithmetic,
-            "slerp": self._slerp,
-            "nuslerp": self._nuslerp,
-            "multislerp": self._multislerp,
-            "karcher": self._karcher,
-            "ties": self._ties,
-            "dare_linear": self._dare_linear,
-            "dare_ties": self._dare_ties,
-            "breadcrumbs": self._breadcrumbs,
-            "breadcrumbs_ties": self._breadcrumbs_ties,
-            "della": self._della,
-            "della_linear": self._della_linear,
-            "model_stock": self._model_stock,
-            "sce": self._sce,
-            "nearswap": self._nearswap,
-            "passthrough": self._passthrough,
-        }
+        self._kernels = B.kernel_table(self)
 
     def __repr__(self) -> str:
         return f"JaxBackend(device={self.device!r}, host_select={self.host_select})"

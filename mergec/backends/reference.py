@@ -70,7 +70,7 @@ passthrough
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,25 +162,7 @@ class ReferenceBackend:
             raise B.BackendUnavailable(f"the reference backend runs on the cpu only, "
                                        f"not on {device!r}")
         self.device = "cpu"
-        self._kernels: dict[str, Callable[..., Array]] = {
-            "linear": self._linear,
-            "task_arithmetic": self._task_arithmetic,
-            "slerp": self._slerp,
-            "nuslerp": self._nuslerp,
-            "multislerp": self._multislerp,
-            "karcher": self._karcher,
-            "ties": self._ties,
-            "dare_linear": self._dare_linear,
-            "dare_ties": self._dare_ties,
-            "breadcrumbs": self._breadcrumbs,
-            "breadcrumbs_ties": self._breadcrumbs_ties,
-            "della": self._della,
-            "della_linear": self._della_linear,
-            "model_stock": self._model_stock,
-            "sce": self._sce,
-            "nearswap": self._nearswap,
-            "passthrough": self._passthrough,
-        }
+        self._kernels = B.kernel_table(self)
 
     # contract ------------------------------------------------------------------------------
 

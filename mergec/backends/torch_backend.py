@@ -14,7 +14,7 @@ smaller side elsewhere), never from a full sort.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,25 +130,7 @@ class TorchBackend:
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = _resolve_device(device)
-        self._kernels: dict[str, Callable[..., Tensor]] = {
-            "linear": self._linear,
-            "task_arithmetic": self._task_arithmetic,
-            "slerp": self._slerp,
-            "nuslerp": self._nuslerp,
-            "multislerp": self._multislerp,
-            "karcher": self._karcher,
-            "ties": self._ties,
-            "dare_linear": self._dare_linear,
-            "dare_ties": self._dare_ties,
-            "breadcrumbs": self._breadcrumbs,
-            "breadcrumbs_ties": self._breadcrumbs_ties,
-            "della": self._della,
-            "della_linear": self._della_linear,
-            "model_stock": self._model_stock,
-            "sce": self._sce,
-            "nearswap": self._nearswap,
-            "passthrough": self._passthrough,
-        }
+        self._kernels = B.kernel_table(self)
 
     # contract ------------------------------------------------------------------------------
 
