@@ -144,7 +144,13 @@ def _trail(slot: _Slot) -> str:
 
 
 def _lead(slot: _Slot, indent: str) -> list[str]:
-    return [indent + c.text for c in slot.leading]
+    """Leading comments, keeping one blank line where the source separates paragraphs."""
+    out: list[str] = []
+    for i, c in enumerate(slot.leading):
+        if i and c.span.line - slot.leading[i - 1].span.line > 1:
+            out.append("")
+        out.append(indent + c.text)
+    return out
 
 
 def _entries_block(entries, by_id, indent: str, align: bool) -> list[str]:
@@ -220,7 +226,7 @@ def format_program(program: ast.Program) -> str:
         if slot.leading:
             last_c = slot.leading[-1].span.line
             if st.span.line - last_c > 1:
-                n = len(slot.leading)
+                n = len(_lead(slot, ""))
                 block = block[:n] + [""] + block[n:]
         out += block
         prev_end_line = max([st.span.end_line] + [c.span.line for c in slot.trailing])
