@@ -297,14 +297,17 @@ def test_garbage_tensor_data_checks_and_plans_identically(tmp_path, family):
 SLOW_BUILD = r"""
 import sys, time
 from mergec.backends import torch_backend
-_method = torch_backend.TorchBackend.method
 DELAY = float(sys.argv[1])
 
-def slow(self, *args, **kwargs):
-    time.sleep(DELAY)
-    return _method(self, *args, **kwargs)
+def slowed(fn):
+    def slow(self, *args, **kwargs):
+        time.sleep(DELAY)
+        return fn(self, *args, **kwargs)
+    return slow
 
-torch_backend.TorchBackend.method = slow
+# every computing entry point: kernels and weighted sums (linear merges are weighted sums)
+for name in ("method", "weighted_sum", "weighted_sum64"):
+    setattr(torch_backend.TorchBackend, name, slowed(getattr(torch_backend.TorchBackend, name)))
 from mergec.cli import app
 sys.argv = ["mergec"] + sys.argv[2:]
 app()
