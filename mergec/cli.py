@@ -264,6 +264,10 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
           max_memory: Optional[str] = typer.Option(
               None, "--max-memory", help="Keep tensor memory within SIZE (e.g. 512MB): "
               "entry-by-entry computations run in row blocks."),
+          threads: Optional[int] = typer.Option(
+              None, "--threads", min=1, max=256,
+              help="Worker threads on a CPU [default: the CPUs available, at most 8]; "
+              "the result is the same for any number."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Check, compile and build every output of a recipe."""
     from mergec.api import build as api_build, check_targets, compile as api_compile
@@ -288,7 +292,7 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
 
     try:
         results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
-                             device, quiet, limit)
+                             device, quiet, limit, threads)
     except BackendUnavailable as e:
         text = str(e)
         if "CUDA" in text or "device" in text:
@@ -307,10 +311,10 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
 
 
 def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, device, quiet,
-               limit=None):
+               limit=None, threads=None):
     if quiet:
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
-                         device=device, compiled=compiled, max_memory=limit)
+                         device=device, compiled=compiled, max_memory=limit, threads=threads)
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
@@ -331,7 +335,7 @@ def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, devic
 
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
                          device=device, compiled=compiled, progress=progress,
-                         max_memory=limit)
+                         max_memory=limit, threads=threads)
 
 
 @app.command()

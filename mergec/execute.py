@@ -24,7 +24,8 @@ from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.io.errors import CheckpointError
 from mergec.ops.linear import LINEAR_METHODS, linear_coeffs
-from mergec.plan import MASKED_METHODS, rows_per_chunk
+from mergec.plan import (MASKED_METHODS, block_budget, chunkable, node_chunkable,
+                         rows_per_chunk)
 from mergec.stats import compute_model_stats, resolve_stats
 
 
@@ -46,25 +47,42 @@ def source_of(checked: CheckedProgram, name: str):
     return inp.checkpoint if hasattr(inp, "checkpoint") else inp.adapter
 
 
-def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
-             fetched: dict | None = None, rows: tuple[int, int] | None = None,
-             trims: dict | None = None):
-    """The backend value of `root`, computing its DAG in topological order and freeing
-    every value after its last use. Weighted sums (and the linear methods, which are
-    weighted sums) are accumulated in float64 and stay float64 while they feed other
-    weighted sums; everything else is float32."""
-    order = topo(root)
-    last_use: dict[int, int] = {}
+def _wide_nodes(order: list[Node]) -> set[int]:
     # a weighted sum read only by non-linear kernels is rounded to float32 at once anyway:
     # compute it in float32 (half the memory, no widening); the passes never fold across
     # such kernels, so this is the same with and without them
-    wide: set[int] = {id(root)}
-    for i, n in enumerate(order):
+    wide: set[int] = {id(order[-1])}
+    for n in order:
         for a in n.args:
-            last_use[id(a)] = i
             if n.op == "wsum" or n.op == "cast" or (
                     n.op == "merge" and n.attr("method") in LINEAR_METHODS):
                 wide.add(id(a))
+    return wide
+
+
+def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
+             fetched: dict | None = None, rows: tuple[int, int] | None = None,
+             ctx: "TensorStats | None" = None, block: int = 0, args_of_root: bool = False,
+             wide: set[int] | None = None):
+    """The backend value of `root` (or, with `args_of_root`, the values of its arguments),
+    computing its DAG in topological order and freeing every value after its last use.
+    `rows` selects a block of rows (block number `block` of the tensor); `ctx` holds what
+    the earlier passes over the whole tensor found (thresholds, norms, inner products).
+    Weighted sums (and the linear methods, which are weighted sums) are accumulated in
+    float64 and stay float64 while they feed other weighted sums or the output; everything
+    else is float32 (`wide`: the float64 nodes, when `root` is part of a larger DAG)."""
+    order = topo(root)
+    if wide is None:
+        wide = _wide_nodes(order)
+    if args_of_root:
+        order = order[:-1]
+    last_use: dict[int, int] = {}
+    for i, n in enumerate(order):
+        for a in n.args:
+            last_use[id(a)] = i
+    if args_of_root:
+        for a in root.args:
+            last_use[id(a)] = len(order)
     values: dict[int, object] = {}
     for i, n in enumerate(order):
         if n.op == "load":
@@ -78,18 +96,8 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
             terms = [(values[id(a)], c) for a, c in zip(n.args, n.attr("coeffs"))]
             v = _sum(backend, terms, id(n) in wide)
         elif n.op == "merge":
-            params = dict(n.attr("params"))
-            if stats is not None:
-                params = {k: resolve_stats(v, stats) for k, v in params.items()}
-            args = [values[id(a)] for a in n.args]
-            if rows is not None and n.attr("method") in MASKED_METHODS:
-                params["masks"] = _block_masks(n, params, args, rows, backend, trims)
-            coeffs = linear_coeffs(n.attr("method"), params, len(args))
-            if coeffs is not None:  # a linear method: the same sum the fold pass writes
-                v = _sum(backend, list(zip(args, coeffs)), id(n) in wide)
-            else:
-                v = backend.method(n.attr("method"), [backend.to_float32(x) for x in args],
-                                   params, n.attr("seed"))
+            v = _merge(n, [values[id(a)] for a in n.args], backend, stats, rows, ctx, block,
+                       id(n) in wide)
         elif n.op == "lowrank":
             b, a = (backend.to_float32(values[id(x)]) for x in n.args)
             v = backend.lowrank(b, a, n.attr("scale"), n.attr("transpose"))
@@ -101,7 +109,29 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
         for a in n.args:
             if last_use.get(id(a)) == i:
                 values.pop(id(a), None)
+    if args_of_root:
+        return [values[id(a)] for a in root.args]
     return values[id(order[-1])]
+
+
+def _merge(n: Node, args: list, backend, stats, rows, ctx, block: int, wide: bool):
+    method = n.attr("method")
+    params = dict(n.attr("params"))
+    if stats is not None:
+        params = {k: resolve_stats(v, stats) for k, v in params.items()}
+    found = ctx.get(n) if ctx is not None else None
+    if found is not None and "coeffs" in found:  # slerp & co: the sum its inner products give
+        return backend.weighted_sum([(backend.to_float32(a), c)
+                                     for a, c in zip(args, found["coeffs"])])
+    if rows is not None and method in MASKED_METHODS:
+        params["masks"] = _block_masks(n, params, args, rows, backend, found, block)
+    if found is not None and "l1_scales" in found:
+        params["l1_scales"] = found["l1_scales"]
+    coeffs = linear_coeffs(method, params, len(args))
+    if coeffs is not None:  # a linear method: the same sum the fold pass writes
+        return _sum(backend, list(zip(args, coeffs)), wide)
+    return backend.method(method, [backend.to_float32(x) for x in args], params,
+                          n.attr("seed"))
 
 
 def _is_wide(x) -> bool:
@@ -118,66 +148,10 @@ def _sum(backend, terms, wide: bool):
     return backend.weighted_sum(terms)
 
 
-def tensor_bytes(t: OutTensor, checked: CheckedProgram, backend, stats=None,
-                 fetched: dict | None = None):
-    """The stored form of one output tensor: raw bytes (a copy) or a numpy array."""
-    root = t.node
-    if fetched and root.op in ("copy", "convert"):
-        data = fetched.pop((root.attr("source"), root.attr("tensor")), None)
-        if data is not None:
-            return data if root.op == "copy" else convert(data, t.dtype)
-    if root.op in ("copy", "convert"):
-        src = source_of(checked, root.attr("source"))
-        name = root.attr("tensor")
-        if root.op == "copy":
-            read_raw = getattr(src, "read_raw", None)
-            try:
-                return read_raw(name) if read_raw is not None else src.read(name)
-            except CheckpointError:
-                if getattr(src, "format", "") == "bin":  # no raw bytes in a pickle
-                    return src.read(name)
-                raise
-        return convert(src.read(name), t.dtype)
-    value = evaluate(root.args[0], checked, backend, stats, fetched)
-    return backend.to_numpy(backend.to_float32(value), t.dtype)
+def _f32_numpy(backend, v):
+    import numpy as np
 
-
-class Prefetcher:
-    """Reads the inputs of upcoming tensors on a thread while the current one computes,
-    so reading and computing overlap. Holds the inputs of `ahead` tensors at most."""
-
-    def __init__(self, checked: CheckedProgram, tensors: list[OutTensor], ahead: int = 1):
-        self.checked, self.tensors, self.ahead = checked, tensors, ahead
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mergec-read")
-        self.futures: dict[int, Future] = {}
-
-    def _reads(self, t: OutTensor) -> dict:
-        root = t.node
-        out = {}
-        if root.op == "copy":
-            src = source_of(self.checked, root.attr("source"))
-            if getattr(src, "format", "") != "bin" and hasattr(src, "read_raw"):
-                out[(root.attr("source"), root.attr("tensor"))] = src.read_raw(root.attr("tensor"))
-            return out
-        nodes = [root] if root.op == "convert" else [n for n in topo(root) if n.op == "load"]
-        for n in nodes:
-            key = (n.attr("source"), n.attr("tensor"))
-            if key not in out:
-                out[key] = source_of(self.checked, key[0]).read(key[1])
-        return out
-
-    def get(self, i: int) -> dict:
-        """The inputs of tensor i (read now if they were not read ahead); reads ahead."""
-        for j in range(i + 1, min(i + 1 + self.ahead, len(self.tensors))):
-            if j not in self.futures:
-                self.futures[j] = self.pool.submit(self._reads, self.tensors[j])
-        fut = self.futures.pop(i, None)
-        return fut.result() if fut is not None else self._reads(self.tensors[i])
-
-    def close(self) -> None:
-        for f in self.futures.values():
-            f.cancel()
-        self.pool.shutdown(wait=True)
+    return np.asarray(backend.to_numpy(backend.to_float32(v), "float32"))
 
 
 def convert(a, dtype: str):
@@ -190,48 +164,166 @@ def convert(a, dtype: str):
     return a.astype(np.float32).astype(numpy_dtype(dtype))
 
 
-def output_config(lo: LoweredOutput) -> dict | None:
-    from mergec.check.checker import derive_output_config
-
-    return derive_output_config(lo.output)
+# ------------------------------------------------------------------------ whole-tensor stats
 
 
-def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
-                 force: bool = False, shard_size: int = 5 * 10**9,
-                 progress: ProgressFn | None = None,
-                 max_memory: int | None = None) -> BuildResult:
-    """Compute and write one output. With `max_memory`, tensors computed entry by entry
-    are split into row blocks that fit it, and nothing is read ahead."""
-    t0 = time.perf_counter()
-    decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
-    meta = {"mergec_version": __version__}
-    def chunks_of(node: Node):
-        n = node.shape[0] if node.shape else 1
-        row_bytes = max(1, node.numel // n) * 32  # the node's inputs and temporaries
-        k = n if max_memory is None else max(1, min(n, max_memory // row_bytes))
-        for rows in (_blocks(n, k) if node.shape and k < n else [None]):
-            yield backend.to_numpy(backend.to_float32(
-                evaluate(node, checked, backend, rows=rows)), "float32")
+class TensorStats:
+    """What the passes before the last one found about the merge calls of one tensor:
+    per call, ``{"coeffs": [...]}`` (a weighted sum from inner products), ``{"l1_scales":
+    (...)}`` (DARE's L1 rescale) and/or ``{"trims": [...]}`` (TIES thresholds of a tensor
+    computed in blocks)."""
 
-    stats = compute_model_stats(lo, chunks_of)
-    prefetch = Prefetcher(checked, lo.tensors) if max_memory is None else None
-    try:
-        path = _write_output(lo, checked, target, backend, decl, meta, stats, prefetch,
-                             force=force, shard_size=shard_size, progress=progress,
-                             max_memory=max_memory)
-    finally:
-        if prefetch is not None:
-            prefetch.close()
-    done_bytes = sum(t.node.numel * _itemsize(t.dtype) for t in lo.tensors)
-    return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
-                       time.perf_counter() - t0)
+    def __init__(self) -> None:
+        self._by_node: dict[int, dict] = {}
+
+    def get(self, n: Node) -> dict | None:
+        return self._by_node.get(id(n))
+
+    def put(self, n: Node, key: str, value) -> None:
+        self._by_node.setdefault(id(n), {})[key] = value
 
 
-def _blocks(n_rows: int, k: int):
-    return [(r0, min(r0 + k, n_rows)) for r0 in range(0, n_rows, k)]
+def _needs_pass(n: Node, split: bool) -> bool:
+    """Does this merge call need a pass over the whole tensor before its last pass?"""
+    from mergec.backends.base import uses_gram
+
+    method = n.attr("method")
+    params = dict(n.attr("params"))
+    if uses_gram(method, params, len(n.shape)):
+        return True
+    if method in ("dare_ties", "dare_linear") and params.get("rescale") == "l1":
+        return True
+    return split and method == "ties" and params.get("trim") != "model"
 
 
-def _block_masks(n: Node, params: dict, args, rows, backend, trims) -> tuple:
+class Blocks:
+    """Runs a function over the blocks of rows of one tensor, on a pool of threads,
+    returning the results in block order."""
+
+    def __init__(self, blocks: list, pool: ThreadPoolExecutor | None) -> None:
+        self.blocks, self.pool = blocks, pool
+
+    def map(self, fn):
+        items = list(enumerate(self.blocks))
+        if self.pool is None or len(items) == 1:
+            return [fn(b, rows) for b, rows in items]
+        return list(self.pool.map(lambda it: fn(*it), items))
+
+
+def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorStats | None:
+    """One pass over the tensor per merge call that needs whole-tensor statistics, in
+    topological order (a later call may depend on an earlier one's result)."""
+    import numpy as np
+
+    from mergec.backends import base as B
+    from mergec.ops.random import keep_mask, keep_mask_rows
+
+    split = len(blocks.blocks) > 1
+    calls = [n for n in topo(root) if n.op == "merge" and _needs_pass(n, split)]
+    if not calls:
+        return None
+    ctx = TensorStats()
+    wide = _wide_nodes(topo(root))
+    for n in calls:
+        method = n.attr("method")
+        params = dict(n.attr("params"))
+        if stats is not None:
+            params = {k: resolve_stats(v, stats) for k, v in params.items()}
+
+        def args_of(b, rows, n=n):
+            vals = evaluate(n, checked, backend, stats, rows=rows, ctx=ctx, block=b,
+                            args_of_root=True, wide=wide)
+            return [_f32_numpy(backend, v) for v in vals]
+
+        if B.uses_gram(method, params, len(n.shape)):
+            parts = blocks.map(lambda b, rows: B.gram_partials(args_of(b, rows)))
+            ctx.put(n, "coeffs", B.gram_coefficients(method, params, B.total(parts)))
+        elif method == "ties":
+            ctx.put(n, "trims", _ties_trims(n, params, blocks, args_of))
+        else:  # DARE with an L1 rescale: the norms of each task vector and of what is kept
+            dens = B.per_input(params, "density", len(n.args), method)
+            seed = n.attr("seed")
+
+            def l1(b, rows):
+                xs = args_of(b, rows)
+                out = []
+                for i, (x, d) in enumerate(zip(xs, dens)):
+                    if d >= 1.0:
+                        out.append(None)
+                        continue
+                    m = (keep_mask(seed, i, n.shape, d) if rows is None else
+                         keep_mask_rows(seed, i, n.shape, d, *rows))
+                    out.append((B.abs_partials(x), B.abs_partials(np.where(m, x, 0.0))))
+                return out
+
+            parts = blocks.map(l1)
+            scales = []
+            for i, d in enumerate(dens):
+                if d >= 1.0:
+                    scales.append(None)
+                    continue
+                s_all = float(B.total([p[i][0] for p in parts]))
+                s_kept = float(B.total([p[i][1] for p in parts]))
+                scales.append(float(s_all / s_kept) if s_kept != 0.0 else 0.0)
+            ctx.put(n, "l1_scales", tuple(scales))
+    return ctx
+
+
+def _ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
+    """Per input of a TIES call on a tensor computed in blocks: None (keep all) or
+    ``(threshold, allowance per block)`` — the k-th largest magnitude over the whole tensor
+    (a histogram pass and a pass over one bucket, never a sort) and, for each block, how
+    many of its entries equal to the threshold are kept (lowest indices first), so the
+    blocks keep exactly what the whole tensor would."""
+    import numpy as np
+
+    from mergec.backends.base import keep_count
+    from mergec.stats import BUCKETS, magnitude_bits
+
+    ks = [keep_count(d, n.numel) for d in params["density"]]
+    live = [i for i, k in enumerate(ks) if k < n.numel]
+    trims: list = [None] * len(ks)
+    if not live:
+        return trims
+
+    def hist(b, rows):
+        xs = args_of(b, rows)
+        return [np.bincount(magnitude_bits(xs[i]) >> 16, minlength=BUCKETS) for i in live]
+
+    hists = blocks.map(hist)
+    buckets = {}
+    for j, i in enumerate(live):
+        h = np.sum([hb[j] for hb in hists], axis=0)
+        above = np.cumsum(h[::-1])
+        pos = int(np.searchsorted(above, ks[i]))
+        buckets[i] = (BUCKETS - 1 - pos, int(above[pos - 1]) if pos > 0 else 0)
+
+    def inside(b, rows):
+        xs = args_of(b, rows)
+        out = []
+        for i in live:
+            bits = magnitude_bits(xs[i])
+            out.append(bits[(bits >> 16) == buckets[i][0]])
+        return out
+
+    ins = blocks.map(inside)
+    for j, i in enumerate(live):
+        vals = np.concatenate([x[j] for x in ins])
+        r = ks[i] - buckets[i][1]
+        kth = np.partition(vals, vals.size - r)[vals.size - r]
+        larger = buckets[i][1] + int((vals > kth).sum())
+        remaining = ks[i] - larger  # entries equal to the threshold still kept
+        allow = []
+        for x in ins:
+            eq = int((x[j] == kth).sum())
+            allow.append(min(eq, remaining))
+            remaining -= allow[-1]
+        thr = float(np.array([kth], dtype=np.uint32).view(np.float32)[0])
+        trims[i] = (thr, allow)
+    return trims
+
+
+def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) -> tuple:
     """The keep masks of a sparsifying merge for one block of rows."""
     import numpy as np
 
@@ -244,93 +336,152 @@ def _block_masks(n: Node, params: dict, args, rows, backend, trims) -> tuple:
                      for i, d in enumerate(dens))
     if params.get("trim") == "model":  # the model-wide threshold applies as it is
         thr = params["thresholds"]
-        return tuple(np.abs(backend.to_numpy(backend.to_float32(a), "float32")) >=
-                     np.float32(t) for a, t in zip(args, thr))
+        return tuple(np.abs(_f32_numpy(backend, a)) >= np.float32(t) for a, t in zip(args, thr))
     masks = []
-    for i, a in enumerate(args):
-        state = trims[(id(n), i)]
-        mag = np.abs(backend.to_numpy(backend.to_float32(a), "float32"))
-        if state is None:  # keeps everything
+    for a, trim in zip(args, found["trims"]):
+        mag = np.abs(_f32_numpy(backend, a))
+        if trim is None:  # keeps everything
             masks.append(np.ones(mag.shape, dtype=bool))
             continue
-        thr, remaining = state
-        mask = mag > thr
-        if remaining > 0:  # magnitudes equal to the threshold: the lowest indices first
-            eq = np.flatnonzero(mag == thr)[:remaining]
+        thr, allow = trim
+        mask = mag > np.float32(thr)
+        if allow[block] > 0:  # magnitudes equal to the threshold: the lowest indices first
+            eq = np.flatnonzero(mag == np.float32(thr))[:allow[block]]
             mask.reshape(-1)[eq] = True
-            state[1] = remaining - len(eq)
         masks.append(mask)
     return tuple(masks)
 
 
-def _trim_thresholds(root: Node, blocks, checked, backend, stats) -> dict:
-    """Per-tensor TIES thresholds for a tensor computed in blocks: for each input, the
-    k-th largest magnitude (two streaming passes) and how many entries equal to it are
-    kept, so the blocks keep exactly what the whole tensor would."""
-    from mergec.backends.base import keep_count
-    from mergec.stats import exact_kth_largest
-
-    trims: dict = {}
-    for n in topo(root):
-        if n.op != "merge" or n.attr("method") != "ties":
-            continue
-        params = dict(n.attr("params"))
-        if params.get("trim") == "model":
-            continue
-        for i, (a, d) in enumerate(zip(n.args, params["density"])):
-            k = keep_count(d, n.numel)
-            if k >= n.numel:
-                trims[(id(n), i)] = None
-                continue
-
-            def chunks(a=a):
-                for rows in blocks:
-                    v = evaluate(a, checked, backend, stats, rows=rows)
-                    yield backend.to_numpy(backend.to_float32(v), "float32")
-
-            thr, larger = exact_kth_largest(chunks, k)
-            trims[(id(n), i)] = [thr, k - larger]
-    return trims
+# ------------------------------------------------------------------------ the output loop
 
 
-def write_in_rows(t: OutTensor, k: int, checked: CheckedProgram, backend, writer,
-                  stats: dict | None = None) -> None:
-    """Compute and write one tensor k rows at a time: entry-by-entry computations, and
-    sparsifying merges once their masks are known."""
-    root = t.node
-    blocks = _blocks(t.shape[0], k)
-    if root.op in ("copy", "convert"):
-        src = source_of(checked, root.attr("source"))
-        for rows in blocks:
-            a = src.read_rows(root.attr("tensor"), *rows)
-            writer.write_rows(t.name, rows[0], a if root.op == "copy" else convert(a, t.dtype))
+def _tune_allocator() -> None:
+    """Keep freed blocks in the C heap for reuse instead of returning them to the system
+    and faulting fresh pages in for the next block (glibc only; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
         return
-    trims = _trim_thresholds(root.args[0], blocks, checked, backend, stats)
-    for rows in blocks:
-        v = evaluate(root.args[0], checked, backend, stats, rows=rows, trims=trims)
-        writer.write_rows(t.name, rows[0], backend.to_numpy(backend.to_float32(v), t.dtype))
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 << 20)   # blocks come from the heap, not fresh mappings
+    mallopt(m_trim_threshold, 256 << 20)  # and stay there once freed
 
 
-def _write_output(lo, checked, target, backend, decl, meta, stats, prefetch, *, force,
-                  shard_size, progress, max_memory=None) -> Path:
+def default_threads() -> int:
+    """Worker threads: the CPUs this process may run on (at most 8)."""
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
+                 force: bool = False, shard_size: int = 5 * 10**9,
+                 progress: ProgressFn | None = None,
+                 max_memory: int | None = None, threads: int | None = None) -> BuildResult:
+    """Compute and write one output. On a CPU every tensor of two or more dimensions whose
+    computation allows it is split into blocks of rows that stay in the processor's cache,
+    computed by `threads` workers; on an accelerator tensors are split only to fit
+    `max_memory`. Whole-tensor statistics come from passes over the blocks first. The
+    result does not depend on the split or the number of threads."""
+    t0 = time.perf_counter()
+    _tune_allocator()
+    decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
+    meta = {"mergec_version": __version__}
+    on_cpu = str(getattr(backend, "device", "cpu")).startswith("cpu")
+    budget = block_budget(max_memory) if on_cpu else max_memory
+    workers = (threads or default_threads()) if on_cpu else 1
+
+    def chunks_of(node: Node):
+        n = node.shape[0] if node.shape else 1
+        row_bytes = max(1, node.numel // n) * 32  # the node's inputs and temporaries
+        k = n if budget is None else max(1, min(n, budget // row_bytes))
+        split = k < n and node_chunkable(node) and not any(
+            m.op == "merge" and _needs_pass(m, True) for m in topo(node))
+        for rows in (_blocks(n, k) if split else [None]):
+            yield _f32_numpy(backend, evaluate(node, checked, backend, rows=rows))
+
+    stats = compute_model_stats(lo, chunks_of)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="mergec") if workers > 1 else None
+    try:
+        path = _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
+                             force=force, shard_size=shard_size, progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    done_bytes = sum(t.node.numel * _itemsize(t.dtype) for t in lo.tensors)
+    return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
+                       time.perf_counter() - t0)
+
+
+def _blocks(n_rows: int, k: int):
+    return [(r0, min(r0 + k, n_rows)) for r0 in range(0, n_rows, k)]
+
+
+def _copy_rows(t: OutTensor, rows, checked, writer) -> None:
+    root = t.node
+    src = source_of(checked, root.attr("source"))
+    a = src.read_rows(root.attr("tensor"), *rows)
+    writer.write_rows(t.name, rows[0], a if root.op == "copy" else convert(a, t.dtype))
+
+
+def _write_whole_copy(t: OutTensor, checked, writer) -> None:
+    root = t.node
+    src = source_of(checked, root.attr("source"))
+    name = root.attr("tensor")
+    if root.op == "convert":
+        writer.write(t.name, convert(src.read(name), t.dtype))
+        return
+    read_raw = getattr(src, "read_raw", None)
+    if read_raw is None or getattr(src, "format", "") == "bin":  # no raw bytes in a pickle
+        writer.write(t.name, src.read(name))
+    else:
+        writer.write_raw(t.name, read_raw(name))
+
+
+def write_tensor(t: OutTensor, checked: CheckedProgram, backend, writer, stats, pool,
+                 budget: int | None) -> None:
+    """Compute and write one output tensor, in blocks of rows where it can be split."""
+    root = t.node
+    k = rows_per_chunk(t, budget)
+    n = t.shape[0] if t.shape else 1
+    split = bool(t.shape) and k < n and chunkable(t)
+    blocks = Blocks(_blocks(n, k) if split else [None], pool)
+    if root.op in ("copy", "convert"):
+        if not split:
+            _write_whole_copy(t, checked, writer)
+        else:
+            blocks.map(lambda b, rows: _copy_rows(t, rows, checked, writer))
+        return
+    value = root.args[0]
+    ctx = tensor_stats(value, checked, backend, stats, blocks)
+
+    def one(b, rows):
+        v = evaluate(value, checked, backend, stats, rows=rows, ctx=ctx, block=b)
+        out = backend.to_numpy(backend.to_float32(v), t.dtype)
+        if rows is None:
+            writer.write(t.name, out)
+        else:
+            writer.write_rows(t.name, rows[0], out)
+
+    blocks.map(one)
+
+
+def _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget, *, force,
+                  shard_size, progress) -> Path:
     out = lo.output
     done_bytes = 0
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
         for i, t in enumerate(lo.tensors):
-            k = rows_per_chunk(t, max_memory)
-            if t.shape and k < t.shape[0]:
-                write_in_rows(t, k, checked, backend, writer, stats)
-                done_bytes += t.node.numel * _itemsize(t.dtype)
-                if progress:
-                    progress(out.name, i + 1, done_bytes)
-                continue
-            data = tensor_bytes(t, checked, backend, stats,
-                                prefetch.get(i) if prefetch is not None else None)
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                writer.write_raw(t.name, data)
-            else:
-                writer.write(t.name, data)
+            write_tensor(t, checked, backend, writer, stats, pool, budget)
             done_bytes += t.node.numel * _itemsize(t.dtype)
             if progress:
                 progress(out.name, i + 1, done_bytes)
@@ -342,6 +493,12 @@ def _write_output(lo, checked, target, backend, decl, meta, stats, prefetch, *, 
                 writer.copy_file(f.name, f)
         writer.add_file("README.md", model_card(lo, checked))
         return writer.commit()
+
+
+def output_config(lo: LoweredOutput) -> dict | None:
+    from mergec.check.checker import derive_output_config
+
+    return derive_output_config(lo.output)
 
 
 def _itemsize(dtype: str) -> int:

@@ -100,32 +100,55 @@ def tensor_peak(t: OutTensor) -> int:
 #: methods that act entry by entry, so a tensor can be computed a block of rows at a time
 ROWWISE_METHODS = LINEAR_METHODS + ("nearswap",)
 #: methods that act entry by entry once their keep masks are known: TIES (its per-tensor
-#: threshold comes from two streaming passes first) and DARE (masks drawn row by row)
+#: threshold comes from two streaming passes first) and DARE (masks drawn row by row; an L1
+#: rescale takes its whole-tensor norms from one more pass)
 MASKED_METHODS = ("ties", "dare_ties", "dare_linear")
+#: working set of one block of rows on a CPU (per worker thread): small enough to stay in
+#: the processor's cache, large enough that the per-block overhead does not show
+BLOCK_BYTES = 8 << 20
 
 
-def _row_ok(n: Node) -> bool:
+def _row_ok(n: Node, ndim: int) -> bool:
+    from mergec.backends.base import uses_gram
+
     method = n.attr("method")
-    if method in ROWWISE_METHODS:
+    params = dict(n.attr("params"))
+    if method in ROWWISE_METHODS or method in MASKED_METHODS:
         return True
-    if method in MASKED_METHODS:
-        return dict(n.attr("params")).get("rescale") != "l1"  # l1 needs whole-tensor norms
+    if uses_gram(method, params, ndim):  # inner products from one pass, then a weighted sum
+        return True
+    if method == "nuslerp":  # per row; per column only when a block holds whole columns
+        return bool(params.get("row_wise", False)) or ndim >= 3
+    if method == "model_stock":  # filter-wise: per row
+        return True
     return False
 
 
 def chunkable(t: OutTensor) -> bool:
-    """Can this tensor be computed and written a block of rows at a time?"""
-    if not t.shape:
+    """Can this tensor be computed and written a block of rows at a time? (Tensors of one
+    or no dimension are small and always computed whole.)"""
+    if len(t.shape) < 2:
         return False
     if t.node.op in ("copy", "convert"):
         return True
-    for n in topo(t.node.args[0] if t.node.op == "cast" else t.node):
+    return node_chunkable(t.node.args[0] if t.node.op == "cast" else t.node)
+
+
+def node_chunkable(root: Node) -> bool:
+    if len(root.shape) < 2:
+        return False
+    for n in topo(root):
         if n.op in ("load", "wsum", "zeros"):
             continue
-        if n.op == "merge" and _row_ok(n):
+        if n.op == "merge" and _row_ok(n, len(n.shape)):
             continue
         return False
     return True
+
+
+def block_budget(max_memory: int | None) -> int:
+    """Bytes one block of rows may use: the CPU block size, less under a smaller limit."""
+    return BLOCK_BYTES if max_memory is None else min(BLOCK_BYTES, max_memory)
 
 
 def rows_per_chunk(t: OutTensor, budget: int | None) -> int:
@@ -165,7 +188,7 @@ def plan_output(lo: LoweredOutput, *, steps: bool = False,
                 if n.op == "convert":
                     ops["convert"] += 1
         written += t.node.numel * itemsize(t.dtype)
-        k = rows_per_chunk(t, max_memory)
+        k = rows_per_chunk(t, block_budget(max_memory))
         whole = tensor_peak(t)
         peak = max(peak, whole if k == (t.shape[0] if t.shape else 1)
                    else -(-whole // t.shape[0]) * k)
@@ -210,7 +233,7 @@ def memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> lis
                 f"{format_size(max_memory)} at once (`{t.name}`: {format_size(p)})",
                 lo.output.span,
                 f"{', '.join(methods) or 'this merge'} works on whole tensors in this version; "
-                "weighted sums, linear methods, nearswap, ties and dare (rescale inverse) "
-                "are split into row blocks",
+                "weighted sums, linear methods, nearswap, ties, dare, slerp, nuslerp, "
+                "multislerp, karcher and model_stock are split into row blocks",
                 severity="warning"))
     return out

@@ -24,7 +24,7 @@ import numpy as np
 from mergec.backends.base import keep_count
 from mergec.ir.nodes import Node, topo
 
-_BUCKETS = 1 << 16
+BUCKETS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ def _placeholders(lo) -> dict[ModelTopK, list[Node]]:
     return found
 
 
-def _bits(a: np.ndarray) -> np.ndarray:
+def magnitude_bits(a: np.ndarray) -> np.ndarray:
+    """The float32 bit patterns of |a|, which order like the magnitudes."""
     return np.abs(a.astype(np.float32, copy=False)).ravel().view(np.uint32)
 
 
@@ -66,16 +67,16 @@ def exact_kth_largest(chunks: Callable[[], Iterable[np.ndarray]], k: int
     """The k-th largest magnitude over all the arrays `chunks()` yields (called twice:
     a histogram pass, then a pass over one bucket), and how many magnitudes are strictly
     larger. Memory: one chunk plus the bucket."""
-    hist = np.zeros(_BUCKETS, dtype=np.int64)
+    hist = np.zeros(BUCKETS, dtype=np.int64)
     for a in chunks():
-        hist += np.bincount(_bits(a) >> 16, minlength=_BUCKETS)
+        hist += np.bincount(magnitude_bits(a) >> 16, minlength=BUCKETS)
     above = np.cumsum(hist[::-1])
     j = int(np.searchsorted(above, k))
-    bucket = _BUCKETS - 1 - j
+    bucket = BUCKETS - 1 - j
     before = int(above[j - 1]) if j > 0 else 0
     inside = []
     for a in chunks():
-        b = _bits(a)
+        b = magnitude_bits(a)
         inside.append(b[(b >> 16) == bucket])
     vals = np.concatenate(inside)
     r = k - before

@@ -67,10 +67,48 @@ def test_whole_tensor_methods_are_named_by_a_warning(tmp_path, family):
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
     r.write_text('model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
-                 "output t = slerp(math, base, t=0.3)\n"
+                 "output t = breadcrumbs(math, base=base, density=0.5, gamma=0.01)\n"
                  "output l = linear(math, base)\n")
     comp = compile(r, max_memory=16 * 1024)
     (w,) = comp.checked.warnings
     assert w.code == "W302"
     assert w.message == ("output `t`: 30 tensors need more than the memory limit 16.0 KiB at "
-                         "once (`lm_head.weight`: 160.0 KiB)")
+                         "once (`lm_head.weight`: 192.0 KiB)")
+
+
+WHOLE_TENSOR_STATS = """model base = "./ckpt/base"
+model math = "./ckpt/math"
+model code = "./ckpt/code"
+output sl = slerp(math, code, t=0.3)
+output nf = nuslerp(math, code, weight=[1, 3])
+output nr = nuslerp(math, code, weight=[1, 3], flatten=false, row_wise=true)
+output ms = multislerp(math, code, base, weight=[1, 2, 1])
+output ka = karcher(math, code, base)
+output mo = model_stock(math, code, base=base)
+output mf = model_stock(math, code, base=base, filter_wise=true)
+output d1 = dare_ties(math, code, base=base, density=0.5, rescale="l1")
+output d2 = dare_linear(math, code, base=base, density=[0.3, 1.0], rescale="l1")
+output te = ties(math, code, base=base, density=[0.2, 0.7], weight=[1, 2])
+output tn = slerp(ties(math, code, base=base, density=0.5), base, t=0.5)
+"""
+
+
+@pytest.mark.parametrize("fam", ["family", "family_f32"])
+def test_whole_tensor_statistics_do_not_depend_on_blocks_or_threads(tmp_path, fam, request):
+    """Inner products (slerp & co, model stock), L1 norms (DARE rescale="l1") and TIES
+    thresholds are whole-tensor statistics: computed from passes over row blocks, the
+    result is the same bytes for any block size and any number of threads."""
+    family = request.getfixturevalue(fam)
+    (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
+    r = tmp_path / "r.merge"
+    r.write_text(WHOLE_TENSOR_STATS)
+    assert not compile(r, max_memory=16 * 1024).checked.warnings  # all of it can be split
+    build(r, tmp_path / "whole", threads=1)
+    build(r, tmp_path / "blocks", max_memory=16 * 1024, threads=1)
+    build(r, tmp_path / "threads", max_memory=8 * 1024, threads=3)
+    for out in ("sl", "nf", "nr", "ms", "ka", "mo", "mf", "d1", "d2", "te", "tn"):
+        a = load_tensors(tmp_path / "whole" / out)
+        for other in ("blocks", "threads"):
+            b = load_tensors(tmp_path / other / out)
+            for n in a:
+                assert np.array_equal(a[n].view(np.uint8), b[n].view(np.uint8)), (out, n, other)

@@ -52,6 +52,8 @@ __all__ = [
     "count_of", "keep_count", "breadcrumbs_counts", "per_input", "scalar", "check_inputs",
     "sum_of_weights", "della_line", "rows_shape", "SLERP_DOT_THRESHOLD", "NEARSWAP_FLOOR",
     "ZERO_NORM", "slerp_coefficients", "spherical_mean_coefficients", "model_stock_ratio",
+    "gram_partials", "abs_partials", "total", "gram64", "abs_sum64", "GRAM_METHODS",
+    "uses_gram", "gram_coefficients",
 ]
 
 T = TypeVar("T")
@@ -338,3 +340,110 @@ def model_stock_ratio(gram: np.ndarray) -> np.ndarray:
     cos = np.clip(cosm[..., iu[0], iu[1]].mean(axis=-1), -1.0, 1.0)
     denom = 1.0 + (n - 1) * cos
     return np.where(denom > 1e-6, n * cos / np.where(denom > 1e-6, denom, 1.0), 0.0)
+
+
+# Whole-tensor sums, the same wherever a tensor is split -----------------------------------
+#
+# Norms, dot products and L1 sums over a whole tensor are summed in float64 in two steps:
+# first along each slice of the first axis (the "rows" a tensor is split into when it is
+# computed a block at a time), then over those per-row partial sums in row order. A block of
+# rows yields exactly the partial sums the whole tensor would, so the totals (and every
+# coefficient made from them) do not depend on how a tensor is split, on the memory limit or
+# on the number of threads. 0-d and 1-D tensors are one row.
+
+
+def _rows(x: Any) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float32)
+    return a.reshape(a.shape[0] if a.ndim >= 2 else 1, -1)
+
+
+def _rows64(x: Any) -> np.ndarray:
+    return _rows(x).astype(np.float64)
+
+
+def gram_partials(xs: Sequence[Any]) -> np.ndarray:
+    """Per-row partial inner products of numpy arrays: shape (rows, n, n), float64 sums of
+    the float32 products (as every backend forms them)."""
+    rows = [_rows(x) for x in xs]
+    n = len(rows)
+    out = np.zeros((rows[0].shape[0], n, n), dtype=np.float64)
+    for i in range(n):
+        for j in range(i, n):
+            out[:, i, j] = out[:, j, i] = np.sum((rows[i] * rows[j]).astype(np.float64),
+                                                 axis=1)
+    return out
+
+
+def abs_partials(x: Any) -> np.ndarray:
+    """Per-row partial L1 sums of a numpy array: shape (rows,), float64."""
+    return np.sum(np.abs(_rows64(x)), axis=1)
+
+
+def total(partials: Sequence[np.ndarray]) -> Any:
+    """The sum over rows of per-row partials (blocks given in row order)."""
+    p = np.concatenate(list(partials), axis=0) if len(partials) != 1 else partials[0]
+    return p.sum(axis=0)  # the same array wherever the tensor was split, so the same sum
+
+
+def gram64(xs: Sequence[Any]) -> np.ndarray:
+    """Inner products of whole tensors (numpy), summed as described above."""
+    return total([gram_partials(xs)])
+
+
+def abs_sum64(x: Any) -> float:
+    """L1 norm of a whole tensor (numpy), summed as described above."""
+    return float(total([abs_partials(x)]))
+
+
+#: methods whose result is a weighted sum of the inputs with coefficients computed from the
+#: inputs' inner products (see :func:`gram_coefficients`)
+GRAM_METHODS = ("slerp", "nuslerp", "multislerp", "karcher", "model_stock")
+
+
+def uses_gram(method: str, params: Mapping[str, Any], ndim: int) -> bool:
+    """Is this call a weighted sum with coefficients from the whole-tensor Gram matrix?
+    (nuslerp without flatten and filter-wise model_stock work per row instead, for
+    tensors of two or more dimensions.)"""
+    if method in ("slerp", "multislerp", "karcher"):
+        return True
+    if method == "nuslerp":
+        return bool(params.get("flatten", True)) or ndim < 2
+    if method == "model_stock":
+        return not bool(params.get("filter_wise", False)) or ndim < 2
+    return False
+
+
+def gram_coefficients(method: str, params: Mapping[str, Any], gram: np.ndarray
+                      ) -> list[float]:
+    """Coefficients c_i with ``result = sum_i c_i x_i`` for a call that
+    :func:`uses_gram`, from the inputs' Gram matrix."""
+    n = gram.shape[0]
+    if method == "slerp":
+        check_inputs(method, [()] * n, 2, 2)
+        t = float(scalar(params, "t", method))
+        eps = float(scalar(params, "epsilon", method))
+    elif method == "nuslerp":
+        check_inputs(method, [()] * n, 2, 2)
+        w = per_input(params, "weight", 2, method)
+        if w[0] + w[1] == 0.0:
+            raise ValueError(f"method {method}: the two weights sum to 0 (weights {list(w)})")
+        t = w[1] / (w[0] + w[1])
+        eps = float(scalar(params, "epsilon", method))
+    elif method in ("multislerp", "karcher"):
+        check_inputs(method, [()] * n, 2)
+        w = per_input(params, "weight", n, method)
+        if method == "multislerp":
+            zero, iters, tol = float(scalar(params, "epsilon", method)), 1, 0.0
+        else:
+            zero = ZERO_NORM
+            iters = int(scalar(params, "max_iter", method))
+            tol = float(scalar(params, "tol", method))
+        return [float(c) for c in spherical_mean_coefficients(gram, w, zero, iters, tol, method)]
+    elif method == "model_stock":
+        check_inputs(method, [()] * n, 2)
+        t = float(model_stock_ratio(gram[None])[0])
+        return [t / n] * n
+    else:
+        raise ValueError(f"method {method} is not computed from inner products")
+    c0, c1 = slerp_coefficients(gram[0, 0], gram[1, 1], gram[0, 1], t, eps)
+    return [float(c0[0]), float(c1[0])]

@@ -663,6 +663,11 @@ class JaxBackend:
                 raise ValueError(f"method {method}: unknown rescale {mode!r}")
             mask = self._put(np.asarray(p["masks"][i], dtype=bool) if "masks" in p else
                              rnd.keep_mask(seed, i, tuple(x.shape), d))
+            if mode == "l1" and "l1_scales" in p:  # the whole tensor's L1 ratio, for a block
+                sc = p["l1_scales"][i]
+                out.append(jnp.where(mask, x, jnp.float32(0)) * jnp.float32(sc) if sc else
+                           jnp.zeros_like(x))
+                continue
             out.append(_dare_keep(x, mask, _F32(d), _Z, mode=mode))
         return out
 

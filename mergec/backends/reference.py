@@ -121,21 +121,8 @@ def _sum_f64(x: Array) -> float:
     return float(np.sum(x, dtype=np.float64))
 
 
-def _dot(a: Array, b: Array) -> float:
-    return float(np.sum(a * b, dtype=np.float64))
-
-
 def _row_dot(a: Array, b: Array) -> Array:
     return np.sum(a * b, axis=-1, dtype=np.float64)
-
-
-def _gram(xs: Sequence[Array]) -> np.ndarray:
-    n = len(xs)
-    g = np.zeros((n, n), dtype=np.float64)
-    for i in range(n):
-        for j in range(i, n):
-            g[i, j] = g[j, i] = _dot(xs[i], xs[j])
-    return g
 
 
 def _rescale(kept: Array, orig: Array, mode: str, inverse_of: Any, method: str) -> Array:
@@ -143,10 +130,10 @@ def _rescale(kept: Array, orig: Array, mode: str, inverse_of: Any, method: str) 
     if mode == "inverse":
         return kept / inverse_of
     if mode == "l1":
-        s_kept = _sum_f64(np.abs(kept))
+        s_kept = B.abs_sum64(kept)
         if s_kept == 0.0:
             return np.zeros_like(kept)
-        return kept * float(_sum_f64(np.abs(orig)) / s_kept)
+        return kept * float(B.abs_sum64(orig) / s_kept)
     if mode == "none":
         return kept
     raise ValueError(f"method {method}: unknown rescale {mode!r}")
@@ -237,15 +224,13 @@ class ReferenceBackend:
 
     # spherical -----------------------------------------------------------------------------
 
-    def _slerp(self, xs, p, seed):
-        B.check_inputs("slerp", [x.shape for x in xs], 2, 2)
-        t = float(B.scalar(p, "t", "slerp"))
-        eps = float(B.scalar(p, "epsilon", "slerp"))
-        return self._slerp_whole(xs[0], xs[1], t, eps)
+    def _from_gram(self, method: str, xs, p) -> Array:
+        """A method that is a weighted sum with coefficients from the inner products."""
+        coef = B.gram_coefficients(method, p, B.gram64(xs))
+        return self.weighted_sum([(x, c) for x, c in zip(xs, coef)])
 
-    def _slerp_whole(self, a: Array, b: Array, t: float, eps: float) -> Array:
-        c0, c1 = B.slerp_coefficients(_dot(a, a), _dot(b, b), _dot(a, b), t, eps)
-        return self.weighted_sum([(a, float(c0[0])), (b, float(c1[0]))])
+    def _slerp(self, xs, p, seed):
+        return self._from_gram("slerp", xs, p)
 
     def _nuslerp(self, xs, p, seed):
         m = "nuslerp"
@@ -256,8 +241,8 @@ class ReferenceBackend:
         t = w[1] / (w[0] + w[1])
         eps = float(B.scalar(p, "epsilon", m))
         a, b = xs
-        if bool(B.scalar(p, "flatten", m)) or a.ndim < 2:
-            return self._slerp_whole(a, b, t, eps)
+        if B.uses_gram(m, {"flatten": bool(B.scalar(p, "flatten", m))}, a.ndim):
+            return self._from_gram(m, xs, p)
         row_wise = bool(B.scalar(p, "row_wise", m))
         if not row_wise:  # columns: the vectors along axis -2
             a, b = np.swapaxes(a, -1, -2), np.swapaxes(b, -1, -2)
@@ -267,20 +252,11 @@ class ReferenceBackend:
             out = np.swapaxes(out, -1, -2)
         return np.ascontiguousarray(out)
 
-    def _spherical(self, xs, p, method, zero_norm, max_iter, tol):
-        B.check_inputs(method, [x.shape for x in xs], 2)
-        w = B.per_input(p, "weight", len(xs), method)
-        coef = B.spherical_mean_coefficients(_gram(xs), w, zero_norm, max_iter, tol, method)
-        return self.weighted_sum([(x, float(c)) for x, c in zip(xs, coef)])
-
     def _multislerp(self, xs, p, seed):
-        eps = float(B.scalar(p, "epsilon", "multislerp"))
-        return self._spherical(xs, p, "multislerp", eps, 1, 0.0)
+        return self._from_gram("multislerp", xs, p)
 
     def _karcher(self, xs, p, seed):
-        return self._spherical(xs, p, "karcher", B.ZERO_NORM,
-                               int(B.scalar(p, "max_iter", "karcher")),
-                               float(B.scalar(p, "tol", "karcher")))
+        return self._from_gram("karcher", xs, p)
 
     # sparsify + consensus ------------------------------------------------------------------
 
@@ -348,6 +324,10 @@ class ReferenceBackend:
                 raise ValueError(f"method {method} draws random numbers and needs a seed")
             mask = p["masks"][i] if "masks" in p else rnd.keep_mask(seed, i, x.shape, d)
             kept = np.where(mask, x, _ZERO)
+            if mode == "l1" and "l1_scales" in p:  # the whole tensor's L1 ratio, for a block
+                out.append(kept * p["l1_scales"][i] if p["l1_scales"][i] else
+                           np.zeros_like(kept))
+                continue
             out.append(_rescale(kept, x, mode, _F32(d), method))
         return out
 
@@ -435,8 +415,7 @@ class ReferenceBackend:
             for x in xr[1:]:
                 acc = acc + x
             return (acc * (t / n_in).astype(np.float32)[:, None]).reshape(xs[0].shape)
-        t = float(B.model_stock_ratio(_gram(xs)[None])[0])
-        return self.weighted_sum([(x, t / n_in) for x in xs])
+        return self._from_gram(m, xs, p)
 
     def _sce(self, xs, p, seed):
         m = "sce"

@@ -87,6 +87,13 @@ def _sum_f64(x: Tensor) -> float:
     return float(torch.sum(x, dtype=torch.float64).item())
 
 
+def _abs_sum64(x: Tensor) -> float:
+    """L1 norm summed per row, then over rows (:func:`mergec.backends.base.total`)."""
+    rows = x.shape[0] if x.dim() >= 2 else 1
+    part = x.reshape(rows, -1).to(torch.float64).abs().sum(dim=1).cpu().numpy()
+    return float(B.total([part]))
+
+
 def _dot_t(a: Tensor, b: Tensor) -> Tensor:
     return torch.sum(a * b, dtype=torch.float64)
 
@@ -114,10 +121,10 @@ def _rescale(kept: Tensor, orig: Tensor, mode: str, inverse_of: Any, method: str
                                     device=kept.device)
         return kept / inverse_of
     if mode == "l1":
-        s_kept = _sum_f64(kept.abs())
+        s_kept = _abs_sum64(kept)
         if s_kept == 0.0:
             return torch.zeros_like(kept)
-        return kept * float(_sum_f64(orig.abs()) / s_kept)
+        return kept * float(_abs_sum64(orig) / s_kept)
     if mode == "none":
         return kept
     raise ValueError(f"method {method}: unknown rescale {mode!r}")
@@ -343,6 +350,10 @@ class TorchBackend:
             mask = torch.from_numpy(np.asarray(p["masks"][i]) if "masks" in p else
                                     rnd.keep_mask(seed, i, tuple(x.shape), d)).to(self.device)
             kept = torch.where(mask, x, zero)
+            if mode == "l1" and "l1_scales" in p:  # the whole tensor's L1 ratio, for a block
+                out.append(kept * p["l1_scales"][i] if p["l1_scales"][i] else
+                           torch.zeros_like(kept))
+                continue
             out.append(_rescale(kept, x, mode, float(np.float32(d)), method))
         return out
 
