@@ -94,9 +94,9 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
           overrides: dict[str, str] | None = None, force: bool = False,
           shard_size: int | None = None, backend: str | None = None,
           device: str | None = None, progress=None, compiled: Compiled | None = None,
-          max_memory: int | None = None, threads: int | None = None):
+          max_memory: int | None = None, jobs: int | None = None):
     """Check, compile and build every output of a recipe into `out_dir/<output name>`.
-    `threads`: worker threads on a CPU (default: the CPUs available, at most 8)."""
+    `jobs`: parallel workers on a CPU (default: the CPUs available, at most 8)."""
     from mergec.backends import get_backend
     from mergec.execute import build_output
 
@@ -112,5 +112,5 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
         results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
                                     force=force, shard_size=size, progress=progress,
                                     max_memory=max_memory or settings.max_memory,
-                                    threads=threads))
+                                    jobs=jobs))
     return results

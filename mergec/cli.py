@@ -202,13 +202,12 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
                     or None))
 
 
-def _backend_name(setting: str) -> str:
+def _backend_name(setting: str, device: str = "auto") -> str:
     if setting != "auto":
         return setting
-    from mergec.backends import available_backends
+    from mergec.backends import auto_backend
 
-    avail = available_backends()
-    return next((b for b in ("torch", "jax", "reference") if b in avail), "reference")
+    return auto_backend(device)
 
 
 def _print_steps(compiled) -> None:
@@ -237,7 +236,8 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     compiled = api_compile(recipe, overrides=_overrides(set_), steps=tensors,
                            max_memory=_size(max_memory, "--max-memory"))
     _warn(compiled.checked, output_format)
-    compiled.plan.backend = _backend_name(compiled.checked.settings.backend)
+    compiled.plan.backend = _backend_name(compiled.checked.settings.backend,
+                                          compiled.checked.settings.device)
     if as_json:
         print(compiled.plan.model_dump_json(indent=2))
     else:
@@ -264,9 +264,9 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
           max_memory: Optional[str] = typer.Option(
               None, "--max-memory", help="Keep tensor memory within SIZE (e.g. 512MB): "
               "entry-by-entry computations run in row blocks."),
-          threads: Optional[int] = typer.Option(
-              None, "--threads", min=1, max=256,
-              help="Worker threads on a CPU [default: the CPUs available, at most 8]; "
+          jobs: Optional[int] = typer.Option(
+              None, "--jobs", "-j", min=1, max=256,
+              help="Parallel workers on a CPU [default: the CPUs available, at most 8]; "
               "the result is the same for any number."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Check, compile and build every output of a recipe."""
@@ -292,7 +292,7 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
 
     try:
         results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
-                             device, quiet, limit, threads)
+                             device, quiet, limit, jobs)
     except BackendUnavailable as e:
         text = str(e)
         if "CUDA" in text or "device" in text:
@@ -311,10 +311,10 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
 
 
 def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, device, quiet,
-               limit=None, threads=None):
+               limit=None, jobs=None):
     if quiet:
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
-                         device=device, compiled=compiled, max_memory=limit, threads=threads)
+                         device=device, compiled=compiled, max_memory=limit, jobs=jobs)
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
@@ -335,7 +335,7 @@ def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, devic
 
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
                          device=device, compiled=compiled, progress=progress,
-                         max_memory=limit, threads=threads)
+                         max_memory=limit, jobs=jobs)
 
 
 @app.command()

@@ -10,6 +10,7 @@ raw bytes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,17 +64,19 @@ def _wide_nodes(order: list[Node]) -> set[int]:
 def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
              fetched: dict | None = None, rows: tuple[int, int] | None = None,
              ctx: "TensorStats | None" = None, block: int = 0, args_of_root: bool = False,
-             wide: set[int] | None = None):
+             wide: set[int] | None = None, given: dict | None = None):
     """The backend value of `root` (or, with `args_of_root`, the values of its arguments),
     computing its DAG in topological order and freeing every value after its last use.
     `rows` selects a block of rows (block number `block` of the tensor); `ctx` holds what
     the earlier passes over the whole tensor found (thresholds, norms, inner products).
     Weighted sums (and the linear methods, which are weighted sums) are accumulated in
     float64 and stay float64 while they feed other weighted sums or the output; everything
-    else is float32 (`wide`: the float64 nodes, when `root` is part of a larger DAG)."""
-    order = topo(root)
+    else is float32 (`wide`: the float64 nodes, when `root` is part of a larger DAG).
+    `given` holds values already computed for this block (by node id)."""
+    given = given or {}
     if wide is None:
-        wide = _wide_nodes(order)
+        wide = _wide_nodes(topo(root))
+    order = topo(root, given.keys())
     if args_of_root:
         order = order[:-1]
     last_use: dict[int, int] = {}
@@ -85,7 +88,9 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
             last_use[id(a)] = len(order)
     values: dict[int, object] = {}
     for i, n in enumerate(order):
-        if n.op == "load":
+        if id(n) in given:
+            v = given[id(n)]
+        elif n.op == "load":
             key = (n.attr("source"), n.attr("tensor"))
             data = fetched.pop(key, None) if fetched is not None else None
             if data is None:
@@ -123,7 +128,7 @@ def _merge(n: Node, args: list, backend, stats, rows, ctx, block: int, wide: boo
     if found is not None and "coeffs" in found:  # slerp & co: the sum its inner products give
         return backend.weighted_sum([(backend.to_float32(a), c)
                                      for a, c in zip(args, found["coeffs"])])
-    if rows is not None and method in MASKED_METHODS:
+    if method in MASKED_METHODS and (rows is not None or (found and "masks" in found)):
         params["masks"] = _block_masks(n, params, args, rows, backend, found, block)
     if found is not None and "l1_scales" in found:
         params["l1_scales"] = found["l1_scales"]
@@ -230,10 +235,18 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
         if stats is not None:
             params = {k: resolve_stats(v, stats) for k, v in params.items()}
 
-        def args_of(b, rows, n=n):
+        keep_args = n.numel * len(n.args) * 4 <= ARGS_CACHE_BYTES
+        cache: dict[int, list] = {}
+
+        def args_of(b, rows, n=n, keep_args=keep_args, cache=cache):
+            if b in cache:
+                return cache[b]
             vals = evaluate(n, checked, backend, stats, rows=rows, ctx=ctx, block=b,
                             args_of_root=True, wide=wide)
-            return [_f32_numpy(backend, v) for v in vals]
+            vals = [_f32_numpy(backend, v) for v in vals]
+            if keep_args:
+                cache[b] = vals
+            return vals
 
         if B.uses_gram(method, params, len(n.shape)):
             parts = blocks.map(lambda b, rows: B.gram_partials(args_of(b, rows)))
@@ -253,10 +266,13 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
                         continue
                     m = (keep_mask(seed, i, n.shape, d) if rows is None else
                          keep_mask_rows(seed, i, n.shape, d, *rows))
-                    out.append((B.abs_partials(x), B.abs_partials(np.where(m, x, 0.0))))
+                    masks[(b, i)] = np.packbits(m)  # drawn once: the last pass unpacks them
+                    out.append((B.abs_partials(x), B.abs_partials(B.keep(x, m))))
                 return out
 
+            masks: dict = {}
             parts = blocks.map(l1)
+            ctx.put(n, "masks", masks)
             scales = []
             for i, d in enumerate(dens):
                 if d >= 1.0:
@@ -266,7 +282,27 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
                 s_kept = float(B.total([p[i][1] for p in parts]))
                 scales.append(float(s_all / s_kept) if s_kept != 0.0 else 0.0)
             ctx.put(n, "l1_scales", tuple(scales))
+        if keep_args and not any(id(a) in wide for a in n.args):
+            ctx.put(n, "args", cache)  # the last pass starts from them
     return ctx
+
+
+#: a merge call whose arguments (float32, whole tensor) fit this keeps them between the
+#: passes over its tensor instead of reading and computing them again
+ARGS_CACHE_BYTES = 32 << 20
+
+
+def _given(ctx: "TensorStats | None", root: Node, block: int, backend) -> dict | None:
+    """Argument values the passes kept for one block, by node id."""
+    if ctx is None:
+        return None
+    given = {}
+    for n in topo(root):
+        found = ctx.get(n) if n.op == "merge" else None
+        if found and "args" in found and block in found["args"]:
+            for a, v in zip(n.args, found["args"][block]):
+                given[id(a)] = backend.asarray(v)
+    return given or None
 
 
 def _ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
@@ -275,43 +311,59 @@ def _ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
     (a histogram pass and a pass over one bucket, never a sort) and, for each block, how
     many of its entries equal to the threshold are kept (lowest indices first), so the
     blocks keep exactly what the whole tensor would."""
+    import threading
+
     import numpy as np
 
     from mergec.backends.base import keep_count
-    from mergec.stats import BUCKETS, magnitude_bits
+    from mergec.stats import magnitude_bits
 
     ks = [keep_count(d, n.numel) for d in params["density"]]
     live = [i for i, k in enumerate(ks) if k < n.numel]
     trims: list = [None] * len(ks)
     if not live:
         return trims
+    # buckets: the exponent and the top 5 mantissa bits of the magnitude (its float32 bit
+    # pattern orders like the value); the counts of all blocks add up in one table
+    shift, nb = 18, 1 << 13
+    hist = np.zeros((len(live), nb), dtype=np.int64)
+    lock = threading.Lock()
 
-    def hist(b, rows):
+    def count(b, rows):
         xs = args_of(b, rows)
-        return [np.bincount(magnitude_bits(xs[i]) >> 16, minlength=BUCKETS) for i in live]
+        local = [np.bincount(magnitude_bits(xs[i]) >> shift, minlength=nb) for i in live]
+        with lock:
+            for j, h in enumerate(local):
+                hist[j] += h
 
-    hists = blocks.map(hist)
+    blocks.map(count)
     buckets = {}
     for j, i in enumerate(live):
-        h = np.sum([hb[j] for hb in hists], axis=0)
-        above = np.cumsum(h[::-1])
+        above = np.cumsum(hist[j][::-1])
         pos = int(np.searchsorted(above, ks[i]))
-        buckets[i] = (BUCKETS - 1 - pos, int(above[pos - 1]) if pos > 0 else 0)
+        buckets[i] = (nb - 1 - pos, int(above[pos - 1]) if pos > 0 else 0)
 
     def inside(b, rows):
         xs = args_of(b, rows)
         out = []
         for i in live:
             bits = magnitude_bits(xs[i])
-            out.append(bits[(bits >> 16) == buckets[i][0]])
+            out.append(bits[(bits >> shift) == buckets[i][0]])
         return out
 
     ins = blocks.map(inside)
     for j, i in enumerate(live):
         vals = np.concatenate([x[j] for x in ins])
-        r = ks[i] - buckets[i][1]
-        kth = np.partition(vals, vals.size - r)[vals.size - r]
-        larger = buckets[i][1] + int((vals > kth).sum())
+        r = ks[i] - buckets[i][1]  # the r-th largest value of the bucket is the k-th
+        if vals.size > 1 << 15:  # count the low bits (magnitudes repeat a lot)
+            low = np.bincount(vals & ((1 << shift) - 1), minlength=1 << shift)
+            top = np.cumsum(low[::-1])
+            at = int(np.searchsorted(top, r))
+            kth = np.uint32((buckets[i][0] << shift) | ((1 << shift) - 1 - at))
+            larger = buckets[i][1] + (int(top[at - 1]) if at > 0 else 0)
+        else:
+            kth = np.partition(vals, vals.size - r)[vals.size - r]
+            larger = buckets[i][1] + int((vals > kth).sum())
         remaining = ks[i] - larger  # entries equal to the threshold still kept
         allow = []
         for x in ins:
@@ -331,6 +383,12 @@ def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) 
 
     dens = params["density"]
     if n.attr("method") != "ties":  # DARE: the rows of the masks the whole tensor draws
+        drawn = found.get("masks", {}) if found is not None else {}
+        shape = n.shape if rows is None else (rows[1] - rows[0],) + n.shape[1:]
+        if drawn:
+            return tuple(np.unpackbits(drawn[(block, i)], count=math.prod(shape)).view(bool)
+                         .reshape(shape) if d < 1.0 else np.ones(shape, dtype=bool)
+                         for i, d in enumerate(dens))
         return tuple(keep_mask_rows(n.attr("seed"), i, n.shape, d, *rows) if d < 1.0
                      else np.ones((rows[1] - rows[0],) + n.shape[1:], dtype=bool)
                      for i, d in enumerate(dens))
@@ -371,8 +429,8 @@ def _tune_allocator() -> None:
     mallopt(m_trim_threshold, 256 << 20)  # and stay there once freed
 
 
-def default_threads() -> int:
-    """Worker threads: the CPUs this process may run on (at most 8)."""
+def default_jobs() -> int:
+    """Parallel workers: the CPUs this process may run on (at most 8)."""
     import os
 
     try:
@@ -385,19 +443,20 @@ def default_threads() -> int:
 def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
                  force: bool = False, shard_size: int = 5 * 10**9,
                  progress: ProgressFn | None = None,
-                 max_memory: int | None = None, threads: int | None = None) -> BuildResult:
+                 max_memory: int | None = None, jobs: int | None = None) -> BuildResult:
     """Compute and write one output. On a CPU every tensor of two or more dimensions whose
     computation allows it is split into blocks of rows that stay in the processor's cache,
-    computed by `threads` workers; on an accelerator tensors are split only to fit
-    `max_memory`. Whole-tensor statistics come from passes over the blocks first. The
-    result does not depend on the split or the number of threads."""
+    computed by `jobs` workers (forked processes with the NumPy backend, threads
+    otherwise); on an accelerator tensors are split only to fit `max_memory`.
+    Whole-tensor statistics come from passes over the blocks first. The result does not
+    depend on the split or the number of workers."""
     t0 = time.perf_counter()
     _tune_allocator()
     decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
     meta = {"mergec_version": __version__}
     on_cpu = str(getattr(backend, "device", "cpu")).startswith("cpu")
     budget = block_budget(max_memory) if on_cpu else max_memory
-    workers = (threads or default_threads()) if on_cpu else 1
+    workers = (jobs or default_jobs()) if on_cpu else 1
 
     def chunks_of(node: Node):
         n = node.shape[0] if node.shape else 1
@@ -409,16 +468,81 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
             yield _f32_numpy(backend, evaluate(node, checked, backend, rows=rows))
 
     stats = compute_model_stats(lo, chunks_of)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="mergec") if workers > 1 else None
+    pool = None
+    if workers > 1 and _can_fork(backend, checked):
+        pool = "processes"
+    elif workers > 1:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="mergec")
     try:
         path = _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
-                             force=force, shard_size=shard_size, progress=progress)
+                             force=force, shard_size=shard_size, progress=progress,
+                             workers=workers)
     finally:
-        if pool is not None:
+        if isinstance(pool, ThreadPoolExecutor):
             pool.shutdown(wait=True, cancel_futures=True)
     done_bytes = sum(t.node.numel * _itemsize(t.dtype) for t in lo.tensors)
     return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
                        time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ worker processes
+#
+# numpy runs a short operation on a block faster than two threads can pass Python's global
+# lock back and forth, and some conversions (bfloat16 through ml_dtypes) hold the lock
+# throughout; so on a CPU with the NumPy backend the tensors are shared out to forked
+# worker processes instead. They inherit the compiled program, the open checkpoints and
+# the writer's shard files, compute whole tensors (block after block, as above) and write
+# them at their offsets; the parent records what they wrote and reports progress.
+
+_FORKED: dict = {}
+
+
+def _can_fork(backend, checked) -> bool:
+    import multiprocessing
+    import os
+
+    import sys
+
+    if getattr(backend, "name", "") != "reference" or os.name != "posix":
+        return False
+    # torch and jax run thread pools that do not survive a fork
+    if any(m in sys.modules for m in ("torch", "jax")):
+        return False
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    # an input still to be downloaded is fetched once, by this process
+    return not any(getattr(source_of(checked, n), "remote", False) for n in checked.inputs)
+
+
+def _forked_tensor(i: int) -> None:
+    st = _FORKED
+    write_tensor(st["lo"].tensors[i], st["checked"], st["backend"], st["writer"],
+                 st["stats"], None, st["budget"])
+
+
+def _in_processes(lo, checked, backend, writer, stats, budget, workers, finished) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    _FORKED.update(lo=lo, checked=checked, backend=backend, writer=writer, stats=stats,
+                   budget=budget)
+    # largest first, so that no worker is left with a big tensor at the end
+    order = sorted(range(len(lo.tensors)), key=lambda i: -lo.tensors[i].node.numel)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {pool.submit(_forked_tensor, i): lo.tensors[i] for i in order}
+        for f in as_completed(futures):
+            f.result()  # a worker's error is raised here
+            t = futures[f]
+            writer.note_written(t.name)
+            finished(t)
+    except BaseException:
+        for p in list(getattr(pool, "_processes", {}).values()):
+            p.terminate()  # stop the others before the writer removes its files
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _FORKED.clear()
 
 
 def _blocks(n_rows: int, k: int):
@@ -464,7 +588,8 @@ def write_tensor(t: OutTensor, checked: CheckedProgram, backend, writer, stats, 
     ctx = tensor_stats(value, checked, backend, stats, blocks)
 
     def one(b, rows):
-        v = evaluate(value, checked, backend, stats, rows=rows, ctx=ctx, block=b)
+        v = evaluate(value, checked, backend, stats, rows=rows, ctx=ctx, block=b,
+                     given=_given(ctx, value, b, backend))
         out = backend.to_numpy(backend.to_float32(v), t.dtype)
         if rows is None:
             writer.write(t.name, out)
@@ -475,16 +600,60 @@ def write_tensor(t: OutTensor, checked: CheckedProgram, backend, writer, stats, 
 
 
 def _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget, *, force,
-                  shard_size, progress) -> Path:
+                  shard_size, progress, workers: int = 1) -> Path:
+    """Write every tensor, then the non-weight files. With a pool of workers, tensors are
+    computed side by side, one per worker, block after block; a tensor much larger than the
+    rest is computed by all workers at once, a block each (so no worker waits long at the
+    end). Writes go to precomputed offsets, so their order does not matter."""
+    import threading
+
     out = lo.output
-    done_bytes = 0
+    done = {"tensors": 0, "bytes": 0}
+    lock = threading.Lock()
+
+    def finished(t: OutTensor) -> None:
+        with lock:
+            done["tensors"] += 1
+            done["bytes"] += t.node.numel * _itemsize(t.dtype)
+            if progress:
+                progress(out.name, done["tensors"], done["bytes"])
+
+    total = sum(t.node.numel for t in lo.tensors)
+    big = total // (4 * workers)
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
-        for i, t in enumerate(lo.tensors):
-            write_tensor(t, checked, backend, writer, stats, pool, budget)
-            done_bytes += t.node.numel * _itemsize(t.dtype)
-            if progress:
-                progress(out.name, i + 1, done_bytes)
+        pending: list[Future] = []
+        if pool == "processes":
+            _in_processes(lo, checked, backend, writer, stats, budget, workers, finished)
+            lo_tensors = []
+        else:
+            lo_tensors = lo.tensors
+
+        def task(t: OutTensor) -> None:
+            write_tensor(t, checked, backend, writer, stats, None, budget)
+            finished(t)
+
+        try:
+            for t in lo_tensors:
+                if pool is None or t.node.numel > big:
+                    write_tensor(t, checked, backend, writer, stats, pool, budget)
+                    finished(t)
+                else:
+                    pending.append(pool.submit(task, t))
+                for f in [f for f in pending if f.done()]:
+                    f.result()  # raises a worker's error now
+            for f in pending:
+                f.result()
+        except BaseException:
+            for f in pending:  # stop the others before the writer removes its files
+                f.cancel()
+            for f in pending:
+                if not f.cancelled():
+                    try:
+                        f.result()
+                    except BaseException:
+                        pass
+            raise
         cfg = output_config(lo)  # also computed at compile time, so it cannot fail here
         if cfg is not None:
             writer.add_file("config.json", json.dumps(cfg, indent=2) + "\n")

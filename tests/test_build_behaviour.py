@@ -232,7 +232,7 @@ def test_check_and_plan_read_no_tensor_data(tmp_path, family, monkeypatch, run_c
     assert not (tmp_path / "out").exists()
     assert calls == []
     # the patch does intercept the tensor reads: a real build now fails, leaving nothing
-    code, out, err = run_cli("build", recipe, "-o", tmp_path / "out", "-q")
+    code, out, err = run_cli("build", recipe, "-o", tmp_path / "out", "-q", "--jobs", "1")
     assert code != 0 and "E412" in err
     assert calls
     assert not (tmp_path / "out" / "a").exists() and not temp_dirs(tmp_path / "out", "a")
@@ -378,7 +378,7 @@ def test_exception_midway_leaves_nothing_and_exits_2(tmp_path, family, monkeypat
     out = tmp_path / "out"
     calls = _fail_on_call(monkeypatch, 5)
     code, stdout, stderr = run_cli("build", recipe, "-o", out, "-q", "--backend", "torch")
-    assert calls["n"] == 5
+    assert calls["n"] >= 5  # other workers may have started a sum meanwhile
     assert code == 2
     assert "E599" in stderr and "kernel failure on call 5" in stderr
     assert "Traceback" not in stderr + stdout

@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mergec.backends import BackendUnavailable, available_backends, get_backend
+from mergec.backends import auto_backend, BackendUnavailable, available_backends, get_backend
 from mergec.backends import base as B
 from mergec.ops.registry import METHODS
 
@@ -78,8 +78,12 @@ def test_discovery():
     assert "reference" in names
     assert ("torch" in names) == HAS_TORCH
     assert ("jax" in names) == HAS_JAX
-    auto = get_backend("auto")
-    assert auto.name == ("torch" if HAS_TORCH else "jax" if HAS_JAX else "reference")
+    # auto: the NumPy backend on a CPU (the fastest there, with the executor's blocks and
+    # worker processes); torch, else jax, for a GPU
+    assert get_backend("auto").name == "reference"
+    assert get_backend("auto", device="cpu").name == "reference"
+    assert auto_backend("cuda") == ("torch" if HAS_TORCH else "jax" if HAS_JAX else
+                                    "reference")
     assert get_backend("numpy").name == "reference"
     with pytest.raises(ValueError, match="unknown backend"):
         get_backend("tensorflow")

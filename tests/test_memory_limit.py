@@ -94,21 +94,70 @@ output tn = slerp(ties(math, code, base=base, density=0.5), base, t=0.5)
 
 
 @pytest.mark.parametrize("fam", ["family", "family_f32"])
-def test_whole_tensor_statistics_do_not_depend_on_blocks_or_threads(tmp_path, fam, request):
+def test_whole_tensor_statistics_do_not_depend_on_blocks_or_workers(tmp_path, fam, request):
     """Inner products (slerp & co, model stock), L1 norms (DARE rescale="l1") and TIES
     thresholds are whole-tensor statistics: computed from passes over row blocks, the
-    result is the same bytes for any block size and any number of threads."""
+    result is the same bytes for any block size and any number of workers."""
     family = request.getfixturevalue(fam)
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
     r.write_text(WHOLE_TENSOR_STATS)
     assert not compile(r, max_memory=16 * 1024).checked.warnings  # all of it can be split
-    build(r, tmp_path / "whole", threads=1)
-    build(r, tmp_path / "blocks", max_memory=16 * 1024, threads=1)
-    build(r, tmp_path / "threads", max_memory=8 * 1024, threads=3)
+    build(r, tmp_path / "whole", jobs=1)
+    build(r, tmp_path / "blocks", max_memory=16 * 1024, jobs=1)
+    build(r, tmp_path / "workers", max_memory=8 * 1024, jobs=3)
     for out in ("sl", "nf", "nr", "ms", "ka", "mo", "mf", "d1", "d2", "te", "tn"):
         a = load_tensors(tmp_path / "whole" / out)
-        for other in ("blocks", "threads"):
+        for other in ("blocks", "workers"):
             b = load_tensors(tmp_path / other / out)
             for n in a:
                 assert np.array_equal(a[n].view(np.uint8), b[n].view(np.uint8)), (out, n, other)
+
+
+FORKED = """import sys
+from mergec.cli import app
+import mergec.io.checkpoint as ck
+if len(sys.argv) > 2:  # reads of one tensor fail, in whichever worker computes it
+    real = ck._read_span
+    def fail(path, offset, nbytes, *, tensor=None):
+        if offset is not None and nbytes == int(sys.argv[2]):
+            raise OSError(5, "Input/output error")
+        return real(path, offset, nbytes, tensor=tensor)
+    ck._read_span = fail
+try:
+    app(["build", "r.merge", "-o", sys.argv[1], "--quiet", "--jobs", "2"])
+except SystemExit as e:
+    assert "torch" not in sys.modules and "jax" not in sys.modules
+    sys.exit(e.code)
+"""
+
+
+def test_forked_workers_write_the_same_bytes_and_fail_cleanly(tmp_path, family):
+    """With the NumPy backend a build forks worker processes (in a fresh interpreter that
+    has imported neither torch nor jax): same bytes as one worker in this process; an
+    I/O error in a worker is one diagnostic, exit 1, and nothing at the target."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
+    r = tmp_path / "r.merge"
+    r.write_text(WHOLE_TENSOR_STATS + RECIPE.split("\n", 3)[3])
+    build(r, tmp_path / "one", jobs=1)
+    run = subprocess.run([sys.executable, "-c", FORKED, "forked"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    for out in [p.name for p in (tmp_path / "one").iterdir()]:
+        a = load_tensors(tmp_path / "one" / out)
+        b = load_tensors(tmp_path / "forked" / out)
+        assert a.keys() == b.keys()
+        for n in a:
+            assert np.array_equal(a[n].view(np.uint8), b[n].view(np.uint8)), (out, n)
+    info = Checkpoint  # the size of one down_proj weight: the read that fails
+    base = compile(r).checked.inputs["base"].checkpoint
+    size = base.info("model.layers.1.mlp.down_proj.weight").nbytes
+    run = subprocess.run([sys.executable, "-c", FORKED, "broken", str(size)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr
+    assert "E412" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "broken").exists() or not any(
+        p.is_dir() and not p.name.startswith(".") for p in (tmp_path / "broken").iterdir())

@@ -5,7 +5,9 @@
 * ``"reference"``: numpy, CPU only; the yardstick every other backend is tested against;
 * ``"torch"``: PyTorch on ``"cpu"``, ``"cuda"`` (``"cuda:N"``, alias ``"gpu"``) or ``"auto"``;
 * ``"jax"``: JAX on ``"cpu"``, ``"gpu"`` (alias ``"cuda"``, ``"cuda:N"``) or ``"auto"``;
-* ``"auto"``: torch when it is installed, else jax, else the reference.
+* ``"auto"``: on a CPU the NumPy reference (with the executor's row blocks and threads it
+  is the fastest there, and it imports no heavy library); on a GPU torch when it is
+  installed, else jax (see :func:`auto_backend`).
 
 Backends are found by convention: module ``mergec.backends.<name>_backend`` (``reference``
 for the reference) with one class; the heavy library is imported only when the backend is
@@ -19,7 +21,8 @@ import importlib.util
 
 from .base import Backend, BackendUnavailable
 
-__all__ = ["Backend", "BackendUnavailable", "get_backend", "available_backends"]
+__all__ = ["Backend", "BackendUnavailable", "get_backend", "available_backends",
+           "auto_backend"]
 
 # name -> (module, class, library it needs)
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
@@ -28,7 +31,7 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "jax": ("mergec.backends.jax_backend", "JaxBackend", "jax"),
 }
 _ALIASES = {"numpy": "reference"}
-_AUTO_ORDER = ("torch", "jax", "reference")
+_GPU_ORDER = ("torch", "jax")
 
 
 def _has_module(name: str) -> bool:
@@ -48,6 +51,25 @@ def available_backends() -> list[str]:
     return [n for n in _BACKENDS if _is_available(n)]
 
 
+def _gpu_present() -> bool:
+    """An NVIDIA GPU seems attached (checked without importing any GPU library)."""
+    import glob
+    import os
+
+    return os.path.isdir("/proc/driver/nvidia/gpus") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def auto_backend(device: str = "auto") -> str:
+    """The backend ``auto`` stands for on ``device``: the reference on ``cpu`` (or on
+    ``auto`` without a GPU); torch, else jax, for a GPU device."""
+    if device == "cpu" or (device == "auto" and not _gpu_present()):
+        return "reference"
+    for cand in _GPU_ORDER:
+        if _is_available(cand):
+            return cand
+    return "reference"
+
+
 def get_backend(name: str = "auto", device: str = "cpu") -> Backend:
     """Create the backend ``name`` on ``device``.
 
@@ -56,10 +78,7 @@ def get_backend(name: str = "auto", device: str = "cpu") -> Backend:
     """
     key = _ALIASES.get(name, name)
     if key == "auto":
-        for cand in _AUTO_ORDER:
-            if _is_available(cand):
-                key = cand
-                break
+        key = auto_backend(device)
     if key not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(['auto', *_BACKENDS])}")
     module, cls, lib = _BACKENDS[key]

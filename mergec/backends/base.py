@@ -53,7 +53,7 @@ __all__ = [
     "sum_of_weights", "della_line", "rows_shape", "SLERP_DOT_THRESHOLD", "NEARSWAP_FLOOR",
     "ZERO_NORM", "slerp_coefficients", "spherical_mean_coefficients", "model_stock_ratio",
     "gram_partials", "abs_partials", "total", "gram64", "abs_sum64", "GRAM_METHODS",
-    "uses_gram", "gram_coefficients",
+    "uses_gram", "gram_coefficients", "keep",
 ]
 
 T = TypeVar("T")
@@ -359,6 +359,16 @@ def _rows(x: Any) -> np.ndarray:
 
 def _rows64(x: Any) -> np.ndarray:
     return _rows(x).astype(np.float64)
+
+
+def keep(x: Any, mask: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """``where(mask, x, +0.0)`` for a float32 numpy array, by masking its bit patterns
+    (numpy's ``where`` with a scalar runs element by element)."""
+    x = np.asarray(x, dtype=np.float32)
+    bits = np.negative(np.asarray(mask, dtype=bool).view(np.uint8), dtype=np.uint32)
+    res = np.bitwise_and(x.view(np.uint32), bits,
+                         out=None if out is None else out.view(np.uint32))
+    return res.view(np.float32)
 
 
 def gram_partials(xs: Sequence[Any]) -> np.ndarray:

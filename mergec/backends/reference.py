@@ -121,6 +121,9 @@ def _sum_f64(x: Array) -> float:
     return float(np.sum(x, dtype=np.float64))
 
 
+_keep = B.keep
+
+
 def _row_dot(a: Array, b: Array) -> Array:
     return np.sum(a * b, axis=-1, dtype=np.float64)
 
@@ -262,26 +265,43 @@ class ReferenceBackend:
 
     def _disjoint(self, taus: Sequence[Array], weights: Sequence[float], elect: str,
                   weighted_elect: bool, normalize: bool, method: str) -> Array:
-        vote = np.zeros(taus[0].shape, dtype=np.float64)
+        # written with whole-array operations into reused buffers (no masked ufuncs, which
+        # numpy runs element by element); the values are those of the rules above
+        shape = taus[0].shape
+        vote = np.zeros(shape, dtype=np.float64)
+        tmp = np.empty(shape, dtype=np.float64)
         for tau, w in zip(taus, weights):
             if elect == "mass":
-                t64 = tau.astype(np.float64)
-                vote += t64 * float(_F32(w)) if weighted_elect else t64
+                np.multiply(tau, float(_F32(w)) if weighted_elect else 1.0, out=tmp,
+                            dtype=np.float64)
             elif elect == "count":
-                vote += np.sign(tau).astype(np.float64)
+                np.sign(tau, out=tmp, dtype=np.float64)
             else:
                 raise ValueError(f"method {method}: unknown elect {elect!r}")
-        gamma = np.sign(vote).astype(np.float32)
-        num = np.zeros_like(taus[0])
-        den = np.zeros_like(taus[0])
+            vote += tmp
+        pos, neg = vote > 0, vote < 0
+        del vote, tmp
+        num = np.zeros(shape, dtype=np.float32)
+        den = np.zeros(shape, dtype=np.float32)
+        agree = np.empty(shape, dtype=bool)
+        other = np.empty(shape, dtype=bool)
+        part = np.empty(shape, dtype=np.float32)
         for tau, w in zip(taus, weights):
-            agree = (np.sign(tau) == gamma) & (gamma != 0)
-            num = num + np.where(agree, tau * _F32(w), _ZERO)
-            den = den + np.where(agree, _F32(w), _ZERO)
+            np.greater(tau, _ZERO, out=agree)
+            agree &= pos
+            np.less(tau, _ZERO, out=other)
+            other &= neg
+            agree |= other
+            np.multiply(tau, _F32(w), out=part)
+            num += _keep(part, agree, out=part)     # + 0 where it does not agree
+            np.multiply(agree, _F32(w), out=part)   # w where it agrees, else 0
+            den += part
         if not normalize:
             return num
-        ok = den != 0
-        return np.where(ok, num / np.where(ok, den, _F32(1.0)), _ZERO)
+        ok = np.not_equal(den, _ZERO, out=agree)
+        den += ~ok                                  # 1 where nothing agrees
+        np.divide(num, den, out=num)
+        return _keep(num, ok, out=num)
 
     def _consensus(self, taus, p, method):
         w = B.per_input(p, "weight", len(taus), method)
@@ -296,7 +316,7 @@ class ReferenceBackend:
         B.check_inputs(m, [x.shape for x in xs])
         trim = str(B.scalar(p, "trim", m))
         if "masks" in p:  # trim masks made by the executor for a block of rows
-            taus = [np.where(np.asarray(k), x, _ZERO) for x, k in zip(xs, p["masks"])]
+            taus = [_keep(x, np.asarray(k)) for x, k in zip(xs, p["masks"])]
         elif trim == "tensor":
             dens = B.per_input(p, "density", len(xs), m)
             taus = [np.where(topk_mask(np.abs(x), B.keep_count(d, x.size)), x, _ZERO)
@@ -323,7 +343,7 @@ class ReferenceBackend:
             if seed is None:
                 raise ValueError(f"method {method} draws random numbers and needs a seed")
             mask = p["masks"][i] if "masks" in p else rnd.keep_mask(seed, i, x.shape, d)
-            kept = np.where(mask, x, _ZERO)
+            kept = _keep(x, mask)
             if mode == "l1" and "l1_scales" in p:  # the whole tensor's L1 ratio, for a block
                 out.append(kept * p["l1_scales"][i] if p["l1_scales"][i] else
                            np.zeros_like(kept))

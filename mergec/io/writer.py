@@ -463,6 +463,15 @@ class OutputWriter:
         except OSError as e:
             raise CheckpointError(E_WRITE_FAILED, f"cannot copy {src} into {self.target}: {e.strerror or e}") from None
 
+    def note_written(self, name: str) -> None:
+        """Record a tensor as written by another process sharing this writer's files (a
+        forked worker that wrote it with :meth:`write`, :meth:`write_raw` or
+        :meth:`write_rows`)."""
+        self._slot(name)
+        with self._lock:
+            self._rows_done.pop(name, None)
+            self._written.add(name)
+
     def missing(self) -> list[str]:
         """Declared tensors not written yet, in declaration order."""
         with self._lock:

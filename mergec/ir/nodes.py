@@ -154,8 +154,9 @@ def _freeze(v):
     return v
 
 
-def topo(root: Node) -> list[Node]:
-    """Nodes of the DAG under `root`, each after its arguments."""
+def topo(root: Node, leaves: frozenset[int] | set[int] = frozenset()) -> list[Node]:
+    """Nodes of the DAG under `root`, each after its arguments (the arguments of a node
+    whose id is in `leaves` are not visited)."""
     out: list[Node] = []
     seen: set[int] = set()
     stack = [(root, False)]
@@ -168,6 +169,8 @@ def topo(root: Node) -> list[Node]:
             continue
         seen.add(id(n))
         stack.append((n, True))
+        if id(n) in leaves:
+            continue
         for a in reversed(n.args):
             if id(a) not in seen:
                 stack.append((a, False))
