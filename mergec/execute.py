@@ -208,8 +208,10 @@ class Blocks:
     def __init__(self, blocks: list, pool: ThreadPoolExecutor | None) -> None:
         self.blocks, self.pool = blocks, pool
 
-    def map(self, fn):
+    def map(self, fn, only: list[int] | None = None):
         items = list(enumerate(self.blocks))
+        if only is not None:
+            items = [items[b] for b in only]
         if self.pool is None or len(items) == 1:
             return [fn(b, rows) for b, rows in items]
         return list(self.pool.map(lambda it: fn(*it), items))
@@ -308,11 +310,14 @@ def _given(ctx: "TensorStats | None", root: Node, block: int, backend) -> dict |
 def _ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
     """Per input of a TIES call on a tensor computed in blocks: None (keep all) or
     ``(threshold, allowance per block)`` — the k-th largest magnitude over the whole tensor
-    (a histogram pass and a pass over one bucket, never a sort) and, for each block, how
-    many of its entries equal to the threshold are kept (lowest indices first), so the
-    blocks keep exactly what the whole tensor would."""
-    import threading
+    and, for each block, how many of its entries equal to the threshold are kept (lowest
+    indices first), so the blocks keep exactly what the whole tensor would.
 
+    Exact, by selection, never a sort of the tensor: a sample (evenly spread blocks, every
+    s-th entry) brackets the k-th magnitude; one pass counts the entries above the bracket
+    and collects those inside it, from which the k-th is selected. If the sample misled
+    (the k-th is outside the bracket), a histogram pass and a pass over one bucket find it.
+    """
     import numpy as np
 
     from mergec.backends.base import keep_count
@@ -323,56 +328,107 @@ def _ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
     trims: list = [None] * len(ks)
     if not live:
         return trims
-    # buckets: the exponent and the top 5 mantissa bits of the magnitude (its float32 bit
-    # pattern orders like the value); the counts of all blocks add up in one table
-    shift, nb = 18, 1 << 13
-    hist = np.zeros((len(live), nb), dtype=np.int64)
-    lock = threading.Lock()
+    nblk = len(blocks.blocks)
+    picked = sorted({round(j * (nblk - 1) / (SAMPLE_BLOCKS - 1)) for j in
+                     range(SAMPLE_BLOCKS)}) if nblk > SAMPLE_BLOCKS else list(range(nblk))
+    numel_picked = sum(_block_numel(n, blocks.blocks[b]) for b in picked)
+    stride = max(1, numel_picked // SAMPLE_SIZE)
 
-    def count(b, rows):
+    def sample(b, rows):
         xs = args_of(b, rows)
-        local = [np.bincount(magnitude_bits(xs[i]) >> shift, minlength=nb) for i in live]
-        with lock:
-            for j, h in enumerate(local):
-                hist[j] += h
+        return [magnitude_bits(xs[i])[::stride].copy() for i in live]
 
-    blocks.map(count)
-    buckets = {}
+    got = blocks.map(sample, only=picked)
+    brackets = {}
     for j, i in enumerate(live):
-        above = np.cumsum(hist[j][::-1])
-        pos = int(np.searchsorted(above, ks[i]))
-        buckets[i] = (nb - 1 - pos, int(above[pos - 1]) if pos > 0 else 0)
+        smp = np.sort(np.concatenate([g[j] for g in got]))[::-1]  # descending
+        m, p = smp.size, ks[i] / n.numel
+        margin = int(4 * (m * p * (1 - p)) ** 0.5) + 2
+        r = int(p * m)
+        hi = smp[r - margin] if r - margin >= 0 else np.uint32(0xFFFFFFFF)
+        lo = smp[r + margin] if r + margin < m else np.uint32(0)
+        brackets[i] = (hi, lo)
 
-    def inside(b, rows):
+    def bracket(b, rows):
         xs = args_of(b, rows)
         out = []
         for i in live:
             bits = magnitude_bits(xs[i])
-            out.append(bits[(bits >> shift) == buckets[i][0]])
+            hi, lo = brackets[i]
+            above = int(np.count_nonzero(bits > hi))
+            out.append((above, bits[(bits >= lo) & (bits <= hi)]))
         return out
 
-    ins = blocks.map(inside)
+    found = blocks.map(bracket)
     for j, i in enumerate(live):
-        vals = np.concatenate([x[j] for x in ins])
-        r = ks[i] - buckets[i][1]  # the r-th largest value of the bucket is the k-th
-        if vals.size > 1 << 15:  # count the low bits (magnitudes repeat a lot)
-            low = np.bincount(vals & ((1 << shift) - 1), minlength=1 << shift)
-            top = np.cumsum(low[::-1])
-            at = int(np.searchsorted(top, r))
-            kth = np.uint32((buckets[i][0] << shift) | ((1 << shift) - 1 - at))
-            larger = buckets[i][1] + (int(top[at - 1]) if at > 0 else 0)
-        else:
-            kth = np.partition(vals, vals.size - r)[vals.size - r]
-            larger = buckets[i][1] + int((vals > kth).sum())
-        remaining = ks[i] - larger  # entries equal to the threshold still kept
-        allow = []
-        for x in ins:
-            eq = int((x[j] == kth).sum())
-            allow.append(min(eq, remaining))
-            remaining -= allow[-1]
-        thr = float(np.array([kth], dtype=np.uint32).view(np.float32)[0])
-        trims[i] = (thr, allow)
+        above = sum(f[j][0] for f in found)
+        ins = [f[j][1] for f in found]
+        if not above < ks[i] <= above + sum(x.size for x in ins):  # the sample misled
+            above, ins = _ties_bucket(n, i, ks[i], blocks, args_of)
+        trims[i] = _kth_of(np.concatenate(ins), ks[i] - above, ins)
     return trims
+
+
+#: blocks of a tensor sampled to bracket a TIES threshold, and entries in the sample
+SAMPLE_BLOCKS = 8
+SAMPLE_SIZE = 1 << 16
+
+
+def _block_numel(n: Node, rows) -> int:
+    if rows is None:
+        return n.numel
+    return (rows[1] - rows[0]) * (n.numel // n.shape[0])
+
+
+def _kth_of(vals, r: int, per_block: list) -> tuple:
+    """(threshold, allowance per block) from the magnitude bits `vals` that hold the k-th
+    largest as their r-th largest (`per_block`: the same values, block by block)."""
+    import numpy as np
+
+    if vals.size > 1 << 15:  # magnitudes repeat a lot: count them instead of partitioning
+        uniq, counts = np.unique(vals, return_counts=True)
+        top = np.cumsum(counts[::-1])
+        at = int(np.searchsorted(top, r))
+        kth = uniq[uniq.size - 1 - at]
+    else:
+        kth = np.partition(vals, vals.size - r)[vals.size - r]
+    remaining = r - int(np.count_nonzero(vals > kth))  # entries equal to it still kept
+    allow = []
+    for x in per_block:
+        eq = int(np.count_nonzero(x == kth))
+        allow.append(min(eq, remaining))
+        remaining -= allow[-1]
+    return float(np.array([kth], dtype=np.uint32).view(np.float32)[0]), allow
+
+
+def _ties_bucket(n: Node, i: int, k: int, blocks: Blocks, args_of) -> tuple:
+    """The fallback: (entries above the bucket, bucket entries per block) for input i, from
+    a histogram of the magnitudes by exponent and top mantissa bits."""
+    import threading
+
+    import numpy as np
+
+    from mergec.stats import magnitude_bits
+
+    shift, nb = 18, 1 << 13
+    hist = np.zeros(nb, dtype=np.int64)
+    lock = threading.Lock()
+
+    def count(b, rows):
+        h = np.bincount(magnitude_bits(args_of(b, rows)[i]) >> shift, minlength=nb)
+        with lock:
+            hist[:] += h
+
+    blocks.map(count)
+    above = np.cumsum(hist[::-1])
+    pos = int(np.searchsorted(above, k))
+    bucket, before = nb - 1 - pos, (int(above[pos - 1]) if pos > 0 else 0)
+
+    def inside(b, rows):
+        bits = magnitude_bits(args_of(b, rows)[i])
+        return bits[(bits >> shift) == bucket]
+
+    return before, blocks.map(inside)
 
 
 def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) -> tuple:
