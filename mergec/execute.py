@@ -382,7 +382,8 @@ def _block_numel(n: Node, rows) -> int:
 
 def _kth_of(vals, r: int, per_block: list) -> tuple:
     """(threshold, allowance per block) from the magnitude bits `vals` that hold the k-th
-    largest as their r-th largest (`per_block`: the same values, block by block)."""
+    largest as their r-th largest (`per_block`: the same values, block by block). The
+    threshold is a float32 bit pattern: compared as such, NaN ranks above infinity."""
     import numpy as np
 
     if vals.size > 1 << 15:  # magnitudes repeat a lot: count them instead of partitioning
@@ -398,7 +399,7 @@ def _kth_of(vals, r: int, per_block: list) -> tuple:
         eq = int(np.count_nonzero(x == kth))
         allow.append(min(eq, remaining))
         remaining -= allow[-1]
-    return float(np.array([kth], dtype=np.uint32).view(np.float32)[0]), allow
+    return np.uint32(kth), allow
 
 
 def _ties_bucket(n: Node, i: int, k: int, blocks: Blocks, args_of) -> tuple:
@@ -451,18 +452,20 @@ def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) 
     if params.get("trim") == "model":  # the model-wide threshold applies as it is
         thr = params["thresholds"]
         return tuple(np.abs(_f32_numpy(backend, a)) >= np.float32(t) for a, t in zip(args, thr))
+    from mergec.stats import magnitude_bits
+
     masks = []
     for a, trim in zip(args, found["trims"]):
-        mag = np.abs(_f32_numpy(backend, a))
+        v = _f32_numpy(backend, a)
         if trim is None:  # keeps everything
-            masks.append(np.ones(mag.shape, dtype=bool))
+            masks.append(np.ones(v.shape, dtype=bool))
             continue
         thr, allow = trim
-        mask = mag > np.float32(thr)
+        bits = magnitude_bits(v)
+        mask = bits > thr
         if allow[block] > 0:  # magnitudes equal to the threshold: the lowest indices first
-            eq = np.flatnonzero(mag == np.float32(thr))[:allow[block]]
-            mask.reshape(-1)[eq] = True
-        masks.append(mask)
+            mask[np.flatnonzero(bits == thr)[:allow[block]]] = True
+        masks.append(mask.reshape(v.shape))
     return tuple(masks)
 
 

@@ -16,12 +16,12 @@ from mergec.execute import SAMPLE_BLOCKS, Blocks, _blocks, _ties_trims
 
 def masks_from_trims(x: np.ndarray, rows_list, trim) -> np.ndarray:
     """The keep mask the executor builds, block by block, from (threshold, allowance)."""
-    thr, allow = trim
+    thr, allow = trim  # thr: the float32 bit pattern of the k-th magnitude
     out = []
     for b, (r0, r1) in enumerate(rows_list):
-        mag = np.abs(x[r0:r1])
-        m = mag > np.float32(thr)
-        eq = np.flatnonzero(mag == np.float32(thr))[:allow[b]]
+        bits = np.abs(x[r0:r1]).view(np.uint32)
+        m = bits > thr
+        eq = np.flatnonzero(bits == thr)[:allow[b]]
         m.reshape(-1)[eq] = True
         out.append(m)
     return np.concatenate(out)
@@ -54,8 +54,11 @@ def cases():
         misleading[b * 8:(b + 1) * 8] *= 1000
     zeros = np.zeros((256, 48), dtype=np.float32)
     zeros[3, 5] = 1.0
+    nan = plain.copy()
+    nan[::37, 3] = np.nan
+    nan[5::41, 7] = np.inf
     return {"plain": plain, "quantized": quantized, "misleading": misleading,
-            "mostly zero": zeros}
+            "mostly zero": zeros, "nan and inf": nan}
 
 
 @pytest.mark.parametrize("name", list(cases()))
@@ -88,3 +91,27 @@ def test_density_one_keeps_everything_without_a_pass():
     calls: list = []
     _, trims = run([x, x], [1.0, 1.0], 8, calls)
     assert trims == [None, None] and calls == []
+
+
+@pytest.mark.parametrize("kind", ["normal", "repeated", "half zero", "nan and inf"])
+@pytest.mark.parametrize("n", [1000, 70_000, 200_003])
+def test_whole_tensor_top_k_matches_a_stable_sort(kind, n):
+    """topk_mask (histogram of the bit patterns, then a selection in one bucket) keeps
+    what a stable descending sort keeps: the k largest, lower index first among equals."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    if kind == "repeated":
+        x = (np.round(x * 3) / 3).astype(np.float32)
+    elif kind == "half zero":
+        x[rng.random(n) < 0.5] = 0
+    elif kind == "nan and inf":
+        x[:7] = np.nan
+        x[7:11] = np.inf
+    mag = np.abs(x)
+    key = np.where(np.isnan(mag), np.inf, mag).astype(np.float64)
+    # NaN first (above every number), then larger magnitude first, then lower index
+    rank = np.lexsort((np.arange(n), -key, (~np.isnan(mag)).astype(np.int8)))
+    for k in (1, n // 3, n // 2, n - 1):
+        want = np.zeros(n, dtype=bool)
+        want[rank[:k]] = True
+        assert np.array_equal(topk_mask(mag, k), want), k
