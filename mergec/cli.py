@@ -175,7 +175,7 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
         print(f"  ops            {ops}")
         print(f"  read           {_human(op.bytes_read)}")
         print(f"  write          {_human(op.bytes_written)}")
-        print(f"  peak memory    {_human(op.peak_memory)} (estimate)")
+        print(f"  peak memory    {_human(op.peak_memory)} per worker (estimate)")
         print(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
         lo = next(x for x in compiled.lowered if x.output.name == op.output)
         done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]

@@ -135,13 +135,15 @@ ERRORS: dict[str, tuple[str, str]] = {
              "(`mergec plan RECIPE --tensors` lists them); globs match the full name, so "
              "`\"mlp.*\"` matches nothing where `\"*.mlp.*\"` matches every MLP tensor."),
     "W302": ("tensors that cannot be split to fit the memory limit",
-             "With `--max-memory` (or `set max_memory`), tensors computed entry by entry — "
-             "weighted sums, linear methods, nearswap, copies and conversions — are computed "
-             "and written a block of rows at a time so that they fit, and so are `ties` "
-             "(its per-tensor threshold found first by two streaming passes) and "
-             "`dare_ties`/`dare_linear` with `rescale=\"inverse\"` or `\"none\"`. The other "
-             "methods that look at a whole tensor at once (slerp, model_stock, breadcrumbs, "
-             "della, sce, ...) still hold their whole tensors in this version; the warning "
+             "On a CPU every tensor of two or more dimensions is computed and written a "
+             "block of rows at a time when its computation allows it: weighted sums, "
+             "linear methods, nearswap, copies and conversions; `ties` and the DARE "
+             "methods (their thresholds and L1 norms come from passes over the blocks "
+             "first); slerp, nuslerp, multislerp, karcher and model_stock (their inner "
+             "products likewise). With `--max-memory` (or `set max_memory`) the blocks are "
+             "also kept within the limit. The methods that rank or select within a whole "
+             "tensor at once (breadcrumbs, della, sce, nuslerp over columns of a matrix) and "
+             "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read."),

@@ -1,10 +1,22 @@
 """Run lowered outputs on a backend and write them.
 
-For each output: a writer is opened beside the target (nothing appears at the target until
-the whole checkpoint is written), then every tensor is computed from its DAG — loads read
-one input tensor, values are float32 on the backend, the root casts once to the storage
-dtype — and written. A tensor that is an input tensor with its stored dtype is copied as
-raw bytes.
+For each output a writer is opened beside the target (nothing appears at the target until
+the whole checkpoint is written and synced). Each tensor is then, in order of the rooms
+below:
+
+* scheduled (:func:`evaluate`): loads read one input tensor (or a block of its rows);
+  linear computations are evaluated as the one weighted sum they flatten to, with the
+  rules the fold_linear and eliminate_dead passes use, so a build is the same bytes with
+  and without the passes; values are float32 on the backend, the tensor's own sum is
+  accumulated in float64, and the root casts once to the storage dtype;
+* split (:func:`write_tensor`): on a CPU a tensor of two or more dimensions is computed a
+  block of rows at a time where its computation allows it; whole-tensor statistics (TIES
+  thresholds, DARE L1 norms, the inner products of slerp & co) come first, from passes
+  over the blocks (:func:`tensor_stats`), and are the same for any split;
+* shared out (:func:`build_output`): worker processes (NumPy backend) or threads compute
+  tensors side by side and write them at their offsets.
+
+An input tensor written in its stored dtype is copied as raw bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from mergec.io.writer import OutputWriter
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.io.errors import CheckpointError
-from mergec.ops.linear import LINEAR_METHODS, linear_coeffs
+from mergec.ops.linear import LINEAR_METHODS, combine, expand, linear_coeffs, live_terms
 from mergec.plan import (MASKED_METHODS, block_budget, chunkable, node_chunkable,
                          rows_per_chunk)
 from mergec.stats import compute_model_stats, resolve_stats
@@ -48,48 +60,107 @@ def source_of(checked: CheckedProgram, name: str):
     return inp.checkpoint if hasattr(inp, "checkpoint") else inp.adapter
 
 
-def _wide_nodes(order: list[Node]) -> set[int]:
-    # a weighted sum read only by non-linear kernels is rounded to float32 at once anyway:
-    # compute it in float32 (half the memory, no widening); the passes never fold across
-    # such kernels, so this is the same with and without them
-    wide: set[int] = {id(order[-1])}
-    for n in order:
-        for a in n.args:
-            if n.op == "wsum" or n.op == "cast" or (
-                    n.op == "merge" and n.attr("method") in LINEAR_METHODS):
-                wide.add(id(a))
-    return wide
+class _Linear:
+    """The weighted sum each linear node (a weighted sum or a linear method) stands for,
+    flattened through nested linear nodes with the rules of the fold_linear and
+    eliminate_dead passes (mergec.ops.linear): an IR the passes did not touch computes the
+    same sums, term for term, as the one they rewrote."""
+
+    def __init__(self) -> None:
+        self._flat: dict[int, list | None] = {}
+
+    def flat(self, n: Node) -> list | None:
+        """Combined terms of a linear node (zero terms kept, as the passes keep them until
+        the last one), None for any other node."""
+        key = id(n)
+        if key not in self._flat:
+            if n.op == "wsum":
+                terms = list(zip(n.args, n.attr("coeffs")))
+            elif n.op == "merge" and n.attr("method") in LINEAR_METHODS:
+                coeffs = linear_coeffs(n.attr("method"), dict(n.attr("params")), len(n.args))
+                terms = None if coeffs is None else list(zip(n.args, coeffs))
+            else:
+                terms = None
+            self._flat[key] = None if terms is None else combine(expand(terms, self.flat))
+        return self._flat[key]
+
+
+def _schedule(root: Node, given: dict, lin: _Linear) -> tuple[list[Node], dict]:
+    """The nodes to compute for `root`, each after what it reads, and the terms of the
+    linear ones: a linear node reads the leaves of its flattened sum, never the nested
+    sums themselves (those are computed only where a non-linear node reads them)."""
+    terms: dict[int, list] = {}
+
+    def reads(n: Node) -> list[Node]:
+        if id(n) in given:
+            return []
+        flat = lin.flat(n)
+        if flat is None:
+            return list(n.args)
+        terms[id(n)] = live_terms(flat)
+        return [x for x, _ in terms[id(n)]]
+
+    order: list[Node] = []
+    seen: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        n, done = stack.pop()
+        if done:
+            order.append(n)
+            continue
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.append((n, True))
+        for a in reversed(reads(n)):
+            if id(a) not in seen:
+                stack.append((a, False))
+    return order, terms
 
 
 def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
              fetched: dict | None = None, rows: tuple[int, int] | None = None,
              ctx: "TensorStats | None" = None, block: int = 0, args_of_root: bool = False,
-             wide: set[int] | None = None, given: dict | None = None):
+             given: dict | None = None, for_kernel: bool = False):
     """The backend value of `root` (or, with `args_of_root`, the values of its arguments),
-    computing its DAG in topological order and freeing every value after its last use.
-    `rows` selects a block of rows (block number `block` of the tensor); `ctx` holds what
-    the earlier passes over the whole tensor found (thresholds, norms, inner products).
-    Weighted sums (and the linear methods, which are weighted sums) are accumulated in
-    float64 and stay float64 while they feed other weighted sums or the output; everything
-    else is float32 (`wide`: the float64 nodes, when `root` is part of a larger DAG).
-    `given` holds values already computed for this block (by node id)."""
+    computing what it reads in topological order and freeing every value after its last
+    use. `rows` selects a block of rows (block number `block` of the tensor); `ctx` holds
+    what the earlier passes over the whole tensor found (thresholds, norms, inner
+    products); `given` holds values already computed for this block (by node id).
+
+    Linear computations are evaluated as the one weighted sum they flatten to (see
+    :class:`_Linear`): accumulated in float64 when the sum is the tensor's value (rounded
+    once to the storage dtype), in float32 when a non-linear kernel reads it
+    (`for_kernel`, or an argument of a merge), which rounds it to float32 anyway."""
     given = given or {}
-    if wide is None:
-        wide = _wide_nodes(topo(root))
-    order = topo(root, given.keys())
+    lin = _Linear()
+    order, terms = _schedule(root, given, lin)
     if args_of_root:
         order = order[:-1]
+    reads = {id(n): ([x for x, _ in terms[id(n)]] if id(n) in terms else
+                     [] if id(n) in given else list(n.args)) for n in order}
     last_use: dict[int, int] = {}
     for i, n in enumerate(order):
-        for a in n.args:
+        for a in reads[id(n)]:
             last_use[id(a)] = i
     if args_of_root:
         for a in root.args:
             last_use[id(a)] = len(order)
+    wide = not (for_kernel or args_of_root)
     values: dict[int, object] = {}
     for i, n in enumerate(order):
         if id(n) in given:
             v = given[id(n)]
+        elif id(n) in terms:
+            kept = terms[id(n)]
+            if not kept:
+                v = backend.zeros(n.shape if rows is None else
+                                  (rows[1] - rows[0],) + n.shape[1:])
+            elif len(kept) == 1 and kept[0][1] == 1.0:
+                v = values[id(kept[0][0])]
+            else:
+                v = _sum(backend, [(values[id(x)], c) for x, c in kept],
+                         wide and n is root)
         elif n.op == "load":
             key = (n.attr("source"), n.attr("tensor"))
             data = fetched.pop(key, None) if fetched is not None else None
@@ -97,12 +168,8 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
                 src = source_of(checked, key[0])
                 data = src.read(key[1]) if rows is None else src.read_rows(key[1], *rows)
             v = backend.asarray(data)
-        elif n.op == "wsum":
-            terms = [(values[id(a)], c) for a, c in zip(n.args, n.attr("coeffs"))]
-            v = _sum(backend, terms, id(n) in wide)
         elif n.op == "merge":
-            v = _merge(n, [values[id(a)] for a in n.args], backend, stats, rows, ctx, block,
-                       id(n) in wide)
+            v = _merge(n, [values[id(a)] for a in n.args], backend, stats, rows, ctx, block)
         elif n.op == "lowrank":
             b, a = (backend.to_float32(values[id(x)]) for x in n.args)
             v = backend.lowrank(b, a, n.attr("scale"), n.attr("transpose"))
@@ -111,7 +178,7 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
         else:  # pragma: no cover - roots (cast, copy, convert) are handled by the caller
             raise AssertionError(n.op)
         values[id(n)] = v
-        for a in n.args:
+        for a in reads[id(n)]:
             if last_use.get(id(a)) == i:
                 values.pop(id(a), None)
     if args_of_root:
@@ -119,7 +186,7 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
     return values[id(order[-1])]
 
 
-def _merge(n: Node, args: list, backend, stats, rows, ctx, block: int, wide: bool):
+def _merge(n: Node, args: list, backend, stats, rows, ctx, block: int):
     method = n.attr("method")
     params = dict(n.attr("params"))
     if stats is not None:
@@ -133,8 +200,8 @@ def _merge(n: Node, args: list, backend, stats, rows, ctx, block: int, wide: boo
     if found is not None and "l1_scales" in found:
         params["l1_scales"] = found["l1_scales"]
     coeffs = linear_coeffs(method, params, len(args))
-    if coeffs is not None:  # a linear method: the same sum the fold pass writes
-        return _sum(backend, list(zip(args, coeffs)), wide)
+    if coeffs is not None:  # a linear method whose weights were placeholders until now
+        return backend.weighted_sum(list(zip(args, coeffs)))
     return backend.method(method, [backend.to_float32(x) for x in args], params,
                           n.attr("seed"))
 
@@ -230,7 +297,6 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
     if not calls:
         return None
     ctx = TensorStats()
-    wide = _wide_nodes(topo(root))
     for n in calls:
         method = n.attr("method")
         params = dict(n.attr("params"))
@@ -244,7 +310,7 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
             if b in cache:
                 return cache[b]
             vals = evaluate(n, checked, backend, stats, rows=rows, ctx=ctx, block=b,
-                            args_of_root=True, wide=wide)
+                            args_of_root=True)
             vals = [_f32_numpy(backend, v) for v in vals]
             if keep_args:
                 cache[b] = vals
@@ -284,7 +350,7 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
                 s_kept = float(B.total([p[i][1] for p in parts]))
                 scales.append(float(s_all / s_kept) if s_kept != 0.0 else 0.0)
             ctx.put(n, "l1_scales", tuple(scales))
-        if keep_args and not any(id(a) in wide for a in n.args):
+        if keep_args:
             ctx.put(n, "args", cache)  # the last pass starts from them
     return ctx
 
@@ -524,7 +590,8 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
         split = k < n and node_chunkable(node) and not any(
             m.op == "merge" and _needs_pass(m, True) for m in topo(node))
         for rows in (_blocks(n, k) if split else [None]):
-            yield _f32_numpy(backend, evaluate(node, checked, backend, rows=rows))
+            yield _f32_numpy(backend, evaluate(node, checked, backend, rows=rows,
+                                               for_kernel=True))
 
     stats = compute_model_stats(lo, chunks_of)
     pool = None

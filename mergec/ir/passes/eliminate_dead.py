@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mergec.ir.nodes import Graph, Node, topo
 from mergec.ir.passes._rewrite import rewrite
+from mergec.ops.linear import live_terms
 
 
 def eliminate_dead(roots: list[Node], g: Graph) -> tuple[list[Node], list[str]]:
@@ -12,11 +13,7 @@ def eliminate_dead(roots: list[Node], g: Graph) -> tuple[list[Node], list[str]]:
     def fn(n: Node, args: tuple) -> Node | None:
         if n.op != "wsum":
             return None
-        coeffs = n.attr("coeffs")
-        # a coefficient that is float64 noise next to the others (1 - 0.6 - 0.3 - 0.1)
-        # is zero: it would only keep a read alive
-        tiny = 1e-12 * sum(abs(c) for c in coeffs)
-        kept = [(a, c) for a, c in zip(args, coeffs) if abs(c) > tiny and a.op != "zeros"]
+        kept = live_terms(list(zip(args, n.attr("coeffs"))))
         dropped["terms"] += len(args) - len(kept)
         if not kept:
             return g.zeros(n.shape)

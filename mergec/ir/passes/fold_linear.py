@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mergec.ir.nodes import Graph, Node
 from mergec.ir.passes._rewrite import rewrite
-from mergec.ops.linear import linear_coeffs
+from mergec.ops.linear import combine, expand, linear_coeffs
 
 
 def fold_linear(roots: list[Node], g: Graph) -> tuple[list[Node], list[str]]:
@@ -33,15 +33,13 @@ def fold_linear(roots: list[Node], g: Graph) -> tuple[list[Node], list[str]]:
 
 
 def _flat(g: Graph, terms, folded) -> Node:
-    flat = []
-    for x, c in terms:
-        if x.op == "wsum":
-            folded["sums"] += 1
-            flat += [(a, c * k) for a, k in zip(x.args, x.attr("coeffs"))]
-        else:
-            flat.append((x, c))
-    acc: dict[Node, float] = {}
-    for x, c in flat:
-        acc[x] = acc.get(x, 0.0) + c
-    folded["combined"] += len(flat) - len(acc)
-    return g.raw_wsum(list(acc.items()))
+    def inner(x):
+        if x.op != "wsum":
+            return None
+        folded["sums"] += 1
+        return list(zip(x.args, x.attr("coeffs")))
+
+    flat = expand(terms, inner)
+    terms = combine(flat)
+    folded["combined"] += len(flat) - len(terms)
+    return g.raw_wsum(terms)
