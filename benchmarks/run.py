@@ -614,8 +614,10 @@ merge in both):
 
 Both tools compute in float32 and write bf16 (mergec always does; mergekit is given
 `dtype: {mk_dtype}` and `out_dtype: bfloat16`). mergec runs as
-`mergec build RECIPE --out-dir OUT --force --quiet` with its defaults (one 5 GB shard,
-torch backend on the CPU; it writes config.json, the tokenizer files and a model card);
+`mergec build RECIPE --out-dir OUT --force --quiet` with its defaults (one 5 GB shard;
+the `auto` backend, which is the NumPy backend on a CPU, with one worker process per CPU;
+it writes config.json, the tokenizer files and a model card, and fsyncs the output before
+moving it into place);
 mergekit as `mergekit-yaml CONFIG OUT --no-copy-tokenizer --no-write-model-card --quiet`
 with its defaults otherwise (no lazy unpickling, no async writes, default
 `--out-shard-size`; dare_ties adds `--random-seed 7`). mergekit's model card is off because
@@ -624,7 +626,8 @@ safetensors file.
 
 **The I/O floor** is a fresh `python -S` process that reads every input file of the method
 (the same files the tools read) into a reused 16 MiB buffer, then writes one output file of
-the merged size (the base's bytes, copied), without fsync — as neither tool fsyncs.
+the merged size (the base's bytes, copied), without fsync (mergekit does not fsync;
+mergec does, and its times include it).
 
 **Warm cache.** Before a size is measured every input file is read once, so all three are
 measured with the inputs in the page cache (the machine has far more RAM than the inputs).
@@ -807,6 +810,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="markdown to write (default docs/benchmarks.md; with --quick "
                          "benchmarks/work/speed/benchmarks-quick.md)")
     ap.add_argument("--no-doc", action="store_true", help="print only")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="set OMP_NUM_THREADS/MKL_NUM_THREADS for every tool (default: "
+                         "unset, each tool's own default)")
     ap.add_argument("--no-snapshot", action="store_true",
                     help="run mergec from the working tree in place instead of a copy "
                          "taken at the start")
@@ -838,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = _dt.datetime.now()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.threads is not None:
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            BASE_ENV[k] = str(args.threads)
     mc = mergec_cmd()
     if args.no_snapshot:
         mc_env = BASE_ENV
