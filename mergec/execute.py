@@ -657,11 +657,17 @@ def _in_processes(lo, checked, backend, writer, stats, budget, workers, finished
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     try:
         futures = {pool.submit(_forked_tensor, i): lo.tensors[i] for i in order}
+        ahead = iter(order)  # the system reads ahead the tensors the workers take next
+        for i in list(zip(range(2 * workers), ahead)):
+            read_ahead(lo.tensors[i[1]], checked)
         for f in as_completed(futures):
             f.result()  # a worker's error is raised here
             t = futures[f]
             writer.note_written(t.name)
             finished(t)
+            for i in ahead:
+                read_ahead(lo.tensors[i], checked)
+                break
     except BaseException:
         for p in list(getattr(pool, "_processes", {}).values()):
             p.terminate()  # stop the others before the writer removes its files
@@ -669,6 +675,16 @@ def _in_processes(lo, checked, backend, writer, stats, budget, workers, finished
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _FORKED.clear()
+
+
+def read_ahead(t: OutTensor, checked: CheckedProgram) -> None:
+    """Let the operating system start reading the input tensors `t` needs, so that they
+    are in its cache when a worker gets to them."""
+    for n in topo(t.node):
+        if n.op in ("load", "copy", "convert"):
+            advise = getattr(source_of(checked, n.attr("source")), "advise", None)
+            if advise is not None:
+                advise(n.attr("tensor"))
 
 
 def _blocks(n_rows: int, k: int):
@@ -760,7 +776,9 @@ def _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
             finished(t)
 
         try:
-            for t in lo_tensors:
+            for i, t in enumerate(lo_tensors):
+                for nxt in lo_tensors[i + 1:i + 3]:
+                    read_ahead(nxt, checked)
                 if pool is None or t.node.numel > big:
                     write_tensor(t, checked, backend, writer, stats, pool, budget)
                     finished(t)

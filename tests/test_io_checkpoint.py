@@ -307,3 +307,24 @@ def test_open_input_local(tmp_path):
     with pytest.raises(CheckpointError) as ei:
         open_input("./models/b", tmp_path)
     assert ei.value.code == "E401" and str(tmp_path / "models" / "b") in ei.value.message
+
+
+def test_advise_asks_the_system_to_read_ahead_exactly_one_tensor(tmp_path, monkeypatch):
+    """advise() is a read-ahead hint for one tensor's bytes: no data is read by mergec, the
+    hint covers exactly the tensor's span, and unknown tensors or .bin files are no-ops."""
+    import os
+
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise here")
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise",
+                        lambda fd, off, n, advice: calls.append((off, n, advice)))
+    _no_reads(monkeypatch)
+    ck = open_checkpoint(make_safetensors(tmp_path / "m", sample_tensors()))
+    info = ck.tensors["model.layers.0.mlp.weight"]
+    ck.advise("model.layers.0.mlp.weight")
+    ck.advise("no.such.tensor")
+    assert calls == [(info.offset, info.nbytes, os.POSIX_FADV_WILLNEED)]
+    ck.close()
+    ck.advise("model.layers.0.mlp.weight")  # closed: nothing
+    assert len(calls) == 1
