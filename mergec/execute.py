@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -594,17 +594,15 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
                                                for_kernel=True))
 
     stats = compute_model_stats(lo, chunks_of)
-    pool = None
-    if workers > 1 and _can_fork(backend, checked):
-        pool = "processes"
-    elif workers > 1:
+    pool = _process_pool(workers) if workers > 1 and _can_fork(backend, checked) else None
+    if pool is None and workers > 1:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="mergec")
     try:
         path = _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
                              force=force, shard_size=shard_size, progress=progress,
                              workers=workers)
     finally:
-        if isinstance(pool, ThreadPoolExecutor):
+        if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     done_bytes = sum(t.node.numel * _itemsize(t.dtype) for t in lo.tensors)
     return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
@@ -646,15 +644,26 @@ def _forked_tensor(i: int) -> None:
                  st["stats"], None, st["budget"])
 
 
-def _in_processes(lo, checked, backend, writer, stats, budget, workers, finished) -> None:
+def _process_pool(workers: int) -> ProcessPoolExecutor | None:
+    """A pool of `workers` forked processes (started with the first task, so they inherit
+    everything set up until then), or None where this system cannot make one (no fork,
+    no POSIX semaphores): the build then uses threads."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    try:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    except (OSError, ImportError, NotImplementedError, ValueError):
+        return None
+
+
+def _in_processes(lo, checked, backend, writer, stats, budget, pool, workers,
+                  finished) -> None:
+    from concurrent.futures import as_completed
 
     _FORKED.update(lo=lo, checked=checked, backend=backend, writer=writer, stats=stats,
                    budget=budget)
     # largest first, so that no worker is left with a big tensor at the end
     order = sorted(range(len(lo.tensors)), key=lambda i: -lo.tensors[i].node.numel)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     try:
         futures = {pool.submit(_forked_tensor, i): lo.tensors[i] for i in order}
         ahead = iter(order)  # the system reads ahead the tensors the workers take next
@@ -765,8 +774,9 @@ def _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
         pending: list[Future] = []
-        if pool == "processes":
-            _in_processes(lo, checked, backend, writer, stats, budget, workers, finished)
+        if isinstance(pool, ProcessPoolExecutor):
+            _in_processes(lo, checked, backend, writer, stats, budget, pool, workers,
+                          finished)
             lo_tensors = []
         else:
             lo_tensors = lo.tensors

@@ -161,3 +161,17 @@ def test_forked_workers_write_the_same_bytes_and_fail_cleanly(tmp_path, family):
     assert "E412" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "broken").exists() or not any(
         p.is_dir() and not p.name.startswith(".") for p in (tmp_path / "broken").iterdir())
+
+
+def test_without_process_support_the_build_uses_threads(monkeypatch):
+    """Where no process pool can be made (no POSIX semaphores, say), _process_pool says so
+    and the build falls back to threads instead of failing."""
+    import multiprocessing
+
+    from mergec import execute
+
+    def broken(method=None):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(multiprocessing, "get_context", broken)
+    assert execute._process_pool(2) is None
