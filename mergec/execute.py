@@ -656,27 +656,51 @@ def _process_pool(workers: int) -> ProcessPoolExecutor | None:
         return None
 
 
+def _heavy(t: OutTensor) -> bool:
+    """A tensor computed whole that needs more than HEAVY_BYTES: computed by the build
+    process itself, one at a time, so that memory does not grow with the workers."""
+    from mergec.plan import tensor_peak
+
+    return len(t.shape) >= 1 and not chunkable(t) and t.node.op not in ("copy", "convert") \
+        and tensor_peak(t) > HEAVY_BYTES
+
+
+#: see :func:`_heavy`
+HEAVY_BYTES = 256 << 20
+
+
 def _in_processes(lo, checked, backend, writer, stats, budget, pool, workers,
-                  finished) -> None:
+                  finished, heavy: set[int]) -> None:
     from concurrent.futures import as_completed
 
     _FORKED.update(lo=lo, checked=checked, backend=backend, writer=writer, stats=stats,
                    budget=budget)
     # largest first, so that no worker is left with a big tensor at the end
     order = sorted(range(len(lo.tensors)), key=lambda i: -lo.tensors[i].node.numel)
+    light = [i for i in order if i not in heavy]
+
+    def collect(f) -> None:
+        f.result()  # a worker's error is raised here
+        t = futures.pop(f)
+        writer.note_written(t.name)
+        finished(t)
+        for i in ahead:
+            read_ahead(lo.tensors[i], checked)
+            break
+
     try:
-        futures = {pool.submit(_forked_tensor, i): lo.tensors[i] for i in order}
-        ahead = iter(order)  # the system reads ahead the tensors the workers take next
+        futures = {pool.submit(_forked_tensor, i): lo.tensors[i] for i in light}
+        ahead = iter(light)  # the system reads ahead the tensors the workers take next
         for i in list(zip(range(2 * workers), ahead)):
             read_ahead(lo.tensors[i[1]], checked)
-        for f in as_completed(futures):
-            f.result()  # a worker's error is raised here
-            t = futures[f]
-            writer.note_written(t.name)
-            finished(t)
-            for i in ahead:
-                read_ahead(lo.tensors[i], checked)
-                break
+        for i in order:  # meanwhile, this process computes the heavy ones, one at a time
+            if i in heavy:
+                write_tensor(lo.tensors[i], checked, backend, writer, stats, None, budget)
+                finished(lo.tensors[i])
+                for f in [f for f in futures if f.done()]:
+                    collect(f)
+        for f in as_completed(list(futures)):
+            collect(f)
     except BaseException:
         for p in list(getattr(pool, "_processes", {}).values()):
             p.terminate()  # stop the others before the writer removes its files
@@ -771,12 +795,13 @@ def _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
 
     total = sum(t.node.numel for t in lo.tensors)
     big = total // (4 * workers)
+    heavy = {i for i, t in enumerate(lo.tensors) if _heavy(t)}
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata=meta) as writer:
         pending: list[Future] = []
         if isinstance(pool, ProcessPoolExecutor):
             _in_processes(lo, checked, backend, writer, stats, budget, pool, workers,
-                          finished)
+                          finished, heavy)
             lo_tensors = []
         else:
             lo_tensors = lo.tensors
@@ -789,7 +814,7 @@ def _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
             for i, t in enumerate(lo_tensors):
                 for nxt in lo_tensors[i + 1:i + 3]:
                     read_ahead(nxt, checked)
-                if pool is None or t.node.numel > big:
+                if pool is None or t.node.numel > big or i in heavy:
                     write_tensor(t, checked, backend, writer, stats, pool, budget)
                     finished(t)
                 else:

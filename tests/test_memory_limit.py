@@ -116,7 +116,9 @@ def test_whole_tensor_statistics_do_not_depend_on_blocks_or_workers(tmp_path, fa
 
 FORKED = """import sys
 from mergec.cli import app
+import mergec.execute as ex
 import mergec.io.checkpoint as ck
+ex.HEAVY_BYTES = 1  # every tensor computed whole is computed by the build process
 if len(sys.argv) > 2:  # reads of one tensor fail, in whichever worker computes it
     real = ck._read_span
     def fail(path, offset, nbytes, *, tensor=None):
@@ -134,14 +136,16 @@ except SystemExit as e:
 
 def test_forked_workers_write_the_same_bytes_and_fail_cleanly(tmp_path, family):
     """With the NumPy backend a build forks worker processes (in a fresh interpreter that
-    has imported neither torch nor jax): same bytes as one worker in this process; an
-    I/O error in a worker is one diagnostic, exit 1, and nothing at the target."""
+    has imported neither torch nor jax), while the build process computes the tensors that
+    are computed whole: same bytes as one worker in this process; an I/O error in a
+    worker is one diagnostic, exit 1, and nothing at the target."""
     import subprocess
     import sys
 
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
-    r.write_text(WHOLE_TENSOR_STATS + RECIPE.split("\n", 3)[3])
+    r.write_text(WHOLE_TENSOR_STATS + RECIPE.split("\n", 3)[3] +
+                 "output bc = breadcrumbs(math, code, base=base, density=0.5, gamma=0.01)\n")
     build(r, tmp_path / "one", jobs=1)
     run = subprocess.run([sys.executable, "-c", FORKED, "forked"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=600)
@@ -175,3 +179,38 @@ def test_without_process_support_the_build_uses_threads(monkeypatch):
 
     monkeypatch.setattr(multiprocessing, "get_context", broken)
     assert execute._process_pool(2) is None
+
+
+def test_heavy_whole_tensors_are_computed_one_at_a_time(tmp_path, family, monkeypatch):
+    """Tensors computed whole that need a lot of memory are computed by the build process
+    itself, one after the other, whatever the number of workers; same bytes."""
+    from mergec import execute
+
+    (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
+    r = tmp_path / "r.merge"
+    r.write_text('model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
+                 'model code = "./ckpt/code"\n'
+                 "output bc = breadcrumbs(math, code, base=base, density=0.5, gamma=0.01)\n"
+                 "output ta = task_arithmetic(math, code, base=base)\n")
+    build(r, tmp_path / "one", jobs=1)
+    monkeypatch.setattr(execute, "HEAVY_BYTES", 1)
+    running, most = [0], [0]
+    real = execute.write_tensor
+
+    def counting(t, *a, **k):
+        heavy = execute._heavy(t)
+        running[0] += heavy
+        most[0] = max(most[0], running[0])
+        try:
+            return real(t, *a, **k)
+        finally:
+            running[0] -= heavy
+
+    monkeypatch.setattr(execute, "write_tensor", counting)
+    monkeypatch.setattr(execute, "_can_fork", lambda *a: False)  # threads: countable here
+    build(r, tmp_path / "many", jobs=3)
+    assert most[0] == 1
+    for out in ("bc", "ta"):
+        a, b = load_tensors(tmp_path / "one" / out), load_tensors(tmp_path / "many" / out)
+        for n in a:
+            assert np.array_equal(a[n].view(np.uint8), b[n].view(np.uint8)), (out, n)
