@@ -119,7 +119,7 @@ def _schedule(root: Node, given: dict, lin: _Linear) -> tuple[list[Node], dict]:
 
 
 def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = None,
-             fetched: dict | None = None, rows: tuple[int, int] | None = None,
+             rows: tuple[int, int] | None = None,
              ctx: "TensorStats | None" = None, block: int = 0, args_of_root: bool = False,
              given: dict | None = None, for_kernel: bool = False):
     """The backend value of `root` (or, with `args_of_root`, the values of its arguments),
@@ -162,12 +162,9 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
                 v = _sum(backend, [(values[id(x)], c) for x, c in kept],
                          wide and n is root)
         elif n.op == "load":
-            key = (n.attr("source"), n.attr("tensor"))
-            data = fetched.pop(key, None) if fetched is not None else None
-            if data is None:
-                src = source_of(checked, key[0])
-                data = src.read(key[1]) if rows is None else src.read_rows(key[1], *rows)
-            v = backend.asarray(data)
+            src = source_of(checked, n.attr("source"))
+            name = n.attr("tensor")
+            v = backend.asarray(src.read(name) if rows is None else src.read_rows(name, *rows))
         elif n.op == "merge":
             v = _merge(n, [values[id(a)] for a in n.args], backend, stats, rows, ctx, block)
         elif n.op == "lowrank":
@@ -206,23 +203,19 @@ def _merge(n: Node, args: list, backend, stats, rows, ctx, block: int):
                           n.attr("seed"))
 
 
-def _is_wide(x) -> bool:
-    return "64" in str(getattr(x, "dtype", ""))
-
-
 def _sum(backend, terms, wide: bool):
-    """A weighted sum: float64 when it feeds other sums or the output, else float32 (from
-    float64 only when a term already is)."""
-    if wide:
-        return backend.weighted_sum64(terms)
-    if any(_is_wide(x) for x, _ in terms):
-        return backend.to_float32(backend.weighted_sum64(terms))
-    return backend.weighted_sum(terms)
+    """A weighted sum of float32 values: accumulated in float64 when it is the tensor's
+    value (`wide`), else in float32."""
+    return backend.weighted_sum64(terms) if wide else backend.weighted_sum(terms)
 
 
-def _f32_numpy(backend, v):
+def _host(backend, v):
+    """A backend value as a float32 numpy array, without a copy when it already is one
+    (the NumPy backend's values; nothing here writes into them)."""
     import numpy as np
 
+    if isinstance(v, np.ndarray) and v.dtype == np.float32:
+        return v
     return np.asarray(backend.to_numpy(backend.to_float32(v), "float32"))
 
 
@@ -311,22 +304,25 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
                 return cache[b]
             vals = evaluate(n, checked, backend, stats, rows=rows, ctx=ctx, block=b,
                             args_of_root=True)
-            vals = [_f32_numpy(backend, v) for v in vals]
+            vals = [backend.to_float32(v) for v in vals]
             if keep_args:
                 cache[b] = vals
             return vals
 
         if B.uses_gram(method, params, len(n.shape)):
-            parts = blocks.map(lambda b, rows: B.gram_partials(args_of(b, rows)))
+            parts = blocks.map(lambda b, rows: B.gram_partials(
+                [_host(backend, x) for x in args_of(b, rows)]))
             ctx.put(n, "coeffs", B.gram_coefficients(method, params, B.total(parts)))
         elif method == "ties":
-            ctx.put(n, "trims", _ties_trims(n, params, blocks, args_of))
+            ctx.put(n, "trims", _ties_trims(
+                n, params, blocks,
+                lambda b, rows: [_host(backend, x) for x in args_of(b, rows)]))
         else:  # DARE with an L1 rescale: the norms of each task vector and of what is kept
             dens = B.per_input(params, "density", len(n.args), method)
             seed = n.attr("seed")
 
             def l1(b, rows):
-                xs = args_of(b, rows)
+                xs = [_host(backend, x) for x in args_of(b, rows)]
                 out = []
                 for i, (x, d) in enumerate(zip(xs, dens)):
                     if d >= 1.0:
@@ -361,7 +357,8 @@ ARGS_CACHE_BYTES = 32 << 20
 
 
 def _given(ctx: "TensorStats | None", root: Node, block: int, backend) -> dict | None:
-    """Argument values the passes kept for one block, by node id."""
+    """Argument values the passes kept for one block, by node id (kernels never write
+    into their inputs, so the last pass reads them as they are)."""
     if ctx is None:
         return None
     given = {}
@@ -369,7 +366,7 @@ def _given(ctx: "TensorStats | None", root: Node, block: int, backend) -> dict |
         found = ctx.get(n) if n.op == "merge" else None
         if found and "args" in found and block in found["args"]:
             for a, v in zip(n.args, found["args"][block]):
-                given[id(a)] = backend.asarray(v)
+                given[id(a)] = v
     return given or None
 
 
@@ -452,13 +449,9 @@ def _kth_of(vals, r: int, per_block: list) -> tuple:
     threshold is a float32 bit pattern: compared as such, NaN ranks above infinity."""
     import numpy as np
 
-    if vals.size > 1 << 15:  # magnitudes repeat a lot: count them instead of partitioning
-        uniq, counts = np.unique(vals, return_counts=True)
-        top = np.cumsum(counts[::-1])
-        at = int(np.searchsorted(top, r))
-        kth = uniq[uniq.size - 1 - at]
-    else:
-        kth = np.partition(vals, vals.size - r)[vals.size - r]
+    from mergec.stats import kth_of
+
+    kth = kth_of(vals, r)
     remaining = r - int(np.count_nonzero(vals > kth))  # entries equal to it still kept
     allow = []
     for x in per_block:
@@ -470,32 +463,13 @@ def _kth_of(vals, r: int, per_block: list) -> tuple:
 
 def _ties_bucket(n: Node, i: int, k: int, blocks: Blocks, args_of) -> tuple:
     """The fallback: (entries above the bucket, bucket entries per block) for input i, from
-    a histogram of the magnitudes by exponent and top mantissa bits."""
-    import threading
+    a histogram of the magnitudes' bit patterns (:func:`mergec.stats.bucket_pass`)."""
+    from mergec.stats import bucket_pass, magnitude_bits
 
-    import numpy as np
+    def map_bits(fn):
+        return blocks.map(lambda b, rows: fn(magnitude_bits(args_of(b, rows)[i])))
 
-    from mergec.stats import magnitude_bits
-
-    shift, nb = 18, 1 << 13
-    hist = np.zeros(nb, dtype=np.int64)
-    lock = threading.Lock()
-
-    def count(b, rows):
-        h = np.bincount(magnitude_bits(args_of(b, rows)[i]) >> shift, minlength=nb)
-        with lock:
-            hist[:] += h
-
-    blocks.map(count)
-    above = np.cumsum(hist[::-1])
-    pos = int(np.searchsorted(above, k))
-    bucket, before = nb - 1 - pos, (int(above[pos - 1]) if pos > 0 else 0)
-
-    def inside(b, rows):
-        bits = magnitude_bits(args_of(b, rows)[i])
-        return bits[(bits >> shift) == bucket]
-
-    return before, blocks.map(inside)
+    return bucket_pass(map_bits, k)
 
 
 def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) -> tuple:
@@ -517,12 +491,12 @@ def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) 
                      for i, d in enumerate(dens))
     if params.get("trim") == "model":  # the model-wide threshold applies as it is
         thr = params["thresholds"]
-        return tuple(np.abs(_f32_numpy(backend, a)) >= np.float32(t) for a, t in zip(args, thr))
+        return tuple(np.abs(_host(backend, a)) >= np.float32(t) for a, t in zip(args, thr))
     from mergec.stats import magnitude_bits
 
     masks = []
     for a, trim in zip(args, found["trims"]):
-        v = _f32_numpy(backend, a)
+        v = _host(backend, a)
         if trim is None:  # keeps everything
             masks.append(np.ones(v.shape, dtype=bool))
             continue
@@ -590,7 +564,7 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
         split = k < n and node_chunkable(node) and not any(
             m.op == "merge" and _needs_pass(m, True) for m in topo(node))
         for rows in (_blocks(n, k) if split else [None]):
-            yield _f32_numpy(backend, evaluate(node, checked, backend, rows=rows,
+            yield _host(backend, evaluate(node, checked, backend, rows=rows,
                                                for_kernel=True))
 
     stats = compute_model_stats(lo, chunks_of)

@@ -6,7 +6,7 @@ whole model, not per tensor. The lowering leaves a `ModelTopK` placeholder in su
 node; before the output is written, `compute_model_stats` finds the exact threshold with
 two streaming passes over the task vectors, holding one tensor at a time:
 
-  1. a histogram of the magnitudes by the top 16 bits of their float32 bit pattern
+  1. a histogram of the magnitudes by the top bits of their float32 bit pattern
      (for non-negative floats the bit pattern orders like the value), which tells the
      bucket where the k-th largest magnitude lies;
   2. the magnitudes inside that one bucket, from which the exact k-th largest is selected.
@@ -24,7 +24,6 @@ import numpy as np
 from mergec.backends.base import keep_count
 from mergec.ir.nodes import Node, topo
 
-BUCKETS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -58,30 +57,50 @@ def _placeholders(lo) -> dict[ModelTopK, list[Node]]:
 
 
 def magnitude_bits(a: np.ndarray) -> np.ndarray:
-    """The float32 bit patterns of |a|, which order like the magnitudes."""
+    """The float32 bit patterns of |a|, which order like the magnitudes (NaN above
+    infinity)."""
     return np.abs(a.astype(np.float32, copy=False)).ravel().view(np.uint32)
+
+
+#: histogram buckets of a magnitude's bit pattern: its top 14 bits (sign, exponent and the
+#: top 5 mantissa bits)
+KEY_SHIFT = 18
+
+
+def bucket_pass(map_bits: Callable[[Callable], list], k: int) -> tuple[int, list]:
+    """Where the k-th largest of some magnitude bit patterns lies, by two passes that hold
+    one chunk at a time: a histogram of the top bits, then the entries of the one bucket
+    that holds the k-th. `map_bits(fn)` applies `fn` to the bit patterns of every chunk,
+    in order, and returns the results. Returns (how many entries lie above the bucket,
+    the bucket's entries chunk by chunk)."""
+    nb = 1 << (32 - KEY_SHIFT)
+    hist = np.sum(map_bits(lambda b: np.bincount(b >> KEY_SHIFT, minlength=nb)), axis=0)
+    above = np.cumsum(hist[::-1])
+    pos = int(np.searchsorted(above, k))
+    bucket = nb - 1 - pos
+    return (int(above[pos - 1]) if pos > 0 else 0,
+            map_bits(lambda b: b[(b >> KEY_SHIFT) == bucket]))
+
+
+def kth_of(vals: np.ndarray, r: int):
+    """The r-th largest of an array (1 <= r <= size), by selection: repeated values (the
+    rule for real weights, on which ``numpy.partition`` is very slow) are counted."""
+    if vals.size <= 1 << 15:
+        return np.partition(vals, vals.size - r)[vals.size - r]
+    uniq, counts = np.unique(vals, return_counts=True)
+    at = int(np.searchsorted(np.cumsum(counts[::-1]), r))
+    return uniq[uniq.size - 1 - at]
 
 
 def exact_kth_largest(chunks: Callable[[], Iterable[np.ndarray]], k: int
                       ) -> tuple[float, int]:
-    """The k-th largest magnitude over all the arrays `chunks()` yields (called twice:
-    a histogram pass, then a pass over one bucket), and how many magnitudes are strictly
-    larger. Memory: one chunk plus the bucket."""
-    hist = np.zeros(BUCKETS, dtype=np.int64)
-    for a in chunks():
-        hist += np.bincount(magnitude_bits(a) >> 16, minlength=BUCKETS)
-    above = np.cumsum(hist[::-1])
-    j = int(np.searchsorted(above, k))
-    bucket = BUCKETS - 1 - j
-    before = int(above[j - 1]) if j > 0 else 0
-    inside = []
-    for a in chunks():
-        b = magnitude_bits(a)
-        inside.append(b[(b >> 16) == bucket])
+    """The k-th largest magnitude over all the arrays `chunks()` yields (called twice,
+    see :func:`bucket_pass`), and how many magnitudes are strictly larger. Memory: one
+    chunk plus the bucket."""
+    above, inside = bucket_pass(lambda fn: [fn(magnitude_bits(a)) for a in chunks()], k)
     vals = np.concatenate(inside)
-    r = k - before
-    kth = np.partition(vals, vals.size - r)[vals.size - r]
-    larger = before + int((vals > kth).sum())
+    kth = kth_of(vals, k - above)
+    larger = above + int(np.count_nonzero(vals > kth))
     return float(np.array([kth], dtype=np.uint32).view(np.float32)[0]), larger
 
 

@@ -113,19 +113,15 @@ def topk_mask(mag: Array, k: int) -> Array:
 
 def kth_largest(flat: Array, k: int):
     """The k-th largest value of a flat array (1 <= k <= size), by selection. For the bit
-    patterns of magnitudes (uint32), a histogram of the top 16 bits finds the bucket and a
-    count inside it the value (``numpy.partition`` alone is slow on the many repeated
-    values of real weights)."""
+    patterns of magnitudes (uint32), a histogram of the top bits finds the bucket and a
+    count inside it the value (:mod:`mergec.stats`)."""
+    from mergec.stats import bucket_pass, kth_of
+
     n = flat.size
     if flat.dtype != np.uint32 or n < 1 << 16:
         return np.partition(flat, n - k)[n - k]
-    above = np.cumsum(np.bincount(flat >> 16, minlength=1 << 16)[::-1])
-    pos = int(np.searchsorted(above, k))
-    bucket = (1 << 16) - 1 - pos
-    r = k - (int(above[pos - 1]) if pos > 0 else 0)
-    uniq, counts = np.unique(flat[(flat >> 16) == bucket], return_counts=True)
-    at = int(np.searchsorted(np.cumsum(counts[::-1]), r))
-    return uniq[uniq.size - 1 - at]
+    above, (inside,) = bucket_pass(lambda fn: [fn(flat)], k)
+    return kth_of(inside, k - above)
 
 
 def _rank_ascending(mag_rows: Array) -> Array:
