@@ -565,7 +565,7 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
             m.op == "merge" and _needs_pass(m, True) for m in topo(node))
         for rows in (_blocks(n, k) if split else [None]):
             yield _host(backend, evaluate(node, checked, backend, rows=rows,
-                                               for_kernel=True))
+                                          for_kernel=True))
 
     stats = compute_model_stats(lo, chunks_of)
     pool = _process_pool(workers) if workers > 1 and _can_fork(backend, checked) else None
