@@ -401,13 +401,12 @@ def explain(code: str = typer.Argument(..., help="A diagnostic code, e.g. E201."
 @app.command()
 def methods(name: Optional[str] = typer.Argument(None, help="Show one method in detail.")):
     """List the merge methods, or show one with its parameters and formula."""
-    from mergec.ops.registry import METHODS, REGISTRY, IMPLEMENTED
+    from mergec.methods import METHODS, REGISTRY
 
     if name is None:
         width = max(len(m.name) for m in METHODS)
         for m in METHODS:
-            mark = "" if m.name in IMPLEMENTED else "  (declared; not yet runnable)"
-            print(f"{m.name.ljust(width)}  {m.summary}{mark}")
+            print(f"{m.name.ljust(width)}  {m.summary}")
         print(f"{'stack'.ljust(width)}  Concatenate runs of blocks into a new model (builtin).")
         print(f"{'ramp'.ljust(width)}  A parameter value that varies with depth (builtin).")
         return

@@ -4,7 +4,7 @@
     python -m mergec.docs_gen --check    # exit 1 if either file is stale, change nothing
 
 ``docs/errors.md`` comes from the diagnostic registry (``mergec.errors``) and
-``docs/methods.md`` from the method registry (``mergec.ops.registry``), so the pages
+``docs/methods.md`` from the method registry (``mergec.methods``), so the pages
 cannot drift from what ``mergec explain`` and ``mergec methods`` print. ``make docs``
 runs the first form; ``tests/test_docs.py`` fails when the files are stale.
 
@@ -23,14 +23,14 @@ from pathlib import Path
 
 from mergec.check.program import DEFAULT_SEED
 from mergec.errors import errors_markdown
-from mergec.ops import registry
+from mergec import methods as registry
 
 #: docs/ of the repository this module belongs to
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 
-_GENERATED = ("This file is generated from `mergec/ops/registry.py` by `make docs` "
+_GENERATED = ("This file is generated from the method modules in `mergec/methods/` by `make docs` "
               "(`python -m mergec.docs_gen`); a test fails when it is stale. Edit the "
-              "registry, not this file.")
+              "method modules, not this file.")
 
 
 def _cell(text: str) -> str:
@@ -60,17 +60,6 @@ def _type(p: registry.Param) -> str:
             "string": "string"}.get(p.type, p.type)
 
 
-def _status(m: registry.Method) -> str:
-    if m.name in registry.IMPLEMENTED:
-        return "runs in this version"
-    return "declared; runs in a later version"
-
-
-def _all_run() -> bool:
-    """True when every method of the registry runs: the page then has no status column."""
-    return all(m.name in registry.IMPLEMENTED for m in registry.METHODS)
-
-
 _WITHOUT_BASE = "Without base="
 
 
@@ -90,8 +79,6 @@ def _base_text(m: registry.Method) -> str:
 
 def _method_section(m: registry.Method) -> list[str]:
     out = [f"## `{m.name}`", "", m.summary, ""]
-    if not _all_run():
-        out.append(f"- **Status:** {_status(m)}")
     out += [f"- **Inputs:** {m.arity_text()}",
             f"- **Base:** {_base_text(m)}"]
     if m.random:
@@ -126,7 +113,6 @@ def _method_section(m: registry.Method) -> list[str]:
 def methods_markdown() -> str:
     """docs/methods.md: one section per method of the registry, in registry order, with
     the shared rules (numbers, randomness) before them and the mergekit mapping after."""
-    all_run = _all_run()
     lines = ["# Merge methods", "",
              "Every merge method is a call whose name is the method's name: "
              "`slerp(a, b, t=0.5)`, `task_arithmetic(math, code, base=base, weight=[1, 0.5])`. "
@@ -139,17 +125,12 @@ def methods_markdown() -> str:
              "are not merge methods; [the language reference](language.md) describes them "
              "(`mergec methods stack` and `mergec methods ramp` print a summary).",
              ""]
-    if all_run:
-        lines += ["Every method below runs, on every backend (`torch`, `jax` and the NumPy "
-                  "`reference`; see [backends.md](backends.md)).", ""]
+    lines += ["Every method below runs, on every backend (`torch`, `jax` and the NumPy "
+              "`reference`; see [backends.md](backends.md)).", ""]
     lines += [_GENERATED, ""]
-    if all_run:
-        lines += ["| method | inputs | summary |", "|---|---|---|"]
-    else:
-        lines += ["| method | status | inputs | summary |", "|---|---|---|---|"]
+    lines += ["| method | inputs | summary |", "|---|---|---|"]
     for m in registry.METHODS:
-        status = "" if all_run else f" {_status(m)} |"
-        lines.append(f"| [`{m.name}`](#{m.name}) |{status} {m.arity_text()} | "
+        lines.append(f"| [`{m.name}`](#{m.name}) | {m.arity_text()} | "
                      f"{_cell(m.summary)} |")
     lines.append("")
     lines += ["Also on this page: [how the methods compute](#how-the-methods-compute) · "

@@ -36,9 +36,9 @@ from mergec.io.writer import OutputWriter
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.io.errors import CheckpointError
-from mergec.ops.linear import LINEAR_METHODS, combine, expand, linear_coeffs, live_terms
-from mergec.plan import (MASKED_METHODS, block_budget, chunkable, node_chunkable,
-                         rows_per_chunk)
+from mergec.ir.linear import combine, expand, linear_coeffs, linear_methods, live_terms
+from mergec.methods import REGISTRY, run_method
+from mergec.plan import block_budget, chunkable, node_chunkable, rows_per_chunk
 from mergec.stats import compute_model_stats, resolve_stats
 
 
@@ -76,7 +76,7 @@ class _Linear:
         if key not in self._flat:
             if n.op == "wsum":
                 terms = list(zip(n.args, n.attr("coeffs")))
-            elif n.op == "merge" and n.attr("method") in LINEAR_METHODS:
+            elif n.op == "merge" and n.attr("method") in linear_methods():
                 coeffs = linear_coeffs(n.attr("method"), dict(n.attr("params")), len(n.args))
                 terms = None if coeffs is None else list(zip(n.args, coeffs))
             else:
@@ -169,7 +169,7 @@ def evaluate(root: Node, checked: CheckedProgram, backend, stats: dict | None = 
             v = _merge(n, [values[id(a)] for a in n.args], backend, stats, rows, ctx, block)
         elif n.op == "lowrank":
             b, a = (backend.to_float32(values[id(x)]) for x in n.args)
-            v = backend.lowrank(b, a, n.attr("scale"), n.attr("transpose"))
+            v = lowrank(backend, b, a, n.attr("scale"), n.attr("transpose"))
         elif n.op == "zeros":
             v = backend.zeros(n.shape if rows is None else (rows[1] - rows[0],) + n.shape[1:])
         else:  # pragma: no cover - roots (cast, copy, convert) are handled by the caller
@@ -190,23 +190,30 @@ def _merge(n: Node, args: list, backend, stats, rows, ctx, block: int):
         params = {k: resolve_stats(v, stats) for k, v in params.items()}
     found = ctx.get(n) if ctx is not None else None
     if found is not None and "coeffs" in found:  # slerp & co: the sum its inner products give
-        return backend.weighted_sum([(backend.to_float32(a), c)
-                                     for a, c in zip(args, found["coeffs"])])
-    if method in MASKED_METHODS and (rows is not None or (found and "masks" in found)):
+        return backend.wsum([(backend.to_float32(a), c)
+                             for a, c in zip(args, found["coeffs"])])
+    if REGISTRY[method].traits.masks and (rows is not None or (found and "masks" in found)):
         params["masks"] = _block_masks(n, params, args, rows, backend, found, block)
     if found is not None and "l1_scales" in found:
         params["l1_scales"] = found["l1_scales"]
     coeffs = linear_coeffs(method, params, len(args))
     if coeffs is not None:  # a linear method whose weights were placeholders until now
-        return backend.weighted_sum(list(zip(args, coeffs)))
-    return backend.method(method, [backend.to_float32(x) for x in args], params,
-                          n.attr("seed"))
+        return backend.wsum(list(zip(args, coeffs)))
+    return run_method(backend, method, [backend.to_float32(x) for x in args], params,
+                      n.attr("seed"))
+
+
+def lowrank(backend, b, a, scale: float, transpose: bool):
+    """scale * (b @ a), transposed when `transpose`: the dense delta of a LoRA pair
+    (b: [out, r], a: [r, in])."""
+    d = backend.mul(backend.matmul(b, a), float(scale))
+    return backend.transpose(d) if transpose else d
 
 
 def _sum(backend, terms, wide: bool):
     """A weighted sum of float32 values: accumulated in float64 when it is the tensor's
     value (`wide`), else in float32."""
-    return backend.weighted_sum64(terms) if wide else backend.weighted_sum(terms)
+    return backend.wsum64(terms) if wide else backend.wsum(terms)
 
 
 def _host(backend, v):
@@ -250,15 +257,13 @@ class TensorStats:
 
 def _needs_pass(n: Node, split: bool) -> bool:
     """Does this merge call need a pass over the whole tensor before its last pass?"""
-    from mergec.backends.base import uses_gram
-
-    method = n.attr("method")
+    m = REGISTRY[n.attr("method")]
     params = dict(n.attr("params"))
-    if uses_gram(method, params, len(n.shape)):
+    if m.split(params, len(n.shape)) == "gram":
         return True
-    if method in ("dare_ties", "dare_linear") and params.get("rescale") == "l1":
+    if m.traits.l1_rescale(params):
         return True
-    return split and method == "ties" and params.get("trim") != "model"
+    return split and m.traits.masks == "topk" and params.get("trim") != "model"
 
 
 class Blocks:
@@ -309,16 +314,17 @@ def tensor_stats(root: Node, checked, backend, stats, blocks: Blocks) -> TensorS
                 cache[b] = vals
             return vals
 
-        if B.uses_gram(method, params, len(n.shape)):
+        m = REGISTRY[method]
+        if m.split(params, len(n.shape)) == "gram":
             parts = blocks.map(lambda b, rows: B.gram_partials(
                 [_host(backend, x) for x in args_of(b, rows)]))
-            ctx.put(n, "coeffs", B.gram_coefficients(method, params, B.total(parts)))
-        elif method == "ties":
+            ctx.put(n, "coeffs", m.gram_coefficients(params, B.total(parts)))
+        elif m.traits.masks == "topk":
             ctx.put(n, "trims", _ties_trims(
                 n, params, blocks,
                 lambda b, rows: [_host(backend, x) for x in args_of(b, rows)]))
         else:  # DARE with an L1 rescale: the norms of each task vector and of what is kept
-            dens = B.per_input(params, "density", len(n.args), method)
+            dens = m.args(params, len(n.args)).density
             seed = n.attr("seed")
 
             def l1(b, rows):
@@ -383,8 +389,8 @@ def _ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
     """
     import numpy as np
 
-    from mergec.backends.base import keep_count
-    from mergec.stats import magnitude_bits
+    from mergec.methods.spec import keep_count
+    from mergec.ops.select import magnitude_bits
 
     ks = [keep_count(d, n.numel) for d in params["density"]]
     live = [i for i, k in enumerate(ks) if k < n.numel]
@@ -449,7 +455,7 @@ def _kth_of(vals, r: int, per_block: list) -> tuple:
     threshold is a float32 bit pattern: compared as such, NaN ranks above infinity."""
     import numpy as np
 
-    from mergec.stats import kth_of
+    from mergec.ops.select import kth_of
 
     kth = kth_of(vals, r)
     remaining = r - int(np.count_nonzero(vals > kth))  # entries equal to it still kept
@@ -464,7 +470,7 @@ def _kth_of(vals, r: int, per_block: list) -> tuple:
 def _ties_bucket(n: Node, i: int, k: int, blocks: Blocks, args_of) -> tuple:
     """The fallback: (entries above the bucket, bucket entries per block) for input i, from
     a histogram of the magnitudes' bit patterns (:func:`mergec.stats.bucket_pass`)."""
-    from mergec.stats import bucket_pass, magnitude_bits
+    from mergec.ops.select import bucket_pass, magnitude_bits
 
     def map_bits(fn):
         return blocks.map(lambda b, rows: fn(magnitude_bits(args_of(b, rows)[i])))
@@ -479,7 +485,7 @@ def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) 
     from mergec.ops.random import keep_mask_rows
 
     dens = params["density"]
-    if n.attr("method") != "ties":  # DARE: the rows of the masks the whole tensor draws
+    if REGISTRY[n.attr("method")].traits.masks == "bernoulli":  # the rows of the whole tensor's masks
         drawn = found.get("masks", {}) if found is not None else {}
         shape = n.shape if rows is None else (rows[1] - rows[0],) + n.shape[1:]
         if drawn:
@@ -492,7 +498,7 @@ def _block_masks(n: Node, params: dict, args, rows, backend, found, block: int) 
     if params.get("trim") == "model":  # the model-wide threshold applies as it is
         thr = params["thresholds"]
         return tuple(np.abs(_host(backend, a)) >= np.float32(t) for a, t in zip(args, thr))
-    from mergec.stats import magnitude_bits
+    from mergec.ops.select import magnitude_bits
 
     masks = []
     for a, trim in zip(args, found["trims"]):

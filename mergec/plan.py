@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from mergec.io.dtypes import itemsize
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
-from mergec.ops.linear import LINEAR_METHODS
+from mergec.ir.linear import linear_methods
+from mergec.methods import REGISTRY
 
 COMPUTE_ITEMSIZE = 4  # float32
 
@@ -81,7 +82,7 @@ def tensor_peak(t: OutTensor) -> int:
             peak = max(peak, live + size + transient)
         elif n.op == "cast":
             size = _nbytes(n)
-        elif n.op == "wsum" or (n.op == "merge" and n.attr("method") in LINEAR_METHODS):
+        elif n.op == "wsum" or (n.op == "merge" and n.attr("method") in linear_methods()):
             size = n.numel * 8  # accumulated in float64
             peak = max(peak, live + size + n.numel * 8)  # plus one widened term
         else:
@@ -97,31 +98,14 @@ def tensor_peak(t: OutTensor) -> int:
     return peak
 
 
-#: methods that act entry by entry, so a tensor can be computed a block of rows at a time
-ROWWISE_METHODS = LINEAR_METHODS + ("nearswap",)
-#: methods that act entry by entry once their keep masks are known: TIES (its per-tensor
-#: threshold comes from two streaming passes first) and DARE (masks drawn row by row; an L1
-#: rescale takes its whole-tensor norms from one more pass)
-MASKED_METHODS = ("ties", "dare_ties", "dare_linear")
 #: working set of one block of rows on a CPU (per worker thread): small enough to stay in
 #: the processor's cache, large enough that the per-block overhead does not show
 BLOCK_BYTES = 8 << 20
 
 
 def _row_ok(n: Node, ndim: int) -> bool:
-    from mergec.backends.base import uses_gram
-
-    method = n.attr("method")
-    params = dict(n.attr("params"))
-    if method in ROWWISE_METHODS or method in MASKED_METHODS:
-        return True
-    if uses_gram(method, params, ndim):  # inner products from one pass, then a weighted sum
-        return True
-    if method == "nuslerp":  # per row; per column only when a block holds whole columns
-        return bool(params.get("row_wise", False)) or ndim >= 3
-    if method == "model_stock":  # filter-wise: per row
-        return True
-    return False
+    """Can this merge call be computed a block of rows at a time (its method's split)?"""
+    return REGISTRY[n.attr("method")].split(dict(n.attr("params")), ndim) != "whole"
 
 
 def chunkable(t: OutTensor) -> bool:

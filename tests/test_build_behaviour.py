@@ -306,7 +306,7 @@ def slowed(fn):
     return slow
 
 # every computing entry point: kernels and weighted sums (linear merges are weighted sums)
-for name in ("method", "weighted_sum", "weighted_sum64"):
+for name in ("wsum", "wsum64", "matmul", "topk_mask", "gram"):
     setattr(torch_backend.TorchBackend, name, slowed(getattr(torch_backend.TorchBackend, name)))
 from mergec.cli import app
 sys.argv = ["mergec"] + sys.argv[2:]
@@ -360,7 +360,7 @@ def test_killed_build_leaves_no_target_and_rebuild_succeeds(tmp_path, big_family
 
 def _fail_on_call(monkeypatch, k: int):
     """The k-th weighted sum fails (linear merges are computed as weighted sums)."""
-    original = torch_backend.TorchBackend.weighted_sum64
+    original = torch_backend.TorchBackend.wsum64
     calls = {"n": 0}
 
     def method(self, *args, **kwargs):
@@ -369,7 +369,7 @@ def _fail_on_call(monkeypatch, k: int):
             raise RuntimeError(f"kernel failure on call {k}")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch_backend.TorchBackend, "weighted_sum64", method)
+    monkeypatch.setattr(torch_backend.TorchBackend, "wsum64", method)
     return calls
 
 

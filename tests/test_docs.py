@@ -50,44 +50,25 @@ def test_docs_gen_check_reports_stale_files(tmp_path):
     assert [p.name for p in docs_gen.stale(tmp_path)] == ["errors.md", "methods.md"]
 
 
-def _check_methods_page(text: str, implemented) -> None:
-    """Every method has a section listing its parameters; a method's status is shown
-    (table column and section line) exactly when some method does not run."""
-    from mergec.ops.registry import METHODS
+def _check_methods_page(text: str) -> None:
+    """Every method has a section listing its parameters, and a row in the table."""
+    from mergec.methods import METHODS
 
-    all_run = all(m.name in implemented for m in METHODS)
-    assert ("| method | status |" in text) == (not all_run)
+    assert "| method | inputs | summary |" in text
     for m in METHODS:
+        assert f"| [`{m.name}`](#{m.name}) |" in text
         assert f"## `{m.name}`" in text
         section = text.split(f"## `{m.name}`", 1)[1].split("\n## ", 1)[0]
         for p in m.params:
             assert f"| `{p.name}` |" in section, (m.name, p.name)
-        if all_run:
-            assert "**Status:**" not in section, m.name
-        else:
-            status = "runs in this version" if m.name in implemented else \
-                "declared; runs in a later version"
-            assert f"**Status:** {status}" in section
 
 
 def test_methods_page_covers_the_registry():
-    from mergec.ops.registry import IMPLEMENTED
-
-    _check_methods_page(docs_gen.methods_markdown(), IMPLEMENTED)
-
-
-def test_methods_page_marks_methods_that_do_not_run(monkeypatch):
-    from mergec.ops import registry
-
-    fewer = frozenset(registry.IMPLEMENTED) - {"karcher"}
-    monkeypatch.setattr(registry, "IMPLEMENTED", fewer)
-    text = docs_gen.methods_markdown()
-    _check_methods_page(text, fewer)
-    assert "| [`karcher`](#karcher) | declared; runs in a later version |" in text
+    _check_methods_page(docs_gen.methods_markdown())
 
 
 def test_methods_page_parity_table_covers_every_method():
-    from mergec.ops.registry import METHODS
+    from mergec.methods import METHODS
 
     text = docs_gen.methods_markdown()
     parity = text.split("## Reproducing other tools", 1)[1]

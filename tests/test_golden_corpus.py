@@ -93,7 +93,7 @@ def test_numpy_outputs_match_the_golden_corpus(tmp_path, family, family_f32, gol
 
 
 def test_the_corpus_covers_every_method():
-    from mergec.ops.registry import REGISTRY
+    from mergec.methods import REGISTRY
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in RECIPES)
     missing = [m for m in REGISTRY if f"{m}(" not in text]

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mergec.backends import get_backend
-from mergec.ops.registry import REGISTRY
+from mergec.methods import REGISTRY
+from mergec.methods import run_method
 
 BACKEND_NAMES = (["reference"] + (["torch"] if importlib.util.find_spec("torch") else [])
                  + (["jax"] if importlib.util.find_spec("jax") else []))
@@ -44,7 +45,7 @@ def run(backend, name, xs, params, seed=None):
         if p.per_input:
             v = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (v,) * len(xs)
         full[p.name] = v
-    return b.to_numpy(b.method(name, [b.asarray(x) for x in xs], full, seed), "float32")
+    return b.to_numpy(run_method(b, name, [b.asarray(x) for x in xs], full, seed), "float32")
 
 
 SYMMETRIC = {

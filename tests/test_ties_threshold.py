@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mergec.backends.base import keep_count
+from mergec.methods.spec import keep_count
 from mergec.backends.reference import topk_mask
 from mergec.execute import SAMPLE_BLOCKS, Blocks, _blocks, _ties_trims
 

@@ -1,6 +1,6 @@
 """Execution backends: the only place where tensors are computed.
 
-``get_backend(name, device)`` returns a :class:`~mergec.backends.base.Backend`:
+``get_backend(name, device)`` returns the array primitives (:class:`~mergec.backends.base.ArrayOps`) of:
 
 * ``"reference"``: numpy, CPU only; the yardstick every other backend is tested against;
 * ``"torch"``: PyTorch on ``"cpu"``, ``"cuda"`` (``"cuda:N"``, alias ``"gpu"``) or ``"auto"``;
@@ -19,9 +19,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from .base import Backend, BackendUnavailable
+from .base import ArrayOps, BackendUnavailable
 
-__all__ = ["Backend", "BackendUnavailable", "get_backend", "available_backends",
+__all__ = ["ArrayOps", "BackendUnavailable", "get_backend", "available_backends",
            "auto_backend"]
 
 # name -> (module, class, library it needs)
@@ -70,7 +70,7 @@ def auto_backend(device: str = "auto") -> str:
     return "reference"
 
 
-def get_backend(name: str = "auto", device: str = "cpu") -> Backend:
+def get_backend(name: str = "auto", device: str = "cpu") -> ArrayOps:
     """Create the backend ``name`` on ``device``.
 
     Raises ValueError for an unknown name and BackendUnavailable when the backend's library

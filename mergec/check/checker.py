@@ -25,7 +25,7 @@ from mergec.check.program import (
 from mergec.check.suggest import did_you_mean
 from mergec.diagnostics import Diagnostic, Label, MergecError, Span
 from mergec.lang import ast
-from mergec.ops import registry
+from mergec import methods as registry
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")

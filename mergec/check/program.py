@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from mergec.diagnostics import Span
-from mergec.ops.registry import Method
+from mergec.methods import Method
 
 MODEL, DELTA, LAYERS = "Model", "Delta", "Layers"
 NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"

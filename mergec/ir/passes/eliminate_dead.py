@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mergec.ir.nodes import Graph, Node, topo
 from mergec.ir.passes._rewrite import rewrite
-from mergec.ops.linear import live_terms
+from mergec.ir.linear import live_terms
 
 
 def eliminate_dead(roots: list[Node], g: Graph) -> tuple[list[Node], list[str]]:

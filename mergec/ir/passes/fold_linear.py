@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mergec.ir.nodes import Graph, Node
 from mergec.ir.passes._rewrite import rewrite
-from mergec.ops.linear import combine, expand, linear_coeffs
+from mergec.ir.linear import combine, expand, linear_coeffs
 
 
 def fold_linear(roots: list[Node], g: Graph) -> tuple[list[Node], list[str]]:

@@ -1,0 +1,72 @@
+"""Exact k-th largest magnitudes by selection, never a full sort.
+
+For non-negative float32 values the bit pattern (as uint32) orders like the value, NaN
+above infinity. A histogram of the top bits of those patterns finds the bucket that holds
+the k-th largest, and a count inside that one bucket finds the value: two passes that hold
+one chunk at a time, so the same routine serves one tensor, a tensor in blocks of rows and
+a whole model (TIES with ``trim="model"``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+#: histogram buckets of a magnitude's bit pattern: its top 14 bits (sign, exponent and the
+#: top 5 mantissa bits)
+KEY_SHIFT = 18
+
+
+def magnitude_bits(a: np.ndarray) -> np.ndarray:
+    """The float32 bit patterns of |a|, which order like the magnitudes (NaN above
+    infinity)."""
+    return np.abs(a.astype(np.float32, copy=False)).ravel().view(np.uint32)
+
+
+def bucket_pass(map_bits: Callable[[Callable], list], k: int) -> tuple[int, list]:
+    """Where the k-th largest of some magnitude bit patterns lies, by two passes that hold
+    one chunk at a time: a histogram of the top bits, then the entries of the one bucket
+    that holds the k-th. `map_bits(fn)` applies `fn` to the bit patterns of every chunk,
+    in order, and returns the results. Returns (how many entries lie above the bucket,
+    the bucket's entries chunk by chunk)."""
+    nb = 1 << (32 - KEY_SHIFT)
+    hist = np.sum(map_bits(lambda b: np.bincount(b >> KEY_SHIFT, minlength=nb)), axis=0)
+    above = np.cumsum(hist[::-1])
+    pos = int(np.searchsorted(above, k))
+    bucket = nb - 1 - pos
+    return (int(above[pos - 1]) if pos > 0 else 0,
+            map_bits(lambda b: b[(b >> KEY_SHIFT) == bucket]))
+
+
+def kth_of(vals: np.ndarray, r: int):
+    """The r-th largest of an array (1 <= r <= size), by selection: repeated values (the
+    rule for real weights, on which ``numpy.partition`` is very slow) are counted."""
+    if vals.size <= 1 << 15:
+        return np.partition(vals, vals.size - r)[vals.size - r]
+    uniq, counts = np.unique(vals, return_counts=True)
+    at = int(np.searchsorted(np.cumsum(counts[::-1]), r))
+    return uniq[uniq.size - 1 - at]
+
+
+def kth_largest(flat: np.ndarray, k: int):
+    """The k-th largest value of a flat array (1 <= k <= size), by selection. For the bit
+    patterns of magnitudes (uint32), a histogram of the top bits finds the bucket and a
+    count inside it the value."""
+    n = flat.size
+    if flat.dtype != np.uint32 or n < 1 << 16:
+        return np.partition(flat, n - k)[n - k]
+    above, (inside,) = bucket_pass(lambda fn: [fn(flat)], k)
+    return kth_of(inside, k - above)
+
+
+def exact_kth_largest(chunks: Callable[[], Iterable[np.ndarray]], k: int
+                      ) -> tuple[float, int]:
+    """The k-th largest magnitude over all the arrays `chunks()` yields (called twice,
+    see :func:`bucket_pass`), and how many magnitudes are strictly larger. Memory: one
+    chunk plus the bucket."""
+    above, inside = bucket_pass(lambda fn: [fn(magnitude_bits(a)) for a in chunks()], k)
+    vals = np.concatenate(inside)
+    kth = kth_of(vals, k - above)
+    larger = above + int(np.count_nonzero(vals > kth))
+    return float(np.array([kth], dtype=np.uint32).view(np.float32)[0]), larger
