@@ -16,27 +16,14 @@ No full sort and no copy of the model: memory is one tensor plus the bucket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
 from mergec.backends.base import keep_count
 from mergec.ir.nodes import Node, topo
+from mergec.ir.placeholders import ModelTopK
 
-
-
-@dataclass(frozen=True)
-class ModelTopK:
-    """The magnitude of the k-th largest entry of one task vector over a whole model,
-    k = keep_count(density, number of entries)."""
-
-    call: str  # identifies the merge call (and output) it belongs to
-    input: int
-    density: float
-
-    def __repr__(self) -> str:
-        return f"model_topk(input {self.input}, density {self.density:g})"
 
 
 def _placeholders(lo) -> dict[ModelTopK, list[Node]]:
