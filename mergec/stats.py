@@ -16,7 +16,6 @@ No full sort and no copy of the model: memory is one tensor plus the bucket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -24,20 +23,8 @@ import numpy as np
 from mergec.methods.spec import keep_count
 from mergec.ops.select import exact_kth_largest
 from mergec.ir.nodes import Node, topo
+from mergec.ir.placeholders import ModelTopK
 
-
-
-@dataclass(frozen=True)
-class ModelTopK:
-    """The magnitude of the k-th largest entry of one task vector over a whole model,
-    k = keep_count(density, number of entries)."""
-
-    call: str  # identifies the merge call (and output) it belongs to
-    input: int
-    density: float
-
-    def __repr__(self) -> str:
-        return f"model_topk(input {self.input}, density {self.density:g})"
 
 
 def _placeholders(lo) -> dict[ModelTopK, list[Node]]:

@@ -21,8 +21,8 @@ from mergec.check.program import (
 )
 from mergec.check.checker import FLOAT_DTYPES, _part_model
 from mergec.ir.nodes import Graph, Node
+from mergec.ir.placeholders import ModelTopK
 from mergec.ops.random import derive_seed
-from mergec.stats import ModelTopK
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,11 @@ linear operations rounds once however it is written; `cast` happens once, at the
 
 from __future__ import annotations
 
+import numbers
+import re
 from typing import Any
+
+from mergec.ir.placeholders import ModelTopK
 
 
 class Node:
@@ -183,36 +187,105 @@ def render(root: Node) -> str:
 
 
 def render_many(roots: list[Node]) -> str:
-    """Several DAGs in one listing, shared nodes once; parsed back by mergec.ir.text."""
+    """Several DAGs in one listing, shared nodes once; parsed back by mergec.ir.text.
+
+    Each node is one line `%i = ...`, after its arguments:
+
+      load SOURCE[TENSOR] DTYPE[SHAPE]
+      copy SOURCE[TENSOR] DTYPE[SHAPE]              (DTYPE: stored and written)
+      convert SOURCE[TENSOR] DTYPE[SHAPE] -> DTYPE  (stored -> written)
+      wsum(C*%a, C*%b, ...)
+      METHOD(%a, %b; NAME=VALUE, ...; seed=N)       (`merge METHOD(...)` when METHOD is an op name)
+      lowrank(%b, %a; scale=S)  or  lowrank(%b, %a; scale=S, transposed)
+      zeros[SHAPE]
+      cast(%n) -> DTYPE
+
+    Numbers are printed so that they read back exactly (coefficients and scales with 17
+    significant digits, parameters as Python writes them); a SOURCE or TENSOR with
+    characters other than letters, digits and `_ . - / : +` is quoted like a Python string.
+    The roots are the nodes no other line uses, in order; where that would not give back
+    `roots` (a root repeated, or used by another), a last line `roots %a, %b, ...` says.
+    """
     ids: dict[int, str] = {}
-    lines = []
-    seen: list[Node] = []
+    order: list[Node] = []
     for r in roots:
-        seen += [n for n in topo(r) if id(n) not in {id(x) for x in seen}]
-    for n in seen:
-        name = f"%{len(ids)}"
-        ids[id(n)] = name
-        args = ", ".join(ids[id(a)] for a in n.args)
-        attrs = dict(n.attrs)
-        if n.op == "load":
-            desc = f"load {attrs['source']}[{attrs['tensor']}] {n.dtype}{list(n.shape)}"
-        elif n.op == "wsum":
-            desc = "wsum(" + ", ".join(f"{c:.17g}*{ids[id(a)]}" for a, c in
-                                       zip(n.args, attrs["coeffs"])) + ")"
-        elif n.op in ("copy", "convert"):
-            desc = f"{n.op} {attrs['source']}[{attrs['tensor']}] {attrs['from']}{list(n.shape)}"
-            if n.op == "convert":
-                desc += f" -> {n.dtype}"
-        elif n.op == "lowrank":
-            desc = f"lowrank({args}; scale={attrs['scale']:.17g}" + \
-                (", transposed)" if attrs["transpose"] else ")")
-        elif n.op == "zeros":
-            desc = f"zeros{list(n.shape)}"
-        elif n.op == "merge":
-            ps = ", ".join(f"{k}={v!r}" for k, v in attrs["params"])
-            desc = f"{attrs['method']}({args}; {ps}" + \
-                (f"; seed={attrs['seed']}" if attrs["seed"] is not None else "") + ")"
-        else:
-            desc = f"cast({args}) -> {attrs['dtype']}"
-        lines.append(f"{name} = {desc}")
+        for n in topo(r):
+            if id(n) not in ids:
+                ids[id(n)] = f"%{len(order)}"
+                order.append(n)
+    lines = [f"{ids[id(n)]} = {_describe(n, ids)}" for n in order]
+    used = {id(a) for n in order for a in n.args}
+    if [id(n) for n in order if id(n) not in used] != [id(r) for r in roots]:
+        lines.append("roots " + ", ".join(ids[id(r)] for r in roots))
     return "\n".join(lines)
+
+
+#: ops with a syntax of their own: a merge method of one of these names is written
+#: `merge NAME(...)`
+OP_WORDS = frozenset({"load", "copy", "convert", "wsum", "lowrank", "zeros", "cast", "merge",
+                      "roots"})
+
+_BARE_NAME = re.compile(r"[A-Za-z0-9_.\-/:+]+")
+
+
+def format_name(s: str) -> str:
+    """A source or tensor name: bare when it is plain, else quoted (Python syntax)."""
+    return s if _BARE_NAME.fullmatch(s) else repr(s)
+
+
+def format_shape(shape) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+def format_float(x: float) -> str:
+    return f"{float(x):.17g}"
+
+
+def format_value(v) -> str:
+    """A merge parameter value, in Python syntax that mergec.ir.text reads back: numbers,
+    strings, booleans, None, tuples of those and `model_topk(...)` placeholders."""
+    if v is None or isinstance(v, bool):
+        return repr(v)
+    if isinstance(v, str):
+        return repr(str(v))
+    if isinstance(v, numbers.Integral):
+        return repr(int(v))
+    if isinstance(v, numbers.Real):
+        return repr(float(v))
+    if isinstance(v, tuple):
+        items = [format_value(x) for x in v]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if isinstance(v, ModelTopK):
+        return (f"model_topk(call={format_value(v.call)}, input={format_value(v.input)}, "
+                f"density={format_value(v.density)})")
+    raise TypeError(f"no IR text for the parameter value {v!r}")
+
+
+def _describe(n: Node, ids: dict[int, str]) -> str:
+    args = ", ".join(ids[id(a)] for a in n.args)
+    attrs = dict(n.attrs)
+    if n.op in ("load", "copy", "convert"):
+        stored = n.dtype if n.op == "load" else attrs["from"]
+        desc = (f"{n.op} {format_name(attrs['source'])}[{format_name(attrs['tensor'])}] "
+                f"{stored}{format_shape(n.shape)}")
+        return desc + (f" -> {n.dtype}" if n.op == "convert" else "")
+    if n.op == "wsum":
+        return "wsum(" + ", ".join(f"{format_float(c)}*{ids[id(a)]}"
+                                   for a, c in zip(n.args, attrs["coeffs"])) + ")"
+    if n.op == "lowrank":
+        return f"lowrank({args}; scale={format_float(attrs['scale'])}" + \
+            (", transposed)" if attrs["transpose"] else ")")
+    if n.op == "zeros":
+        return f"zeros{format_shape(n.shape)}"
+    if n.op == "cast":
+        return f"cast({args}) -> {attrs['dtype']}"
+    if n.op == "merge":
+        method = attrs["method"]
+        desc = ("merge " if method in OP_WORDS else "") + f"{method}({args}"
+        ps = ", ".join(f"{k}={format_value(v)}" for k, v in attrs["params"])
+        if ps or attrs["seed"] is not None:
+            desc += f"; {ps}"
+        if attrs["seed"] is not None:
+            desc += f"; seed={int(attrs['seed'])}"
+        return desc + ")"
+    raise ValueError(f"no IR text for the op {n.op!r}")
