@@ -10,7 +10,8 @@ backend reaches the same decisions; float64 arrays compute in float64):
   rounding to a storage dtype: float32, float16, bfloat16, float64; the result owns its
   memory), ``host(numpy)`` (a bool or float32 host array on the device as it is),
   ``to_float32``, ``to_float64``, ``copy``, ``zeros(shape)``, ``zeros_like``, ``shape``,
-  ``size``, ``reshape``, ``swapaxes`` (the last two axes), ``transpose`` (a 2-D matrix);
+  ``size``, ``reshape``, ``swapaxes`` (the last two axes), ``transpose`` (a 2-D matrix),
+  ``take(x, axis, start, stop)`` (a slice along one axis), ``concat(xs, axis)``;
 * arithmetic: ``wsum(terms)`` (``sum c_i x_i`` in float32), ``wsum64(terms)`` (accumulated
   and returned in float64), ``add``, ``sub``, ``mul``, ``div`` (a true division, also by a
   scalar), ``abs``, ``sign``, ``minimum``, ``maximum``, ``clip``, ``scale_rows(x, c)`` (row
@@ -25,8 +26,8 @@ backend reaches the same decisions; float64 arrays compute in float64):
   the lower index ranks higher; float32);
 * randomness (:mod:`mergec.ops.random`, the same bits on every backend):
   ``keep_mask(seed, stream, shape, density)``, ``uniform(seed, stream, shape)``;
-* linear algebra: ``matmul(a, b)``, ``svd(x) -> (u, s, vt)`` (thin, float32 results,
-  computed in float64).
+* linear algebra: ``matmul(a, b)`` (in the inputs' dtype), ``svd(x) -> (u, s, vt)`` (thin,
+  computed and returned in float64).
 
 A backend may add a fused form of a hot step (the NumPy backend's ``disjoint_merge``) under
 the same contract; the shared code uses it when present, and a test holds it to the shared
@@ -70,6 +71,8 @@ class ArrayOps(Protocol[T]):
     def reshape(self, x: T, shape: tuple[int, ...]) -> T: ...
     def swapaxes(self, x: T) -> T: ...
     def transpose(self, x: T) -> T: ...
+    def take(self, x: T, axis: int, start: int, stop: int) -> T: ...
+    def concat(self, xs: Sequence[T], axis: int) -> T: ...
 
     # arithmetic
     def wsum(self, terms: Sequence[tuple[T, float]]) -> T: ...

@@ -340,6 +340,12 @@ class JaxBackend:
     def transpose(self, x: Array) -> Array:
         return jnp.transpose(x)
 
+    def take(self, x: Array, axis: int, start: int, stop: int) -> Array:
+        return lax.slice_in_dim(x, start, stop, axis=axis)
+
+    def concat(self, xs, axis: int) -> Array:
+        return jnp.concatenate(list(xs), axis=axis)
+
     # arithmetic ----------------------------------------------------------------------------
 
     def wsum(self, terms: Sequence[tuple[Array, float]]) -> Array:
@@ -470,4 +476,4 @@ class JaxBackend:
 
     def svd(self, x):
         u, s, vt = jnp.linalg.svd(x.astype(jnp.float64), full_matrices=False)
-        return u.astype(jnp.float32), s.astype(jnp.float32), vt.astype(jnp.float32)
+        return u, s, vt

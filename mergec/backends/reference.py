@@ -112,6 +112,12 @@ class ReferenceBackend:
     def transpose(self, x: Array) -> Array:
         return np.ascontiguousarray(x.T)
 
+    def take(self, x: Array, axis: int, start: int, stop: int) -> Array:
+        return np.take(x, np.arange(start, stop), axis=axis)
+
+    def concat(self, xs, axis: int) -> Array:
+        return np.concatenate(list(xs), axis=axis)
+
     # arithmetic ----------------------------------------------------------------------------
 
     def wsum(self, terms: Sequence[tuple[Array, float]]) -> Array:
@@ -221,11 +227,10 @@ class ReferenceBackend:
         return rnd.uniform(seed, stream, tuple(shape))
 
     def matmul(self, a, b):
-        return _f32(np.matmul(_f32(a), _f32(b)))
+        return np.matmul(a, b)
 
     def svd(self, x):
-        u, s, vt = np.linalg.svd(np.asarray(x, dtype=np.float64), full_matrices=False)
-        return _f32(u), _f32(s), _f32(vt)
+        return tuple(np.linalg.svd(np.asarray(x, dtype=np.float64), full_matrices=False))
 
     # fused ---------------------------------------------------------------------------------
 

@@ -155,6 +155,12 @@ class TorchBackend:
     def transpose(self, x: Tensor) -> Tensor:
         return x.t().contiguous()
 
+    def take(self, x: Tensor, axis: int, start: int, stop: int) -> Tensor:
+        return torch.narrow(x, axis, start, stop - start)
+
+    def concat(self, xs, axis: int) -> Tensor:
+        return torch.cat(list(xs), dim=axis)
+
     # arithmetic ----------------------------------------------------------------------------
 
     def wsum(self, terms: Sequence[tuple[Tensor, float]]) -> Tensor:
@@ -274,8 +280,8 @@ class TorchBackend:
         return self.host(rnd.uniform(seed, stream, tuple(shape)))
 
     def matmul(self, a, b):
-        return torch.matmul(a.float(), b.float())
+        return torch.matmul(a, b)
 
     def svd(self, x):
         u, s, vt = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
-        return u.float(), s.float(), vt.float()
+        return u, s, vt
