@@ -22,6 +22,7 @@ from mergec import __version__
 from mergec.diagnostics import (Diagnostic, MergecError, SourceMap, UsageError, render_all,
                                 to_json)
 from mergec.io.errors import CheckpointError
+from mergec.lang.fmt import literal
 
 app = typer.Typer(
     name="mergec",
@@ -447,7 +448,7 @@ def method_text(m) -> str:
                      " without it the inputs are Deltas and the result a Delta")
     lines += ["", "  formula  " + m.formula, "", "  parameters:"]
     for p in m.params:
-        default = "required" if p.required else _lit(p.default)
+        default = "required" if p.required else literal(p.default, short=True)
         extra = " (one value, or a list with one per input)" if p.per_input else ""
         lines.append(f"    {p.name:<15} {p.type:<7} default {default:<10} range "
                      f"{p.range_text()}{extra}")
@@ -459,14 +460,6 @@ def method_text(m) -> str:
     if m.references:
         lines += ["", "  references:"] + [f"    {r}" for r in m.references]
     return "\n".join(lines)
-
-
-def _lit(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ from pathlib import Path
 from mergec.check.program import DEFAULT_SEED
 from mergec.errors import errors_markdown
 from mergec import methods as registry
+from mergec.lang.fmt import literal
 
 #: docs/ of the repository this module belongs to
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
@@ -43,16 +44,6 @@ def _code(text: str) -> str:
     fence = "``" if "`" in text else "`"
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def _lit(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
 
 
 def _type(p: registry.Param) -> str:
@@ -91,7 +82,7 @@ def _method_section(m: registry.Method) -> list[str]:
         out += ["| parameter | type | default | range | per input | doc |",
                 "|---|---|---|---|---|---|"]
         for p in m.params:
-            default = "required" if p.required else _code(_lit(p.default))
+            default = "required" if p.required else _code(literal(p.default, short=True))
             rng = p.range_text()
             rng = "any" if rng == "any" else _code(rng)
             kind = _type(p)

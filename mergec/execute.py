@@ -824,7 +824,7 @@ def _write_output(lo, checked, target, backend, decl, meta, stats, pool, budget,
 
 
 def output_config(lo: LoweredOutput) -> dict | None:
-    from mergec.check.checker import derive_output_config
+    from mergec.check.output_config import derive_output_config
 
     return derive_output_config(lo.output)
 
@@ -838,10 +838,10 @@ def _itemsize(dtype: str) -> int:
 def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     inputs = []
     bases = []
-    from mergec.check.checker import _walk
+    from mergec.check.walk import walk
 
     # the inputs the output's expression names (a zero weight is still provenance)
-    used = {getattr(x, "name", None) for x in _walk(lo.output.expr)}
+    used = {getattr(x, "name", None) for x in walk(lo.output.expr)}
     for o in (lo.output.config_from, lo.output.tokenizer_from):
         if o is not None:
             used.add(o.name)

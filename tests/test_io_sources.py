@@ -282,7 +282,7 @@ def test_hub_error_mapping(tmp_path):
         (OSError("disk"), "E403", "OSError"),
     ]
     for exc, code, fragment in cases:
-        e = sources._map_hub_error(ref, exc)
+        e = sources.map_hub_error(ref, exc)
         assert e.code == code, (exc, e)
         assert fragment in e.message and "owner/name" in e.message
 
@@ -320,7 +320,7 @@ def _mock_hub(monkeypatch, remote: dict[str, bytes]) -> list:
         def __init__(self, path):
             self.path = path
 
-    monkeypatch.setattr(sources, "_probe_commit", lambda ref: COMMIT)
+    monkeypatch.setattr(sources, "probe_commit", lambda ref: COMMIT)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     monkeypatch.setattr(huggingface_hub, "get_cached_repo_tree", lambda *a, **k: [_F(n) for n in remote])
     return downloads

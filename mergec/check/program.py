@@ -9,10 +9,11 @@ tensor byte is read. The lowering (`mergec.ir.lower`) turns them into per-tensor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Union
 
+from mergec.check.methods import Method
 from mergec.diagnostics import Span
-from mergec.methods import Method
 
 MODEL, DELTA, LAYERS = "Model", "Delta", "Layers"
 NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
@@ -60,8 +61,6 @@ class Override:
     span: Span
 
     def matches(self, name: str, block: int | None) -> bool:
-        from fnmatch import fnmatchcase
-
         if not all(fnmatchcase(name, g) for g in self.globs):
             return False
         for a, b in self.layers:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 from mergec.io.checkpoint import Checkpoint, parse_safetensors_header
 from mergec.io.errors import E_ADAPTER, CheckpointError
-from mergec.io.sources import (SourceRef, _download, _local_folder, _map_hub_error,
-                               _not_cached, _probe_commit, _snapshot_cached, hub_offline,
-                               parse_source)
+from mergec.io.sources import (SourceRef, download, hub_offline, local_folder, map_hub_error,
+                               not_cached, parse_source, probe_commit, snapshot_cached)
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -76,19 +75,19 @@ def _bad(message: str, help: str | None = None) -> CheckpointError:
 
 def _folder(ref: SourceRef) -> Path:
     if ref.local:
-        return _local_folder(ref)
+        return local_folder(ref)
     patterns = (CONFIG, WEIGHTS)
-    cached = _snapshot_cached(ref, patterns)
+    cached = snapshot_cached(ref, patterns)
     if cached is not None and (cached / WEIGHTS).is_file():
         return cached
     if hub_offline():
-        raise _not_cached(ref, "offline", "adapter")
+        raise not_cached(ref, "offline", "adapter")
     try:
-        return _download(ref, _probe_commit(ref), patterns)
+        return download(ref, probe_commit(ref), patterns)
     except CheckpointError:
         raise
     except Exception as e:  # anything from huggingface_hub or the network
-        raise _map_hub_error(ref, e, "adapter") from None
+        raise map_hub_error(ref, e, "adapter") from None
 
 
 def _pattern_value(patterns: dict, module: str, default):

@@ -33,7 +33,7 @@ from mergec.io.errors import (
 )
 from mergec.io.sources import (
     BIN_INDEX, BIN_SINGLE, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, SourceRef, hub_endpoint,
-    hub_offline, hub_timeout, resolve_metadata, snapshot_commit, weights_present,
+    hub_offline, hub_timeout, map_hub_error, resolve_metadata, snapshot_commit, weights_present,
 )
 
 # The safetensors format itself refuses headers above 100 MB.
@@ -758,8 +758,7 @@ def open_remote_headers(ref: SourceRef, root: Path | None = None) -> Checkpoint:
         if name == "SafetensorsParsingError":
             raise CheckpointError(E_CORRUPT_HEADER,
                                   f"hub model `{ref.hub_label()}`: cannot parse a safetensors header ({e})") from None
-        from mergec.io.sources import _map_hub_error
-        raise _map_hub_error(ref, e, "weights") from None
+        raise map_hub_error(ref, e, "weights") from None
     tensors: dict[str, TensorInfo] = {}
     files: list[_WeightFile] = []
     try:

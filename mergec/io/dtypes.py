@@ -17,8 +17,13 @@ DTYPES: tuple[str, ...] = (
     "float8_e4m3fn", "float8_e5m2",
 )
 
-FLOAT_DTYPES: frozenset[str] = frozenset(
-    {"float32", "float16", "bfloat16", "float64", "float8_e4m3fn", "float8_e5m2"})
+#: The floating-point dtypes mergec merges: tensors of these dtypes can be combined, and an
+#: output stores its floating-point tensors in one of them. float8 tensors can be read
+#: (they are in ``FLOAT_DTYPES``) but are not merged.
+MERGE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
+
+#: Every floating-point dtype a checkpoint can hold.
+FLOAT_DTYPES: frozenset[str] = frozenset(MERGE_DTYPES) | {"float8_e4m3fn", "float8_e5m2"}
 
 _TO_SAFETENSORS: dict[str, str] = {
     "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",

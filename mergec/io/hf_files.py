@@ -6,6 +6,7 @@ import copy
 import re
 from pathlib import Path
 
+from mergec.arch import LAYER_COUNT_KEYS
 from mergec.io import dtypes
 from mergec.io.errors import E_CONFIG_DERIVE, CheckpointError
 
@@ -23,7 +24,6 @@ TOKENIZER_FILES: tuple[str, ...] = (
 )
 GENERATION_CONFIG_FILE = "generation_config.json"
 
-LAYER_COUNT_KEYS: tuple[str, ...] = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 VOCAB_SIZE_KEYS: tuple[str, ...] = ("vocab_size", "n_vocab")
 # Lists with one entry per layer, rebuilt when the layer count changes.
 PER_LAYER_KEYS: tuple[str, ...] = ("layer_types", "no_rope_layers", "block_types", "layers_block_type")

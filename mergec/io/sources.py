@@ -232,7 +232,9 @@ def _download_hint(ref: SourceRef) -> str:
     return hint
 
 
-def _not_cached(ref: SourceRef, reason: str, what: str = "files") -> CheckpointError:
+def not_cached(ref: SourceRef, reason: str, what: str = "files") -> CheckpointError:
+    """The error for hub files that are not cached and may not be fetched (`reason`:
+    "offline", "no-download" or a short description of the hub failure)."""
     help = _download_hint(ref)
     if reason == "offline":
         msg = (f"hub model `{ref.hub_label()}`: {what} not in the local cache ({hub_cache_dir()}) "
@@ -257,7 +259,7 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def _map_hub_error(ref: SourceRef, error: BaseException, what: str = "files") -> CheckpointError:
+def map_hub_error(ref: SourceRef, error: BaseException, what: str = "files") -> CheckpointError:
     """Turn any exception from huggingface_hub into a CheckpointError."""
     if isinstance(error, CheckpointError):
         return error
@@ -267,7 +269,7 @@ def _map_hub_error(ref: SourceRef, error: BaseException, what: str = "files") ->
         hf_errors = None
     if hf_errors is not None:
         if isinstance(error, hf_errors.OfflineModeIsEnabled):
-            return _not_cached(ref, "offline", what)
+            return not_cached(ref, "offline", what)
         if isinstance(error, hf_errors.GatedRepoError):
             return CheckpointError(
                 E_HUB_ACCESS, f"hub model `{ref.hub_label()}` is gated: access was refused",
@@ -297,11 +299,11 @@ def _map_hub_error(ref: SourceRef, error: BaseException, what: str = "files") ->
                 return CheckpointError(
                     E_HUB_NOT_FOUND, f"hub repo `{ref.hub_label()}`: not found (HTTP 404)",
                     "check the repo id and revision")
-            return _not_cached(ref, _short(error), what)
-    return _not_cached(ref, _short(error), what)
+            return not_cached(ref, _short(error), what)
+    return not_cached(ref, _short(error), what)
 
 
-def _snapshot_cached(ref: SourceRef, patterns) -> Path | None:
+def snapshot_cached(ref: SourceRef, patterns) -> Path | None:
     """The cached snapshot folder for ``ref`` (no network), or None."""
     try:
         from huggingface_hub import snapshot_download
@@ -314,7 +316,7 @@ def _snapshot_cached(ref: SourceRef, patterns) -> Path | None:
     return p if p.is_dir() else None
 
 
-def _probe_commit(ref: SourceRef) -> str:
+def probe_commit(ref: SourceRef) -> str:
     """Ask the hub (with a short timeout) which commit the revision points to."""
     from huggingface_hub import HfApi
     api = HfApi(endpoint=hub_endpoint())
@@ -327,7 +329,8 @@ def _probe_commit(ref: SourceRef) -> str:
     return sha
 
 
-def _download(ref: SourceRef, commit: str, patterns) -> Path:
+def download(ref: SourceRef, commit: str, patterns) -> Path:
+    """Fetch the files of ``ref`` at ``commit`` matching ``patterns`` into the hub cache."""
     from huggingface_hub import snapshot_download
     folder = snapshot_download(
         ref.repo_id, revision=commit, cache_dir=str(hub_cache_dir()),
@@ -384,7 +387,8 @@ def _weight_patterns(ref: SourceRef, folder: Path, commit: str) -> list[str]:
     return [SAFETENSORS_SINGLE]
 
 
-def _local_folder(ref: SourceRef) -> Path:
+def local_folder(ref: SourceRef) -> Path:
+    """The folder of a local source; raises CheckpointError when it cannot be used."""
     path = ref.path
     assert path is not None
     try:
@@ -414,24 +418,24 @@ def resolve(ref: SourceRef, *, allow_download: bool = True) -> Path:
     revision not found), E405 (gated/private).
     """
     if ref.local:
-        return _local_folder(ref)
-    cached = _snapshot_cached(ref, METADATA_PATTERNS)
+        return local_folder(ref)
+    cached = snapshot_cached(ref, METADATA_PATTERNS)
     if cached is not None and weights_present(cached):
         return cached
     if hub_offline():
-        raise _not_cached(ref, "offline", "weights")
+        raise not_cached(ref, "offline", "weights")
     if not allow_download:
-        raise _not_cached(ref, "no-download", "weights")
+        raise not_cached(ref, "no-download", "weights")
     try:
-        commit = _probe_commit(ref)
-        folder = _download(ref, commit, METADATA_PATTERNS)
+        commit = probe_commit(ref)
+        folder = download(ref, commit, METADATA_PATTERNS)
         patterns = _weight_patterns(ref, folder, commit)
         if patterns:
-            folder = _download(ref, commit, patterns)
+            folder = download(ref, commit, patterns)
     except CheckpointError:
         raise
     except Exception as e:  # anything from huggingface_hub or the network
-        raise _map_hub_error(ref, e, "weights") from None
+        raise map_hub_error(ref, e, "weights") from None
     return folder
 
 
@@ -444,21 +448,21 @@ def resolve_metadata(ref: SourceRef, *, allow_download: bool = True) -> Path:
     snapshot folder also holds the weights when they happen to be cached.
     """
     if ref.local:
-        return _local_folder(ref)
-    cached = _snapshot_cached(ref, METADATA_PATTERNS)
+        return local_folder(ref)
+    cached = snapshot_cached(ref, METADATA_PATTERNS)
     if cached is not None and (cached / "config.json").is_file():
         return cached
     if hub_offline():
-        raise _not_cached(ref, "offline", "config")
+        raise not_cached(ref, "offline", "config")
     if not allow_download:
-        raise _not_cached(ref, "no-download", "config")
+        raise not_cached(ref, "no-download", "config")
     try:
-        commit = _probe_commit(ref)
-        return _download(ref, commit, METADATA_PATTERNS)
+        commit = probe_commit(ref)
+        return download(ref, commit, METADATA_PATTERNS)
     except CheckpointError:
         raise
     except Exception as e:
-        raise _map_hub_error(ref, e, "config") from None
+        raise map_hub_error(ref, e, "config") from None
 
 
 def snapshot_commit(folder: Path) -> str | None:

@@ -19,7 +19,8 @@ from mergec import arch
 from mergec.check.program import (
     CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Ramp,
 )
-from mergec.check.checker import FLOAT_DTYPES, _part_model
+from mergec.check.walk import part_model, walk
+from mergec.io.dtypes import MERGE_DTYPES
 from mergec.ir.nodes import Graph, Node
 from mergec.ir.placeholders import ModelTopK
 from mergec.ops.random import derive_seed
@@ -67,13 +68,11 @@ class _Ctx:
     """What the lowering of one output tensor needs besides the expression."""
 
     def __init__(self, g: Graph, seed: int, out: Output):
-        from mergec.check.checker import _walk
-
         self.g, self.seed, self.out_name = g, seed, out.name
         self.out_tensor = ""
         # calls numbered in the order they are written (a stable identity for seeds)
         self._calls = {id(c): i for i, c in enumerate(
-            c for c in _walk(out.expr) if isinstance(c, CCall))}
+            c for c in walk(out.expr) if isinstance(c, CCall))}
 
     def call_index(self, call: CCall) -> int:
         return self._calls[id(call)]
@@ -85,7 +84,7 @@ def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutp
     for name, meta in out.expr.tensors.items():
         ctx.out_tensor = name
         value = _lo(out.expr, name, ctx)
-        if meta.dtype in FLOAT_DTYPES:
+        if meta.dtype in MERGE_DTYPES:
             dtype = out.dtype or _default_dtype(out, meta.dtype)
         else:
             dtype = meta.dtype
@@ -97,7 +96,7 @@ def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutp
 def _default_dtype(out: Output, own: str) -> str:
     cfg = (out.config_from.config or {}) if out.config_from else {}
     d = cfg.get("torch_dtype") or cfg.get("dtype")
-    return d if d in FLOAT_DTYPES else own
+    return d if d in MERGE_DTYPES else own
 
 
 def _lo(e: CExpr, name: str, ctx: "_Ctx") -> Node:
@@ -126,9 +125,9 @@ def _lo(e: CExpr, name: str, ctx: "_Ctx") -> Node:
         bi = arch.block_index(name)
         if bi is None:
             if arch.is_embedding(name):
-                src = e.embed or _part_model(e.parts[0])
+                src = e.embed or part_model(e.parts[0])
             else:
-                src = e.head or _part_model(e.parts[-1])
+                src = e.head or part_model(e.parts[-1])
             return _lo(src, name, ctx)
         offset = 0
         for part in e.parts:

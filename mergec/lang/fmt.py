@@ -32,6 +32,25 @@ def _quote(s: str) -> str:
         .replace("\t", "\\t") + '"'
 
 
+def literal(value, *, short: bool = False) -> str:
+    """A parameter or setting value (bool, string or number) as recipe text.
+
+    Numbers print exactly, a whole float without its `.0` (`2.0` prints `2`); with
+    `short=True` floats print with at most six significant digits (`f"{x:g}"`), as the
+    method tables do. Strings are put in double quotes as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float):
+        if short:
+            return f"{value:g}"
+        if value.is_integer():
+            return str(int(value)) if abs(value) < 1e15 else repr(value)
+        return repr(value)
+    return str(value)
+
+
 def expr(e: ast.Expr) -> str:
     """Print one expression on one line."""
     if isinstance(e, ast.Num):

@@ -1,0 +1,153 @@
+"""`set` statements, `param` statements and the `--set` overrides of params."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mergec.check.exprs import Exprs
+from mergec.check.program import BOOL, DEFAULT_SEED, ERROR, NUMBER, STRING, CExpr, Settings
+from mergec.check.scope import Const
+from mergec.check.suggest import did_you_mean
+from mergec.io.sizes import parse_size
+from mergec.lang import ast
+from mergec.lang.fmt import literal
+
+#: setting -> what it expects, as the diagnostics say it
+SETTINGS = {
+    "seed": "a whole number >= 0",
+    "backend": '"auto", "torch", "jax" or "reference"',
+    "device": '"auto", "cpu", "cuda", "cuda:N" or "gpu"',
+    "shard_size": 'a size such as "5GB"',
+    "max_memory": 'a size such as "8GB"',
+}
+_SETTING_HELP = {
+    "seed": "for example `set seed = 42`; it seeds every random method, per tensor",
+    "backend": 'for example `set backend = "torch"`',
+    "device": 'for example `set device = "cpu"`',
+    "shard_size": 'for example `set shard_size = "2GB"`',
+    "max_memory": 'for example `set max_memory = "8GB"`',
+}
+
+
+class SetStatements:
+    """The `set` statements of a recipe, checked one by one."""
+
+    def __init__(self, exprs: Exprs) -> None:
+        self.exprs, self.report = exprs, exprs.report
+        self.values: dict[str, Any] = {}
+
+    def add(self, st: ast.SetStmt) -> None:
+        name = st.name.name
+        if name not in SETTINGS:
+            self.report.error("E211", f"unknown setting `{name}`", st.name.span,
+                              did_you_mean(name, SETTINGS, "settings are"))
+            return
+        if name in self.values:
+            self.report.error("E202", f"setting `{name}` is set twice", st.name.span)
+            return
+        v = self.exprs.const(st.value)
+        if v is None:
+            return
+        val, ok = v.value, True
+        if name == "seed":
+            ok = v.kind == NUMBER and float(val).is_integer() and val >= 0
+        elif name == "backend":
+            ok = val in ("auto", "torch", "jax", "reference")
+        elif name == "device":
+            ok = isinstance(val, str) and (val in ("auto", "cpu", "cuda", "gpu") or
+                                           re.fullmatch(r"cuda:\d+", val) is not None)
+        elif name in ("shard_size", "max_memory"):
+            try:
+                val = parse_size(str(val)) if v.kind in (STRING, NUMBER) else None
+                ok = val is not None and val > 0
+            except ValueError:
+                ok = False
+        if not ok:
+            self.report.error("E208", f"`set {name}` expects {SETTINGS[name]}, found "
+                              f"{literal(v.value)}", st.value.span, _SETTING_HELP[name])
+            return
+        self.values[name] = int(val) if name == "seed" else val
+
+    def settings(self) -> Settings:
+        s = self.values
+        return Settings(seed=s.get("seed", DEFAULT_SEED), seed_explicit="seed" in s,
+                        backend=s.get("backend", "auto"), device=s.get("device", "auto"),
+                        shard_size=s.get("shard_size"), max_memory=s.get("max_memory"))
+
+
+class Params:
+    """The `param` statements of a recipe, with the `--set name=value` overrides."""
+
+    def __init__(self, exprs: Exprs, overrides: dict[str, str]) -> None:
+        self.exprs, self.report = exprs, exprs.report
+        self.overrides = overrides
+        self.values: dict[str, Any] = {}
+        self.declared: set[str] = set()
+
+    def add(self, st: ast.ParamStmt) -> Const:
+        name = st.name.name
+        self.declared.add(name)
+        raw = self.exprs.value(st.value)
+        if isinstance(raw, CExpr) and raw.kind != ERROR:
+            self.report.error("E222", f"param `{name}` must be a number, true/false or a "
+                              f"string, found a {raw.kind}", st.value.span,
+                              "params hold settings that `--set` can change; use `let` for "
+                              "models")
+            return Const(ERROR, None, st.span)
+        value = self.exprs.const(st.value)
+        if value is None:
+            return Const(ERROR, None, st.span)
+        if value.kind not in (NUMBER, BOOL, STRING):
+            self.report.error("E222", f"param `{name}` must be a number, true/false or a "
+                              "string", st.value.span)
+            return Const(ERROR, None, st.span)
+        if name in self.overrides:
+            raw = self.overrides[name]
+            parsed = _parse_literal(raw)
+            kind = _kind_of_literal(parsed)
+            if kind != value.kind:
+                self.report.error("E213", f"`--set {name}={raw}` gives a {kind}, but param "
+                                  f"`{name}` is a {value.kind}", st.value.span,
+                                  f"give a {value.kind.lower()}, like the recipe's "
+                                  f"`{literal(value.value)}`")
+                return Const(ERROR, None, st.span)
+            value = Const(kind, parsed, st.value.span)
+        self.values[name] = value.value
+        return value
+
+    def check_overrides_used(self, statements) -> None:
+        """Report each `--set` that names no `param` of the recipe."""
+        for name, raw in self.overrides.items():
+            if name not in self.declared:
+                params = [s.name.name for s in statements if isinstance(s, ast.ParamStmt)]
+                self.report.error(
+                    "E212", f"`--set {name}={raw}`: the recipe has no param `{name}`", None,
+                    did_you_mean(name, params, "its params are") or
+                    "the recipe declares no `param`; add `param "
+                    f"{name} = ...` to make it settable")
+
+
+def _parse_literal(raw: str):
+    s = raw.strip()
+    if s in ("true", "false"):
+        return s == "true"
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    if len(s) >= 2 and s[0] == s[-1] == '"':
+        return s[1:-1]
+    return s
+
+
+def _kind_of_literal(v) -> str:
+    if isinstance(v, bool):
+        return BOOL
+    if isinstance(v, (int, float)):
+        return NUMBER
+    return STRING

@@ -1,0 +1,94 @@
+"""`where` blocks: parameter values for some tensors of a statement's merge calls.
+
+A block's selectors (globs over tensor names, `layers[a:b]`) are checked against the
+blocks the calls produce, and each value against every call of the expression that takes
+the parameter. The statement gets its own copy of the calls, carrying the blocks: a `let`
+used elsewhere keeps its own parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mergec import arch
+from mergec.check.calls import INVALID, Calls
+from mergec.check.program import ERROR, CCall, CExpr, CInput, CLinear, CSlice, CStack, Override
+from mergec.check.suggest import did_you_mean
+from mergec.check.walk import walk
+from mergec.lang import ast
+
+
+def apply_wheres(calls_checker: Calls, value: CExpr, wheres) -> CExpr:
+    """`value` with the `where` blocks `wheres` checked and added to each of its calls."""
+    err = calls_checker.report.error
+    calls = [c for c in walk(value) if isinstance(c, CCall) and c.method is not None]
+    overrides = []
+    for w in wheres:
+        globs = tuple(s.pattern for s in w.selectors if isinstance(s, ast.GlobSel))
+        layers = tuple((s.start, s.stop) for s in w.selectors if isinstance(s, ast.LayersSel))
+        for s in w.selectors:
+            if isinstance(s, ast.LayersSel) and s.start is not None and \
+                    s.stop is not None and s.stop <= s.start:
+                err("E302", f"empty layer range `layers[{s.start}:{s.stop}]`", s.span)
+            elif isinstance(s, ast.LayersSel):
+                frames = [c.n_layers for c in calls if c.n_layers is not None]
+                n = max(frames) if frames and len(frames) == len(calls) else None
+                lo = s.start or 0
+                if n is not None and (lo >= n or (s.stop is not None and s.stop > n)):
+                    err("E301", f"`layers[{_slice_text(s.start, s.stop)}]` is out of bounds: "
+                        f"the merged blocks are numbered 0 to {n - 1}", s.span,
+                        f"the largest range is `layers[0:{n}]`")
+        values = []
+        for en in w.entries:
+            key = en.name.name
+            takers = [c for c in calls if c.method.param(key) is not None]
+            if not takers:
+                names = sorted({p for c in calls for p in c.method.param_names})
+                err("E217", f"no merge call in this expression takes `{key}`", en.name.span,
+                    did_you_mean(key, names, "their parameters are")
+                    if names else "`where` applies to merge calls")
+                continue
+            first = takers[0]
+            pv = calls_checker.param_value(first.method.name, first.method.param(key),
+                                           en.value, len(first.inputs))
+            if pv is INVALID:
+                continue
+            for c in takers[1:]:
+                calls_checker.param_value(c.method.name, c.method.param(key), en.value,
+                                          len(c.inputs))
+            values.append((key, pv))
+        ov = Override(globs, layers, tuple(values), w.span)
+        overrides.append(ov)
+        tables = [c.tensors for c in calls if c.tensors is not None]
+        if tables and len(tables) == len(calls) and not any(
+                ov.matches(n, arch.block_index(n)) for t in tables for n in t):
+            calls_checker.report.warn(
+                "W301", "this `where` matches no tensor, so it changes nothing", w.span,
+                "globs match full tensor names: `\"*.mlp.*\"`, not `\"mlp\"`; "
+                "`mergec plan --tensors` lists the names")
+    return _with_overrides(value, tuple(overrides))
+
+
+def _with_overrides(e: CExpr, overrides: tuple[Override, ...]) -> CExpr:
+    """A copy of the expression tree down to (not including) the inputs, with
+    `overrides` added to every call."""
+    if isinstance(e, CInput) or e.kind == ERROR:
+        return e
+    if isinstance(e, CLinear):
+        return replace(e, terms=tuple((_with_overrides(t, overrides), k) for t, k in e.terms))
+    if isinstance(e, CCall):
+        return replace(e, inputs=tuple(_with_overrides(i, overrides) for i in e.inputs),
+                       base=_with_overrides(e.base, overrides) if e.base is not None else None,
+                       overrides=e.overrides + overrides)
+    if isinstance(e, CSlice):
+        return replace(e, target=_with_overrides(e.target, overrides))
+    if isinstance(e, CStack):
+        return replace(e, parts=tuple(_with_overrides(p, overrides) for p in e.parts),
+                       embed=_with_overrides(e.embed, overrides) if e.embed is not None
+                       else None,
+                       head=_with_overrides(e.head, overrides) if e.head is not None else None)
+    return replace(e)
+
+
+def _slice_text(a, b) -> str:
+    return f"{'' if a is None else a}:{'' if b is None else b}"
