@@ -23,6 +23,7 @@ MODULES = (
     "model_stock",
     "sce",
     "nearswap",
+    "tsv",
 )
 
 METHODS: tuple[Method, ...] = tuple(

@@ -1,0 +1,91 @@
+"""TSV-Merge against the closed-form NumPy reference (tests/method_refs.py), on every
+backend, and end to end in a build."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mergec.api import build
+from mergec.backends import get_backend
+from mergec.demo import load_tensors
+from mergec.methods import run_method
+from method_refs import tsv_reference
+
+BACKENDS = ["reference"] + [n for n in ("torch", "jax") if importlib.util.find_spec(n)]
+PARAMS = {"lambda": 1.0, "decompose": True}
+
+
+@pytest.fixture(params=BACKENDS)
+def be(request):
+    return get_backend(request.param, "cpu")
+
+
+def tsv(be, taus, **params):
+    out = run_method(be, "tsv", [be.asarray(t) for t in taus], {**PARAMS, **params})
+    return be.to_numpy(out, "float32")
+
+
+def full_rank(rng, shape, n):
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize("shape", [(12, 9), (9, 12), (16, 16)])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_matrices_match_the_reference(be, shape, n):
+    taus = full_rank(np.random.default_rng(n), shape, n)
+    want = tsv_reference(np.zeros(shape), taus)
+    np.testing.assert_allclose(tsv(be, taus), want, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_scales_the_merged_delta(be):
+    taus = full_rank(np.random.default_rng(4), (10, 8), 2)
+    want = tsv_reference(np.zeros((10, 8)), taus, alpha=0.35)
+    np.testing.assert_allclose(tsv(be, taus, **{"lambda": 0.35}), want, rtol=1e-5, atol=1e-6)
+
+
+def test_singular_values_are_the_kept_ones(be):
+    taus = full_rank(np.random.default_rng(6), (12, 12), 3)
+    k = 12 // 3
+    kept = np.sort(np.concatenate([np.linalg.svd(t.astype(np.float64), compute_uv=False)[:k]
+                                   for t in taus]))
+    got = np.linalg.svd(tsv(be, taus).astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(np.sort(got), kept, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 4, 5), ()])
+def test_other_tensors_take_the_mean(be, shape):
+    taus = full_rank(np.random.default_rng(8), shape, 3)
+    want = tsv_reference(np.zeros(shape), taus, alpha=0.5)
+    np.testing.assert_allclose(tsv(be, taus, **{"lambda": 0.5}), want, rtol=1e-6, atol=1e-7)
+
+
+def test_decompose_false_takes_the_mean(be):
+    taus = full_rank(np.random.default_rng(9), (6, 5), 2)
+    want = tsv_reference(np.zeros((6, 5)), taus, as_matrix=False)
+    np.testing.assert_allclose(tsv(be, taus, decompose=False), want, rtol=1e-6, atol=1e-7)
+
+
+def test_more_tasks_than_rank_keeps_nothing(be):
+    taus = full_rank(np.random.default_rng(2), (2, 5), 3)
+    np.testing.assert_array_equal(tsv(be, taus), np.zeros((2, 5), np.float32))
+
+
+def test_build(tmp_path, family_f32):
+    (tmp_path / "ckpt").symlink_to(Path(family_f32["base"]).parent)
+    (tmp_path / "r.merge").write_text(
+        'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\nmodel code = "./ckpt/code"\n'
+        "output o = tsv(math, code, base=base, lambda=0.8)\n"
+        '    where "*embed_tokens*" { decompose = false }\n')
+    res = build(tmp_path / "r.merge", tmp_path / "out")
+    got = load_tensors(Path(res[0].path))
+    fam = {n: load_tensors(Path(family_f32[n])) for n in ("base", "math", "code")}
+    assert got.keys() == fam["base"].keys()
+    for name, g in got.items():
+        emb = "embed_tokens" in name
+        want = tsv_reference(fam["base"][name], [fam["math"][name], fam["code"][name]],
+                             alpha=0.8, as_matrix=False if emb else None)
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6, err_msg=name)
