@@ -24,6 +24,7 @@ MODULES = (
     "sce",
     "nearswap",
     "tsv",
+    "iso_c",
 )
 
 METHODS: tuple[Method, ...] = tuple(
