@@ -19,7 +19,7 @@ from mergec.diagnostics import Diagnostic, MergecError, UsageError
 from mergec.ir.lower import LoweredOutput, lower, optimize
 from mergec.lang import ast
 from mergec.lang.parser import parse as _parse
-from mergec.plan import Plan, make_plan
+from mergec.runtime.schedule import Plan, make_plan
 
 
 @dataclass
@@ -59,11 +59,15 @@ def check(recipe: str | Path, *, text: str | None = None,
 
 
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
-            overrides: dict[str, str] | None = None, steps: bool = False,
-            passes: bool = True, max_memory: int | None = None) -> Compiled:
-    """Check, lower to per-tensor IR and (unless `passes=False`) optimize. The plan's
-    memory estimate follows `max_memory` (or `set max_memory`)."""
-    from mergec.plan import memory_warnings
+            overrides: dict[str, str] | None = None, passes: bool = True,
+            max_memory: int | None = None, backend: str | None = None,
+            device: str | None = None, jobs: int | None = None) -> Compiled:
+    """Check, lower to per-tensor IR and (unless `passes=False`) optimize, and schedule
+    the build: its memory limit (`max_memory` or `set max_memory`), backend, device and
+    workers (`jobs`) are those a build with the same arguments gets, so the plan's steps
+    are the build's. A build runs the passes on an IR that has not had them."""
+    from mergec.runtime.build import execution
+    from mergec.runtime.schedule import memory_warnings
 
     checked = check(recipe, text=text, overrides=overrides)
     lowered = lower(checked)
@@ -71,8 +75,26 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
         optimize(lowered)
     limit = max_memory or checked.settings.max_memory
     checked.warnings += memory_warnings(lowered, limit)
-    return Compiled(checked, lowered, make_plan(checked.file, lowered, steps=steps,
-                                                max_memory=limit))
+    name, dev = resolve_backend(backend or checked.settings.backend,
+                                device or checked.settings.device)
+    ex = execution(name, dev, jobs, [checked.source(n) for n in checked.inputs])
+    plan = make_plan(checked.file, lowered, max_memory=limit, on_cpu=ex.on_cpu,
+                     workers=ex.workers, pool=ex.pool, backend=name)
+    return Compiled(checked, lowered, plan)
+
+
+def resolve_backend(name: str, device: str) -> tuple[str, str]:
+    """The backend `auto` stands for, and the kind of device a build on it uses ("cpu"
+    or the device asked for), without importing any backend library."""
+    from mergec.backends import auto_backend, gpu_present
+
+    if name == "numpy":
+        name = "reference"
+    if name == "auto":
+        name = auto_backend(device)
+    if name == "reference" or device == "cpu" or (device == "auto" and not gpu_present()):
+        return name, "cpu"
+    return name, device
 
 
 def check_targets(compiled: Compiled, out_dir: Path, force: bool) -> None:
@@ -94,23 +116,28 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
           overrides: dict[str, str] | None = None, force: bool = False,
           shard_size: int | None = None, backend: str | None = None,
           device: str | None = None, progress=None, compiled: Compiled | None = None,
-          max_memory: int | None = None, jobs: int | None = None):
+          max_memory: int | None = None, jobs: int | None = None, trace=None):
     """Check, compile and build every output of a recipe into `out_dir/<output name>`.
-    `jobs`: parallel workers on a CPU (default: the CPUs available, at most 8)."""
+    `jobs`: parallel workers on a CPU (default: the CPUs available, at most 8). `trace`
+    receives every step as it runs (see :mod:`mergec.runtime.build`)."""
     from mergec.backends import get_backend
-    from mergec.execute import build_output
+    from mergec.io.writer import DEFAULT_SHARD_SIZE
+    from mergec.runtime.build import build_output
 
     compiled = compiled or compile(recipe, text=text, overrides=overrides,
-                                   max_memory=max_memory)
+                                   max_memory=max_memory, backend=backend, device=device,
+                                   jobs=jobs)
+    if any(lo.before is None for lo in compiled.lowered):
+        optimize(compiled.lowered)  # the runtime evaluates the IR the passes leave
     out_dir = Path(out_dir)
     check_targets(compiled, out_dir, force)
     settings = compiled.checked.settings
     be = get_backend(backend or settings.backend, device or settings.device)
-    size = shard_size or settings.shard_size or 5 * 10**9
+    size = shard_size or settings.shard_size or DEFAULT_SHARD_SIZE
     results = []
     for lo in compiled.lowered:
         results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
                                     force=force, shard_size=size, progress=progress,
                                     max_memory=max_memory or settings.max_memory,
-                                    jobs=jobs))
+                                    jobs=jobs, trace=trace))
     return results

@@ -203,21 +203,24 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
                     or None))
 
 
-def _backend_name(setting: str, device: str = "auto") -> str:
-    if setting != "auto":
-        return setting
-    from mergec.backends import auto_backend
-
-    return auto_backend(device)
-
-
 def _print_steps(compiled) -> None:
     for op in compiled.plan.outputs:
-        print(f"\ntensors of {op.output}:")
+        print(f"\ntensors of {op.output}, in the order the build takes them:")
+        for stat in op.model_stats:
+            print(f"  first: {stat} over the whole model")
         width = max((len(s.name) for s in op.steps), default=0)
         for s in op.steps:
-            how = "copy" if s.raw_copy else f"{s.ops} op{'s' if s.ops != 1 else ''}"
-            print(f"  {s.name.ljust(width)}  {s.dtype:<8} {str(s.shape):<14} {how}")
+            how = ("copy" if s.raw_copy else "convert" if s.kind == "convert" else
+                   f"{s.ops} op{'s' if s.ops != 1 else ''}")
+            extra = []
+            if s.rows:
+                extra.append(f"{len(s.rows)} blocks")
+            if s.passes:
+                extra.append("after " + ", ".join(s.passes))
+            if s.runs_in == "main" and len(op.steps) > 1:
+                extra.append("in the build process")
+            tail = f"  ({'; '.join(extra)})" if extra else ""
+            print(f"  {s.name.ljust(width)}  {s.dtype:<8} {str(s.shape):<14} {how}{tail}")
 
 
 @app.command()
@@ -230,15 +233,16 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
                                           help="Also print the IR of one tensor."),
          max_memory: Optional[str] = typer.Option(None, "--max-memory",
                                                   help="Plan for this memory limit."),
+         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
+                                            help="Plan for this many workers, as build -j."),
          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
-    """Show what a build would do, from headers alone: tensors, ops, bytes, peak memory."""
+    """Show what a build would do, from headers alone: tensors, ops, bytes, peak memory,
+    and (with --tensors or --json) every step the build takes, in its order."""
     from mergec.api import compile as api_compile
 
-    compiled = api_compile(recipe, overrides=_overrides(set_), steps=tensors,
+    compiled = api_compile(recipe, overrides=_overrides(set_), jobs=jobs,
                            max_memory=_size(max_memory, "--max-memory"))
     _warn(compiled.checked, output_format)
-    compiled.plan.backend = _backend_name(compiled.checked.settings.backend,
-                                          compiled.checked.settings.device)
     if as_json:
         print(compiled.plan.model_dump_json(indent=2))
     else:
@@ -282,7 +286,8 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
             not device.startswith("cuda:"):
         raise UsageError(Diagnostic("E502", f"unknown device `{device}`",
                                     help="use cpu, cuda or auto"))
-    compiled = api_compile(recipe, overrides=_overrides(set_), max_memory=limit)
+    compiled = api_compile(recipe, overrides=_overrides(set_), max_memory=limit,
+                           backend=backend, device=device, jobs=jobs)
     _warn(compiled.checked, output_format)
     check_targets(compiled, out_dir, force)
     if dry_run:

@@ -281,7 +281,7 @@ def test_garbage_tensor_data_checks_and_plans_identically(tmp_path, family):
     bad = setup_recipe(tmp_path / "bad", garbage, PURE_RECIPE)
     results = []
     for recipe in (good, bad):
-        compiled = mergec.api.compile(recipe, steps=True)
+        compiled = mergec.api.compile(recipe)
         plan = compiled.plan.model_dump()
         plan.pop("recipe")
         fps = {k: v.checkpoint.fingerprint() for k, v in compiled.checked.inputs.items()}

@@ -16,7 +16,7 @@ from mergec.methods import METHODS
 from mergec.methods.breadcrumbs import breadcrumbs_counts
 from mergec.methods.spec import count_of, keep_count
 from mergec.methods import run_method
-from mergec.execute import lowrank
+from mergec.runtime.interpreter import lowrank
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_JAX = importlib.util.find_spec("jax") is not None

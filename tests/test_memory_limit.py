@@ -116,9 +116,9 @@ def test_whole_tensor_statistics_do_not_depend_on_blocks_or_workers(tmp_path, fa
 
 FORKED = """import sys
 from mergec.cli import app
-import mergec.execute as ex
+import mergec.runtime.schedule as sch
 import mergec.io.checkpoint as ck
-ex.HEAVY_BYTES = 1  # every tensor computed whole is computed by the build process
+sch.HEAVY_BYTES = 1  # every tensor computed whole is computed by the build process
 if len(sys.argv) > 2:  # reads of one tensor fail, in whichever worker computes it
     real = ck._read_span
     def fail(path, offset, nbytes, *, tensor=None):
@@ -168,23 +168,24 @@ def test_forked_workers_write_the_same_bytes_and_fail_cleanly(tmp_path, family):
 
 
 def test_without_process_support_the_build_uses_threads(monkeypatch):
-    """Where no process pool can be made (no POSIX semaphores, say), _process_pool says so
+    """Where no process pool can be made (no POSIX semaphores, say), process_pool says so
     and the build falls back to threads instead of failing."""
     import multiprocessing
 
-    from mergec import execute
+    from mergec.runtime import parallel
 
     def broken(method=None):
         raise OSError(38, "Function not implemented")
 
     monkeypatch.setattr(multiprocessing, "get_context", broken)
-    assert execute._process_pool(2) is None
+    assert parallel.process_pool(2) is None
 
 
 def test_heavy_whole_tensors_are_computed_one_at_a_time(tmp_path, family, monkeypatch):
     """Tensors computed whole that need a lot of memory are computed by the build process
     itself, one after the other, whatever the number of workers; same bytes."""
-    from mergec import execute
+    from mergec.runtime import build as runtime_build
+    from mergec.runtime import parallel, schedule
 
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
@@ -193,12 +194,12 @@ def test_heavy_whole_tensors_are_computed_one_at_a_time(tmp_path, family, monkey
                  "output bc = breadcrumbs(math, code, base=base, density=0.5, gamma=0.01)\n"
                  "output ta = task_arithmetic(math, code, base=base)\n")
     build(r, tmp_path / "one", jobs=1)
-    monkeypatch.setattr(execute, "HEAVY_BYTES", 1)
+    monkeypatch.setattr(schedule, "HEAVY_BYTES", 1)
     running, most = [0], [0]
-    real = execute.write_tensor
+    real = runtime_build.run_step
 
     def counting(t, *a, **k):
-        heavy = execute._heavy(t)
+        heavy = schedule.is_heavy(t)
         running[0] += heavy
         most[0] = max(most[0], running[0])
         try:
@@ -206,8 +207,8 @@ def test_heavy_whole_tensors_are_computed_one_at_a_time(tmp_path, family, monkey
         finally:
             running[0] -= heavy
 
-    monkeypatch.setattr(execute, "write_tensor", counting)
-    monkeypatch.setattr(execute, "_can_fork", lambda *a: False)  # threads: countable here
+    monkeypatch.setattr(runtime_build, "run_step", counting)
+    monkeypatch.setattr(parallel, "can_fork", lambda *a: False)  # threads: countable here
     build(r, tmp_path / "many", jobs=3)
     assert most[0] == 1
     for out in ("bc", "ta"):

@@ -83,9 +83,9 @@ def built_both_ways(tmp_path, family):
 
 @pytest.mark.parametrize("fam", ["family", "family_f32"])
 def test_builds_with_and_without_passes_are_bit_identical(tmp_path, fam, request):
-    """The executor evaluates a linear computation as the weighted sum the fold_linear and
-    eliminate_dead passes would write (same terms, same coefficients, same order), so an
-    IR the passes rewrote and one they did not give the same bytes, every output."""
+    """The runtime evaluates the IR the passes leave (linear chains folded into one
+    weighted sum by the passes only): a program compiled without the passes is optimized
+    by the build, so both give the same bytes, every output."""
     outs = built_both_ways(tmp_path, request.getfixturevalue(fam))
     for out in outs:
         assert digest(tmp_path / "a" / out) == digest(tmp_path / "b" / out), out

@@ -11,7 +11,8 @@ import pytest
 
 from mergec.methods.spec import keep_count
 from mergec.backends.reference import topk_mask
-from mergec.execute import SAMPLE_BLOCKS, Blocks, _blocks, _ties_trims
+from mergec.runtime.prepass import SAMPLE_BLOCKS, Blocks, ties_trims
+from mergec.runtime.schedule import row_blocks
 
 
 def masks_from_trims(x: np.ndarray, rows_list, trim) -> np.ndarray:
@@ -29,7 +30,7 @@ def masks_from_trims(x: np.ndarray, rows_list, trim) -> np.ndarray:
 
 def run(xs: list[np.ndarray], densities, rows_per_block: int, calls: list | None = None):
     n_rows = xs[0].shape[0]
-    rows_list = _blocks(n_rows, rows_per_block)
+    rows_list = row_blocks(n_rows, rows_per_block)
     node = SimpleNamespace(numel=xs[0].size, shape=xs[0].shape)
 
     def args_of(b, rows):
@@ -37,7 +38,7 @@ def run(xs: list[np.ndarray], densities, rows_per_block: int, calls: list | None
             calls.append(b)
         return [x[rows[0]:rows[1]] for x in xs]
 
-    trims = _ties_trims(node, {"density": tuple(densities)}, Blocks(rows_list, None), args_of)
+    trims = ties_trims(node, {"density": tuple(densities)}, Blocks(rows_list, None), args_of)
     return rows_list, trims
 
 

@@ -22,7 +22,7 @@ import importlib.util
 from .base import ArrayOps, BackendUnavailable
 
 __all__ = ["ArrayOps", "BackendUnavailable", "get_backend", "available_backends",
-           "auto_backend"]
+           "auto_backend", "gpu_present"]
 
 # name -> (module, class, library it needs)
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
@@ -51,7 +51,7 @@ def available_backends() -> list[str]:
     return [n for n in _BACKENDS if _is_available(n)]
 
 
-def _gpu_present() -> bool:
+def gpu_present() -> bool:
     """An NVIDIA GPU seems attached (checked without importing any GPU library)."""
     import glob
     import os
@@ -62,7 +62,7 @@ def _gpu_present() -> bool:
 def auto_backend(device: str = "auto") -> str:
     """The backend ``auto`` stands for on ``device``: the reference on ``cpu`` (or on
     ``auto`` without a GPU); torch, else jax, for a GPU device."""
-    if device == "cpu" or (device == "auto" and not _gpu_present()):
+    if device == "cpu" or (device == "auto" and not gpu_present()):
         return "reference"
     for cand in _GPU_ORDER:
         if _is_available(cand):

@@ -167,3 +167,8 @@ class CheckedProgram:
     program: Any = None  # the ast.Program
     overrides: dict[str, str] = field(default_factory=dict)  # --set name=value given
     warnings: list = field(default_factory=list)  # Diagnostics with severity "warning"
+
+    def source(self, name: str):
+        """The opened checkpoint (or adapter) of input `name`."""
+        inp = self.inputs[name]
+        return inp.checkpoint if hasattr(inp, "checkpoint") else inp.adapter

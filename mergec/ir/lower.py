@@ -178,7 +178,7 @@ def _lo_call(e: CCall, name: str, ctx: "_Ctx") -> Node:
         if m.random else None
     if params.get("trim") == "model":
         # the threshold is taken over the whole model: a placeholder the executor fills
-        # in before the per-tensor pass (mergec.stats)
+        # in before the per-tensor pass (mergec.runtime.prepass)
         key = f"{ctx.out_name}#{ctx.call_index(e)}"
         params["thresholds"] = tuple(ModelTopK(key, i, float(d))
                                      for i, d in enumerate(params["density"]))

@@ -1,6 +1,6 @@
 """Placeholder parameter values: numbers the lowering cannot know per tensor, which the
 runtime computes over a whole model and substitutes before the per-tensor pass
-(`mergec.stats`). They are plain hashable values, so merge nodes holding them stay
+(`mergec.runtime.prepass`). They are plain hashable values, so merge nodes holding them stay
 interned and comparable, and the IR printer writes them as `model_topk(...)`."""
 
 from __future__ import annotations

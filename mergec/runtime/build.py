@@ -1,0 +1,218 @@
+"""Building one output: its schedule, run step by step into an atomic writer.
+
+The schedule (:func:`mergec.runtime.schedule.schedule`) is made here exactly as
+`mergec plan` makes it; the model-wide statistics come first, then every step in its
+order — in worker processes (the NumPy backend on a CPU), on threads, or one after the
+other — and then the files beside the tensors. Nothing appears at the target until the
+whole checkpoint is written and synced. A `trace` hook receives each step as it was run,
+in the form of the schedule's steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mergec import __version__
+from mergec.check.program import CheckedProgram
+from mergec.io.dtypes import itemsize
+from mergec.io.output_files import write_files
+from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
+from mergec.ir.lower import LoweredOutput
+from mergec.ir.nodes import Node, topo
+from mergec.runtime import parallel
+from mergec.runtime.interpreter import evaluate, run_step
+from mergec.runtime.prepass import compute_model_stats, host_f32
+from mergec.runtime.schedule import (TensorStep, block_budget, dispatch_order, needs_pass,
+                                     node_chunkable, row_blocks, schedule)
+
+
+@dataclass
+class BuildResult:
+    output: str
+    path: Path
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+
+ProgressFn = Callable[[str, int, int], None]  # (output name, tensors done, bytes done)
+TraceFn = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a build runs on this machine: on a CPU or an accelerator, with how many
+    workers, in forked processes or on threads."""
+
+    on_cpu: bool
+    workers: int
+    pool: str | None  # "processes" | "threads" | None (one after the other)
+
+
+def execution(backend_name: str, device: str, jobs: int | None, sources) -> Execution:
+    """The execution a build with this backend and `jobs` gets (`mergec plan` asks the
+    same question, so its schedule is the build's)."""
+    on_cpu = str(device).startswith("cpu")
+    workers = (jobs or parallel.default_jobs()) if on_cpu else 1
+    if workers <= 1:
+        return Execution(on_cpu, workers, None)
+
+    class _Named:
+        name = backend_name
+
+    fork = parallel.can_fork(_Named, sources)
+    return Execution(on_cpu, workers, "processes" if fork else "threads")
+
+
+def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
+                 force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
+                 progress: ProgressFn | None = None, max_memory: int | None = None,
+                 jobs: int | None = None, trace: TraceFn | None = None) -> BuildResult:
+    """Compute and write one output. On a CPU every tensor of two or more dimensions whose
+    computation allows it is split into blocks of rows that stay in the processor's cache,
+    computed by `jobs` workers; on an accelerator tensors are split only to fit
+    `max_memory`. The result does not depend on the split or the number of workers."""
+    t0 = time.perf_counter()
+    parallel.tune_allocator()
+    sources = [checked.source(n) for n in checked.inputs]
+    ex = execution(getattr(backend, "name", ""), str(getattr(backend, "device", "cpu")),
+                   jobs, sources)
+    steps = schedule(lo, max_memory=max_memory, on_cpu=ex.on_cpu, workers=ex.workers,
+                     pool=ex.pool)
+    budget = block_budget(max_memory) if ex.on_cpu else max_memory
+    stats = compute_model_stats(lo, lambda node: _chunks_of(node, checked, backend, budget))
+    if trace is not None and stats:
+        trace({"model_stats": [repr(k) for k in stats]})
+    pool = parallel.process_pool(ex.workers) if ex.pool == "processes" else None
+    if pool is None and ex.workers > 1:
+        pool = ThreadPoolExecutor(ex.workers, thread_name_prefix="mergec")
+    try:
+        path = _write_output(lo, checked, target, backend, steps, stats, pool, ex.workers,
+                             force=force, shard_size=shard_size, progress=progress,
+                             trace=trace)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    done_bytes = sum(t.node.numel * itemsize(t.dtype) for t in lo.tensors)
+    return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
+                       time.perf_counter() - t0)
+
+
+def _chunks_of(node: Node, checked, backend, budget):
+    """A node's value as float32 numpy arrays, in blocks of rows where it can be split
+    (for the model-wide statistics)."""
+    n = node.shape[0] if node.shape else 1
+    row_bytes = max(1, node.numel // n) * 32  # the node's inputs and temporaries
+    k = n if budget is None else max(1, min(n, budget // row_bytes))
+    split = k < n and node_chunkable(node) and not any(
+        m.op == "merge" and needs_pass(m, True) for m in topo(node))
+    for rows in (row_blocks(n, k) if split else [None]):
+        yield host_f32(backend, evaluate(node, checked, backend, rows=rows, for_kernel=True))
+
+
+def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, pool,
+                  workers: int, *, force, shard_size, progress, trace) -> Path:
+    """Run every step, then write the files beside the tensors. Writes go to
+    precomputed offsets, so the order in which steps finish does not matter."""
+    out = lo.output
+    order = dispatch_order(lo)
+    tensors = [lo.tensors[i] for i in order]
+    done = {"tensors": 0, "bytes": 0}
+    lock = threading.Lock()
+
+    def finished(i: int, record: dict) -> None:
+        t, step = tensors[i], steps[i]
+        with lock:
+            done["tensors"] += 1
+            done["bytes"] += t.node.numel * itemsize(t.dtype)
+            if trace is not None:
+                trace({**record, "runs_in": step.runs_in})
+            if progress:
+                progress(out.name, done["tensors"], done["bytes"])
+
+    decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
+    with OutputWriter(target, decl, shard_size=shard_size, force=force,
+                      metadata={"mergec_version": __version__}) as writer:
+
+        def run(i: int, blocks_pool=None) -> dict:
+            return run_step(tensors[i], steps[i], checked, backend, writer, stats, blocks_pool)
+
+        if isinstance(pool, ProcessPoolExecutor):
+            _in_processes(steps, tensors, checked, writer, pool, workers, run, finished)
+        else:
+            _in_threads(steps, tensors, checked, pool, run, finished)
+        write_files(writer, lo, checked)
+        return writer.commit()
+
+
+def _in_processes(steps, tensors, checked, writer, pool, workers, run, finished) -> None:
+    """Worker steps in forked processes; meanwhile this process runs the heavy ones, one
+    at a time, so that memory does not grow with the workers."""
+    parallel.share(run=run)
+    light = [i for i, s in enumerate(steps) if s.runs_in == "worker"]
+
+    def collect(f) -> None:
+        record = f.result()  # a worker's error is raised here
+        i = futures.pop(f)
+        writer.note_written(tensors[i].name)
+        finished(i, record)
+        for j in ahead:
+            parallel.read_ahead(tensors[j].node, checked.source)
+            break
+
+    futures: dict[Future, int] = {}
+    try:
+        futures.update({pool.submit(parallel.forked_step, i): i for i in light})
+        ahead = iter(light)  # the system reads ahead the tensors the workers take next
+        for _, j in zip(range(2 * workers), ahead):
+            parallel.read_ahead(tensors[j].node, checked.source)
+        for i, s in enumerate(steps):
+            if s.runs_in == "main":
+                finished(i, run(i))
+                for f in [f for f in futures if f.done()]:
+                    collect(f)
+        for f in as_completed(list(futures)):
+            collect(f)
+    except BaseException:
+        parallel.stop_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        parallel.forget()
+
+
+def _in_threads(steps, tensors, checked, pool, run, finished) -> None:
+    """Worker steps as tasks on the threads; "main" steps run here, their blocks spread
+    over the threads. Without a pool, every step runs here in order."""
+    pending: list[tuple[Future, int]] = []
+
+    def task(i: int) -> None:
+        finished(i, run(i))
+
+    try:
+        for i, s in enumerate(steps):
+            for j in range(i + 1, min(i + 3, len(steps))):
+                parallel.read_ahead(tensors[j].node, checked.source)
+            if pool is None or s.runs_in == "main":
+                finished(i, run(i, pool))
+            else:
+                pending.append((pool.submit(task, i), i))
+            for f, _ in [p for p in pending if p[0].done()]:
+                f.result()  # raises a worker's error now
+        for f, _ in pending:
+            f.result()
+    except BaseException:
+        for f, _ in pending:  # stop the others before the writer removes its files
+            f.cancel()
+        for f, _ in pending:
+            if not f.cancelled():
+                try:
+                    f.result()
+                except BaseException:
+                    pass
+        raise

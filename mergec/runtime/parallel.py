@@ -1,0 +1,101 @@
+"""Running steps side by side: worker processes or threads, read-ahead, the allocator.
+
+numpy runs a short operation on a block faster than two threads can pass Python's global
+lock back and forth, and some conversions (bfloat16 through ml_dtypes) hold the lock
+throughout; so on a CPU with the NumPy backend the steps are shared out to forked worker
+processes. They inherit the compiled program, the open checkpoints and the writer's shard
+files, run whole steps (block after block) and write at their offsets; the build process
+records what they wrote and reports progress. Elsewhere (torch, jax, or no fork) a pool of
+threads runs them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+from mergec.ir.nodes import topo
+
+_FORKED: dict = {}
+
+
+def tune_allocator() -> None:
+    """Keep freed blocks in the C heap for reuse instead of returning them to the system
+    and faulting fresh pages in for the next block (glibc only; a no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 << 20)   # blocks come from the heap, not fresh mappings
+    mallopt(m_trim_threshold, 256 << 20)  # and stay there once freed
+
+
+def default_jobs() -> int:
+    """Parallel workers: the CPUs this process may run on (at most 8)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def can_fork(backend, sources) -> bool:
+    """Can the steps run in forked worker processes? (The NumPy backend on POSIX, no
+    torch or jax thread pools in this process, every input already on disk.)"""
+    if getattr(backend, "name", "") != "reference" or os.name != "posix":
+        return False
+    # torch and jax run thread pools that do not survive a fork
+    if any(m in sys.modules for m in ("torch", "jax")):
+        return False
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    # an input still to be downloaded is fetched once, by this process
+    return not any(getattr(s, "remote", False) for s in sources)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor | None:
+    """A pool of `workers` forked processes (started with the first task, so they inherit
+    everything set up until then), or None where this system cannot make one (no fork,
+    no POSIX semaphores): the build then uses threads."""
+    try:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    except (OSError, ImportError, NotImplementedError, ValueError):
+        return None
+
+
+def share(**state) -> None:
+    """What forked workers inherit (set before the pool starts its processes)."""
+    _FORKED.clear()
+    _FORKED.update(state)
+
+
+def forget() -> None:
+    _FORKED.clear()
+
+
+def forked_step(i: int) -> dict:
+    """Run step `i` of the shared state in a worker process."""
+    st = _FORKED
+    return st["run"](i)
+
+
+def stop_workers(pool) -> None:
+    """Stop a process pool's workers at once (before the writer removes its files)."""
+    for p in list(getattr(pool, "_processes", {}).values()):
+        p.terminate()
+
+
+def read_ahead(node, source_of) -> None:
+    """Let the operating system start reading the input tensors a tensor needs, so that
+    they are in its cache when a worker gets to them."""
+    for n in topo(node):
+        if n.op in ("load", "copy", "convert"):
+            advise = getattr(source_of(n.attr("source")), "advise", None)
+            if advise is not None:
+                advise(n.attr("tensor"))
