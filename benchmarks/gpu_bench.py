@@ -56,10 +56,13 @@ MERGES = {
 }
 GPU_CONFIGS = [("torch", "cuda"), ("jax", "gpu")]
 CPU_CONFIGS = [("torch", "cpu"), ("jax", "cpu")]
-TIMED_CALLS = {  # backend method -> bucket of the breakdown
-    "asarray": "h2d", "to_numpy": "d2h", "method": "compute", "weighted_sum": "compute",
-    "weighted_sum64": "compute", "to_float32": "compute", "lowrank": "compute",
-    "zeros": "compute",
+TIMED_CALLS = {  # backend primitive -> bucket of the breakdown
+    "asarray": "h2d", "to_numpy": "d2h", "host": "h2d",
+    **{name: "compute" for name in (
+        "wsum", "wsum64", "to_float32", "to_float64", "add", "sub", "mul", "div", "abs",
+        "sign", "where", "keep", "gt", "lt", "ne", "and_", "or_", "topk_mask", "gram",
+        "row_dots", "sum64", "abs_sum64", "matmul", "svd", "zeros", "zeros_like",
+        "keep_mask", "uniform", "rank_ascending", "scale_rows", "transpose")},
 }
 
 
