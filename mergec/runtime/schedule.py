@@ -382,6 +382,12 @@ def make_plan(recipe: str, lowered: list[LoweredOutput], *, max_memory: int | No
                                      workers=workers, pool=pool) for lo in lowered])
 
 
+def splittable_methods() -> list[str]:
+    """The methods whose calls (with their default parameters) can run in row blocks."""
+    return [m.name for m in REGISTRY.values()
+            if m.split({p.name: p.default for p in m.params}, 2) != "whole"]
+
+
 def memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> list:
     """W302 for each output with tensors that cannot be split to fit `max_memory`."""
     from mergec.diagnostics import Diagnostic
@@ -402,7 +408,7 @@ def memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> lis
                 f"{format_size(max_memory)} at once (`{t.name}`: {format_size(p)})",
                 lo.output.span,
                 f"{', '.join(methods) or 'this merge'} works on whole tensors in this version; "
-                "weighted sums, linear methods, nearswap, ties, dare, slerp, nuslerp, "
-                "multislerp, karcher and model_stock are split into row blocks",
+                f"weighted sums and {', '.join(splittable_methods())} are split into row "
+                "blocks",
                 severity="warning"))
     return out
