@@ -12,14 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergec.check.checker import check_program
 from mergec.check.program import CheckedProgram
-from mergec.diagnostics import Diagnostic, MergecError, UsageError
-from mergec.ir.lower import LoweredOutput, lower, optimize
+from mergec.diagnostics import MergecError
 from mergec.lang import ast
 from mergec.lang.parser import parse as _parse
-from mergec.runtime.schedule import Plan, make_plan
+from mergec.lang.source import read_recipe
+
+# Start-up: `mergec check` needs only the front end. The IR, the schedule and the runtime
+# (pydantic models, the backends, numpy) are imported inside the functions that use them.
+if TYPE_CHECKING:
+    from mergec.ir.lower import LoweredOutput
+    from mergec.runtime.schedule import Plan
 
 
 @dataclass
@@ -27,16 +33,6 @@ class Compiled:
     checked: CheckedProgram
     lowered: list[LoweredOutput]
     plan: Plan
-
-
-def read_recipe(path: str | Path) -> tuple[str, str]:
-    p = Path(path)
-    try:
-        return p.read_text(encoding="utf-8"), str(path)
-    except FileNotFoundError:
-        raise UsageError(Diagnostic("E501", f"recipe file `{path}` not found")) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(Diagnostic("E501", f"cannot read recipe `{path}`: {e}")) from None
 
 
 def parse(text: str, file: str = "<recipe>") -> ast.Program:
@@ -66,8 +62,8 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     the build: its memory limit (`max_memory` or `set max_memory`), backend, device and
     workers (`jobs`) are those a build with the same arguments gets, so the plan's steps
     are the build's. A build runs the passes on an IR that has not had them."""
-    from mergec.runtime.build import execution
-    from mergec.runtime.schedule import memory_warnings
+    from mergec.ir.lower import lower, optimize
+    from mergec.runtime.schedule import execution, make_plan, memory_warnings
 
     checked = check(recipe, text=text, overrides=overrides)
     lowered = lower(checked)
@@ -122,6 +118,7 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     receives every step as it runs (see :mod:`mergec.runtime.build`)."""
     from mergec.backends import get_backend
     from mergec.io.writer import DEFAULT_SHARD_SIZE
+    from mergec.ir.lower import optimize
     from mergec.runtime.build import build_output
 
     compiled = compiled or compile(recipe, text=text, overrides=overrides,

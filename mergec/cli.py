@@ -3,6 +3,10 @@
 Exit codes: 0 success, 1 problems in the recipe or its inputs, 2 usage or internal error.
 Problems are printed as diagnostics (or JSON with `--output-format json`); a traceback is
 shown only when MERGEC_DEBUG=1.
+
+Start-up: each command imports what it needs inside its function (the checker, the IR, the
+runtime, rich's progress bars), so that `mergec --help` and the light commands do not pay
+for the heavy ones. See "Start-up" in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -353,8 +357,8 @@ def fmt(files: List[Path] = typer.Argument(..., help="Recipes to format."),
         stdout: bool = typer.Option(False, "--stdout", help="Print the result; change nothing."),
         output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Rewrite recipes in the one canonical format."""
-    from mergec.api import read_recipe
     from mergec.lang.fmt import format_text
+    from mergec.lang.source import read_recipe
 
     changed = []
     problems: list[Diagnostic] = []

@@ -39,7 +39,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-import numpy as np
+from mergec.io.dtypes import MERGE_DTYPES, numpy_dtype
+from mergec.lazy import lazy_module
+
+# `mergec plan` asks which backend a build would get without computing anything
+np = lazy_module("numpy")
 
 __all__ = [
     "ArrayOps", "BackendUnavailable", "STORAGE_DTYPES", "storage_dtype",
@@ -118,18 +122,16 @@ class BackendUnavailable(RuntimeError):
     """The backend asked for cannot run here (its library or device is missing)."""
 
 
-STORAGE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: the dtypes a backend converts merged tensors to: the ones mergec merges and writes
+STORAGE_DTYPES = MERGE_DTYPES
 
 
 def storage_dtype(name: str) -> np.dtype:
-    """numpy dtype of a canonical storage dtype name."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    if name in ("float32", "float16", "float64"):
-        return np.dtype(name)
-    raise ValueError(f"unknown storage dtype {name!r}; expected one of {', '.join(STORAGE_DTYPES)}")
+    """numpy dtype of a canonical storage dtype name (one of ``STORAGE_DTYPES``)."""
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {name!r}; expected one of "
+                         f"{', '.join(STORAGE_DTYPES)}")
+    return numpy_dtype(name)
 
 
 # Whole-tensor sums, the same wherever a tensor is split -----------------------------------

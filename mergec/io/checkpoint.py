@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mergec.io import dtypes
 from mergec.io.errors import (
     E_BIN_LOAD, E_CONFIG, E_CORRUPT_HEADER, E_DTYPE, E_HUB_UNAVAILABLE, E_INDEX, E_NO_WEIGHTS,
@@ -33,8 +31,14 @@ from mergec.io.errors import (
 )
 from mergec.io.sources import (
     BIN_INDEX, BIN_SINGLE, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, SourceRef, hub_endpoint,
-    hub_offline, hub_timeout, map_hub_error, resolve_metadata, snapshot_commit, weights_present,
+    hub_offline, hub_timeout, map_hub_error, parse_source, resolve, resolve_metadata,
+    snapshot_commit, weights_present,
 )
+from mergec.lazy import lazy_module
+
+np = lazy_module("numpy")  # only reading tensor data needs numpy; headers do not
+# torch (only for reading .bin weights) and huggingface_hub (only for hub inputs) are
+# imported inside the functions that need them.
 
 # The safetensors format itself refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
@@ -408,7 +412,6 @@ class Checkpoint:
         ``resolve`` does, and E412 if the downloaded tensors differ from the headers seen."""
         if not self.remote:
             return
-        from mergec.io.sources import resolve
         with self._lock:
             if not self.remote:
                 return
@@ -814,7 +817,6 @@ def open_input(raw: str, base_dir: Path, *, allow_download: bool = True,
     first ``read`` then fetches them); a hub repo with only ``.bin`` weights is downloaded
     here, since its tensor table cannot be read remotely. Raises CheckpointError.
     """
-    from mergec.io.sources import parse_source, resolve
     ref = parse_source(raw, Path(base_dir))
     if ref.local or download_weights:
         return open_checkpoint(resolve(ref, allow_download=allow_download), ref, allow_remote=False)

@@ -8,8 +8,11 @@ what a user writes (``bf16``, ``half``, ``fp32``...) into a canonical name.
 
 from __future__ import annotations
 
-import ml_dtypes
-import numpy as np
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DTYPES: tuple[str, ...] = (
     "float32", "float16", "bfloat16", "float64",
@@ -38,15 +41,26 @@ _ITEMSIZE: dict[str, int] = {
     "float8_e4m3fn": 1, "float8_e5m2": 1,
 }
 
-# Little-endian, as stored in safetensors files.
-_NUMPY: dict[str, np.dtype] = {
-    "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16), "float64": np.dtype("<f8"),
-    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "int16": np.dtype("<i2"),
-    "int8": np.dtype("i1"), "uint8": np.dtype("u1"), "bool": np.dtype("bool"),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-}
+
+@cache
+def _numpy_dtypes() -> dict[str, np.dtype]:
+    """Canonical name -> numpy dtype, little-endian as stored in safetensors files.
+
+    Built on first use: numpy and ml_dtypes (whose import alone takes most of a second) are
+    loaded only by the commands that read or write tensor data.
+    """
+    import ml_dtypes
+    import numpy as np
+
+    return {
+        "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+        "bfloat16": np.dtype(ml_dtypes.bfloat16), "float64": np.dtype("<f8"),
+        "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "int16": np.dtype("<i2"),
+        "int8": np.dtype("i1"), "uint8": np.dtype("u1"), "bool": np.dtype("bool"),
+        "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+        "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    }
+
 
 _ALIASES: dict[str, str] = {
     # float32
@@ -129,21 +143,21 @@ def itemsize(name: str) -> int:
 
 def numpy_dtype(name: str) -> np.dtype:
     """Canonical name -> numpy dtype (little-endian; ml_dtypes for bfloat16/float8)."""
-    return _NUMPY[_check(name)]
+    return _numpy_dtypes()[_check(name)]
 
 
 def from_numpy(dtype) -> str:
     """numpy dtype (any byte order) -> canonical name; ``ValueError`` if unsupported."""
+    import numpy as np  # loaded on first use, as in _numpy_dtypes
+
+    table = _numpy_dtypes()
     dt = np.dtype(dtype)
-    if dt == np.dtype(ml_dtypes.bfloat16):
-        return "bfloat16"
-    if dt == np.dtype(ml_dtypes.float8_e4m3fn):
-        return "float8_e4m3fn"
-    if dt == np.dtype(ml_dtypes.float8_e5m2):
-        return "float8_e5m2"
+    for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        if dt == table[name]:
+            return name
     if dt.kind in "fiub":
         native = dt.newbyteorder("=")
-        for name, cand in _NUMPY.items():
+        for name, cand in table.items():
             if cand.kind == native.kind and cand.itemsize == native.itemsize \
                     and cand.kind in "fiub" and name not in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
                 return name

@@ -17,6 +17,9 @@ not found, gated) becomes a ``CheckpointError`` naming the repo and revision.
 
 from __future__ import annotations
 
+# huggingface_hub (a few hundred milliseconds to import) is imported inside the functions
+# that talk to the hub, so that recipes with local inputs never load it.
+
 import json
 import os
 import re

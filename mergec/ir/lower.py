@@ -22,6 +22,7 @@ from mergec.check.program import (
 from mergec.check.walk import part_model, walk
 from mergec.io.dtypes import MERGE_DTYPES
 from mergec.ir.nodes import Graph, Node
+from mergec.ir.passes import RULES, run_passes
 from mergec.ir.placeholders import ModelTopK
 from mergec.ops.random import derive_seed
 
@@ -54,8 +55,6 @@ def lower(checked: CheckedProgram, *, canonical: bool = False) -> list[LoweredOu
 def optimize(lowered: list[LoweredOutput], rules=None) -> list[LoweredOutput]:
     """Run the passes (mergec.ir.passes.RULES) on every output, keeping the IR from
     before them and what each pass changed."""
-    from mergec.ir.passes import RULES, run_passes
-
     for lo in lowered:
         before = [t.node for t in lo.tensors]
         after, reports = run_passes(before, RULES if rules is None else rules)

@@ -257,6 +257,8 @@ def format_program(program: ast.Program) -> str:
 
 
 def format_text(text: str, file: str = "<recipe>") -> str:
+    # imported here: the CLI imports this module for `literal` on every command, and the
+    # parser brings lark
     from mergec.lang.parser import parse
 
     return format_program(parse(text, file))

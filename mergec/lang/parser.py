@@ -8,11 +8,15 @@ is parsed on its own so that every syntax error is reported at once.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import sys
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import lark
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
@@ -43,10 +47,42 @@ def grammar_text() -> str:
 _COMMENTS: list[Token] = []
 
 
+def _cache_dir() -> Path:
+    """Where the compiled parser is kept between runs: $MERGEC_CACHE_DIR, else the user's
+    cache directory ($XDG_CACHE_HOME or ~/.cache) under mergec/."""
+    env = os.environ.get("MERGEC_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mergec"
+
+
+def _cache_file(grammar: str) -> Path:
+    key = hashlib.sha256(f"{grammar}\0{lark.__version__}\0{sys.version}".encode()).hexdigest()
+    return _cache_dir() / f"parser-{key[:32]}.lark"
+
+
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True, lexer_callbacks={"COMMENT": _COMMENTS.append})
+    """The LALR parser. Building it from the grammar takes a noticeable part of a `check`, so
+    the built tables are cached on disk (keyed on the grammar, lark and Python versions) and
+    loaded on later runs. The cache file is written under a unique name and renamed into
+    place, so concurrent runs never see half a file; where no cache can be written the
+    parser is simply built each time."""
+    grammar = grammar_text()
+    options = dict(parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                   lexer_callbacks={"COMMENT": _COMMENTS.append})
+    try:
+        final = _cache_file(grammar)
+        if final.is_file():
+            return Lark(grammar, cache=str(final), **options)
+        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+        parser = Lark(grammar, cache=str(tmp), **options)
+        os.replace(tmp, final)
+        return parser
+    except OSError:
+        return Lark(grammar, **options)
 
 
 class _SyntaxProblem(Exception):

@@ -3,9 +3,11 @@ election with its disjoint merge (ties, dare_ties, breadcrumbs_ties, della, sce)
 
 from __future__ import annotations
 
-import numpy as np
+from mergec.lazy import lazy_module
 
 from .spec import Param
+
+np = lazy_module("numpy")  # numpy loads when a method runs, not when it is declared
 
 DENSITY = Param("density", "number", 1.0, "fraction of entries kept", per_input=True,
                 min=0.0, max=1.0, min_open=True)

@@ -3,11 +3,13 @@ rank, then the TIES election and disjoint merge (della) or a weighted sum (della
 
 from __future__ import annotations
 
-import numpy as np
+from mergec.lazy import lazy_module
 
 from .consensus import DENSITY, ELECT, RESCALE, WEIGHTED_ELECT, consensus, rescale
 from .linear import LAMBDA, NO_NORMALIZE, NORMALIZE, WEIGHT, combine
 from .spec import Method, Param, need_seed, rows_shape
+
+np = lazy_module("numpy")  # numpy loads when a method runs, not when it is declared
 
 EPSILON = Param("epsilon", "number", 0.15, "spread of keep probabilities",
                 per_input=True, min=0.0, max=0.5)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
+from mergec.lazy import lazy_module
 
 from .spec import Method, Param, Traits, rows_shape
 from .spherical import from_gram
+
+np = lazy_module("numpy")  # numpy loads when a method runs, not when it is declared
 
 
 def model_stock_ratio(gram: np.ndarray) -> np.ndarray:

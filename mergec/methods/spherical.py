@@ -13,10 +13,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from mergec.lazy import lazy_module
 
 from .linear import WEIGHT
 from .spec import REQUIRED, Method, Param, Traits, sum_of_weights
+
+np = lazy_module("numpy")  # numpy loads when a method runs, not when it is declared
 
 #: |cos| above which slerp falls back to linear interpolation
 SLERP_DOT_THRESHOLD = 0.9995

@@ -32,13 +32,15 @@ import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+from mergec.lazy import lazy_module
+
+np = lazy_module("numpy")  # the IR imports derive_seed; numpy loads when words are drawn
 
 __all__ = ["derive_seed", "uniform", "uniform_rows", "keep_mask"]
 
 _MASK64 = (1 << 64) - 1
 _WORDS_PER_STEP = 4  # Philox-4x64 gives four 64-bit words per counter increment
-_SCALE = np.float32(2.0**-24)
+_SCALE = 2.0**-24  # 24 random bits -> [0, 1) in float32
 _CHUNK = 1 << 21  # values per block of a large draw (a multiple of _WORDS_PER_STEP)
 
 
@@ -112,7 +114,7 @@ def _threads() -> int:
 
 
 def _to_unit(words: np.ndarray, out: np.ndarray) -> None:
-    np.multiply((words >> np.uint64(40)).astype(np.float32), _SCALE, out=out)
+    np.multiply((words >> np.uint64(40)).astype(np.float32), np.float32(_SCALE), out=out)
 
 
 def _draw(seed: int, stream: int, start: int, count: int) -> np.ndarray:

@@ -20,15 +20,15 @@ from typing import Callable
 from mergec import __version__
 from mergec.check.program import CheckedProgram
 from mergec.io.dtypes import itemsize
-from mergec.io.output_files import write_files
+from mergec.runtime.output_files import write_files
 from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
 from mergec.ir.lower import LoweredOutput
 from mergec.ir.nodes import Node, topo
 from mergec.runtime import parallel
 from mergec.runtime.interpreter import evaluate, run_step
 from mergec.runtime.prepass import compute_model_stats, host_f32
-from mergec.runtime.schedule import (TensorStep, block_budget, dispatch_order, needs_pass,
-                                     node_chunkable, row_blocks, schedule)
+from mergec.runtime.schedule import (TensorStep, block_budget, dispatch_order, execution,
+                                     needs_pass, node_chunkable, row_blocks, schedule)
 
 
 @dataclass
@@ -42,31 +42,6 @@ class BuildResult:
 
 ProgressFn = Callable[[str, int, int], None]  # (output name, tensors done, bytes done)
 TraceFn = Callable[[dict], None]
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How a build runs on this machine: on a CPU or an accelerator, with how many
-    workers, in forked processes or on threads."""
-
-    on_cpu: bool
-    workers: int
-    pool: str | None  # "processes" | "threads" | None (one after the other)
-
-
-def execution(backend_name: str, device: str, jobs: int | None, sources) -> Execution:
-    """The execution a build with this backend and `jobs` gets (`mergec plan` asks the
-    same question, so its schedule is the build's)."""
-    on_cpu = str(device).startswith("cpu")
-    workers = (jobs or parallel.default_jobs()) if on_cpu else 1
-    if workers <= 1:
-        return Execution(on_cpu, workers, None)
-
-    class _Named:
-        name = backend_name
-
-    fork = parallel.can_fork(_Named, sources)
-    return Execution(on_cpu, workers, "processes" if fork else "threads")
 
 
 def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,

@@ -17,16 +17,20 @@ simulating the liveness of every value (compute values are float32).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel
 
+from mergec.diagnostics import Diagnostic
 from mergec.io.dtypes import itemsize
+from mergec.io.sizes import format_size
 from mergec.ir.linear import linear_methods
 from mergec.ir.lower import LoweredOutput, OutTensor
 from mergec.ir.nodes import Node, topo
 from mergec.ir.placeholders import ModelTopK
 from mergec.methods import REGISTRY
+from mergec.runtime import parallel
 
 COMPUTE_ITEMSIZE = 4  # float32
 
@@ -390,9 +394,6 @@ def splittable_methods() -> list[str]:
 
 def memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> list:
     """W302 for each output with tensors that cannot be split to fit `max_memory`."""
-    from mergec.diagnostics import Diagnostic
-    from mergec.io.sizes import format_size
-
     out = []
     if max_memory is None:
         return out
@@ -412,3 +413,24 @@ def memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> lis
                 "blocks",
                 severity="warning"))
     return out
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a build runs on this machine: on a CPU or an accelerator, with how many
+    workers, in forked processes or on threads."""
+
+    on_cpu: bool
+    workers: int
+    pool: str | None  # "processes" | "threads" | None (one after the other)
+
+
+def execution(backend_name: str, device: str, jobs: int | None, sources) -> Execution:
+    """The execution a build with this backend and `jobs` gets (`mergec plan` asks the
+    same question, so its schedule is the build's)."""
+    on_cpu = str(device).startswith("cpu")
+    workers = (jobs or parallel.default_jobs()) if on_cpu else 1
+    if workers <= 1:
+        return Execution(on_cpu, workers, None)
+    fork = parallel.can_fork(backend_name, sources)
+    return Execution(on_cpu, workers, "processes" if fork else "threads")
