@@ -95,9 +95,12 @@ METHOD_INPUTS = {
     "slerp": ("ft1", "ft2"),
     "dare_ties": ("base", "ft1", "ft2", "ft3"),
 }
-TOOLS = ("floor", "mergec", "mergekit")
+TOOLS = ("floor", "mergec", "mergekit", "baseline")
 TOOL_LABEL = {"floor": "I/O floor", "mergec": "mergec", "mergekit": "mergekit 0.1.5",
-              "mergec_maxmem": "mergec --max-memory"}
+              "mergec_maxmem": "mergec --max-memory", "baseline": "mergec (baseline)"}
+#: a baseline mergec may be at most this much slower than it (median wall time) and still
+#: count as "no slower": the run-to-run spread of these medians on this machine
+BASELINE_TOLERANCE = 1.05
 SAMPLE_S = 0.02
 # mergekit's model card asks the Hugging Face hub about every model path (the machine is
 # offline), so it is turned off; mergec's card is written from local data.
@@ -316,6 +319,8 @@ class Env:
     max_memory: str
     mergec_env: dict = field(default_factory=dict)  # PYTHONPATH of the snapshot
     mergec_src: str = ""
+    baseline_env: dict | None = None  # PYTHONPATH of the --baseline snapshot
+    baseline_src: str = ""
 
 
 BASE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -342,6 +347,24 @@ def snapshot_mergec() -> tuple[dict, str]:
     old = os.environ.get("PYTHONPATH")
     env = dict(BASE_ENV, PYTHONPATH=str(snap) + (os.pathsep + old if old else ""))
     return env, desc + f", copied to {snap.relative_to(ROOT)} when the run started"
+
+
+def snapshot_baseline(rev: str) -> tuple[dict, str]:
+    """Extract mergec/ and grammar/ at commit `rev` into benchmarks/work/speed/baseline-src
+    and return the environment that runs it (the same venv, that source first on the
+    path), and a description."""
+    snap = WORK / "baseline-src"
+    shutil.rmtree(snap, ignore_errors=True)
+    snap.mkdir(parents=True)
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run(git + ["rev-parse", "--short", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    archive = subprocess.run(git + ["archive", "--format=tar", commit, "mergec", "grammar"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(snap)], input=archive, check=True)
+    old = os.environ.get("PYTHONPATH")
+    env = dict(BASE_ENV, PYTHONPATH=str(snap) + (os.pathsep + old if old else ""))
+    return env, f"commit {commit} (`--baseline {rev}`), extracted to {snap.relative_to(ROOT)}"
 
 
 def mergec_cmd() -> list[str]:
@@ -392,7 +415,7 @@ def tool_cmd(tool: str, method: str, size_dir: Path, out: Path, env: Env) -> lis
         sources = [str(f) for f in weight_files(ckpt / "base")]
         return [env.mergec_py, "-S", "-c", FLOOR_CODE, str(out / "model.safetensors"),
                 str(len(inputs)), *inputs, *sources]
-    if tool in ("mergec", "mergec_maxmem"):
+    if tool in ("mergec", "mergec_maxmem", "baseline"):
         cmd = env.mergec + ["build", f"{method}.merge", "--out-dir", str(out), "--force",
                             "--quiet"]
         if tool == "mergec_maxmem":
@@ -428,7 +451,8 @@ def run_one(tool: str, method: str, size: str, rep: int, env: Env) -> Run:
     if tool == "floor":
         out.mkdir(parents=True)
     os.sync()  # flush the previous run's writes outside the timed part
-    child_env = env.mergec_env if tool.startswith("mergec") else BASE_ENV
+    child_env = (env.mergec_env if tool.startswith("mergec")
+                 else env.baseline_env if tool == "baseline" else BASE_ENV)
     r = measure(tool_cmd(tool, method, d, out, env), cwd=d, env=child_env,
                 log=d / "logs" / f"{tool}-{method}-{rep}.log")
     r.out_bytes = out_size(out)
@@ -499,6 +523,13 @@ def size_tables(size: str, res: dict, env: Env, fixed: dict[str, float]
                 f"{fmt_mib(s.med('peak_anon'))} | {fmt_mib(s.med('max_rss'))} | "
                 f"{s.med('other_cores'):.2f} |")
     lines += ["", "| method | target | measured | verdict |", "|---|---|---|---|"]
+
+    def verdict(method: str, target: str, ok: bool | None, text: str) -> None:
+        verdicts.append({"size": size, "method": method, "target": target, "ok": ok,
+                         "text": text})
+        lines.append(f"| {method} | {target} | {text} | "
+                     f"{'n/a' if ok is None else mark(ok)} |")
+
     for method, by_tool in res.items():
         mc = by_tool.get("mergec")
         fl = by_tool.get("floor")
@@ -533,10 +564,19 @@ def size_tables(size: str, res: dict, env: Env, fixed: dict[str, float]
             else:
                 ok, text = None, "not measured (mergekit " + (
                     "skipped" if mk is None or isinstance(mk, str) else "failed") + ")"
-        verdicts.append({"size": size, "method": method, "target": target, "ok": ok,
-                         "text": text})
-        lines.append(f"| {method} | {target} | {text} | "
-                     f"{'n/a' if ok is None else mark(ok)} |")
+        verdict(method, target, ok, text)
+        bl = by_tool.get("baseline")
+        if bl is not None:
+            target = "no slower than the baseline"
+            if okd(mc) and okd(bl):
+                x = mc.med("wall_s") / bl.med("wall_s")
+                ok = x <= BASELINE_TOLERANCE
+                text = (f"mergec / baseline = {x:.2f} ({mc.med('wall_s'):.2f} s / "
+                        f"{bl.med('wall_s'):.2f} s; peak RssAnon "
+                        f"{fmt_mib(mc.med('peak_anon'))} / {fmt_mib(bl.med('peak_anon'))} MiB)")
+            else:
+                ok, text = None, "not measured"
+            verdict(method, target, ok, text)
         target = "peak RssAnon ≤ ¼ of mergekit's"
         if okd(mc) and okd(mk):
             q = mc.med("peak_anon") / mk.med("peak_anon")
@@ -545,10 +585,7 @@ def size_tables(size: str, res: dict, env: Env, fixed: dict[str, float]
                     f"{fmt_mib(mk.med('peak_anon'))} MiB)")
         else:
             ok, text = None, "not measured"
-        verdicts.append({"size": size, "method": method, "target": target, "ok": ok,
-                         "text": text})
-        lines.append(f"| {method} | {target} | {text} | "
-                     f"{'n/a' if ok is None else mark(ok)} |")
+        verdict(method, target, ok, text)
     return "\n".join(lines), verdicts
 
 
@@ -661,6 +698,10 @@ def render_doc(meta: dict, sections: list[str], verdicts: list[dict], startup: s
               f"- Linux {m['kernel']}; Python {m['python']}; torch {m['torch']} "
               f"({m['torch_threads']} threads), numpy {m['numpy']} in mergec's venv",
               f"- {meta['mergec_src']}",
+              *([f"- baseline mergec (the `mergec (baseline)` rows): {meta['baseline_src']}, "
+                 f"run from the same venv; \"no slower\" allows "
+                 f"{(BASELINE_TOLERANCE - 1) * 100:.0f}% for run-to-run noise"]
+                if meta.get("baseline_src") else []),
               f"- {meta['mergekit_note']}",
               f"- load average when the run started: {' '.join(m['loadavg'])}; when it "
               f"ended: {' '.join(meta['loadavg_end'])} — the machine was shared with other "
@@ -790,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="134m,500m", help="comma-separated: 134m, 500m, tiny")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--tools", default=",".join(TOOLS),
-                    help="comma-separated: floor, mergec, mergekit")
+                    help="comma-separated: floor, mergec, mergekit, baseline (with --baseline)")
     ap.add_argument("--runs", default="3",
                     help="runs per cell (median reported): N, or per size as 134m=3,500m=1")
     ap.add_argument("--skip", default="",
@@ -816,6 +857,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-snapshot", action="store_true",
                     help="run mergec from the working tree in place instead of a copy "
                          "taken at the start")
+    ap.add_argument("--baseline", metavar="REV", default=None,
+                    help="also run mergec as it was at git commit REV (the tool `baseline`, "
+                         "same venv), in turn with the others, and judge the current mergec "
+                         "against it")
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile one mergec TIES build of the first size")
     args = ap.parse_args(argv)
@@ -835,6 +880,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         if m not in METHODS:
             ap.error(f"unknown method {m!r} (choose from {', '.join(METHODS)})")
+    if args.baseline and "baseline" not in tools:
+        tools.append("baseline")
+    if "baseline" in tools and not args.baseline:
+        ap.error("the tool `baseline` needs --baseline REV")
     for t in tools:
         if t not in TOOLS:
             ap.error(f"unknown tool {t!r} (choose from {', '.join(TOOLS)})")
@@ -865,7 +914,14 @@ def main(argv: list[str] | None = None) -> int:
     env = Env(mergec=mc, mergec_py=sys.executable, mergekit=mk, mergekit_note=mk_note,
               max_memory_flag="--max-memory" in help_text, max_memory=args.max_memory,
               mergec_env=mc_env, mergec_src=f"{mc_version}: {mc_src}")
+    if args.baseline:
+        try:
+            env.baseline_env, env.baseline_src = snapshot_baseline(args.baseline)
+        except subprocess.CalledProcessError as e:
+            ap.error(f"--baseline {args.baseline}: {(e.stderr or b'').decode().strip()}")
     say(f"mergec source: {env.mergec_src}")
+    if env.baseline_src:
+        say(f"baseline source: {env.baseline_src}")
     say(f"mergec: {' '.join(mc)}; --max-memory "
         f"{'available' if env.max_memory_flag else 'not available'}")
     say(f"mergekit: {mk_note}")
@@ -980,6 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": ", ".join(f"{k}: {v}" for k, v in runs.items()),
             "machine": meta_machine, "mergekit_note": mk_note, "command": command,
             "mergekit_dtype": args.mergekit_dtype, "mergec_src": env.mergec_src,
+            "baseline_src": env.baseline_src,
             "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]}
     out_json = WORK / f"results-{started.strftime('%Y%m%d-%H%M%S')}.json"
     out_json.write_text(json.dumps({"meta": meta, "verdicts": verdicts, "raw": raw},
