@@ -16,6 +16,7 @@ from mergec.check.program import ERROR, CCall, CExpr, CInput, CLinear, CSlice, C
 from mergec.check.suggest import did_you_mean
 from mergec.check.walk import walk
 from mergec.lang import ast
+from mergec.lang.fmt import slice_text
 
 
 def apply_wheres(calls_checker: Calls, value: CExpr, wheres) -> CExpr:
@@ -35,7 +36,7 @@ def apply_wheres(calls_checker: Calls, value: CExpr, wheres) -> CExpr:
                 n = max(frames) if frames and len(frames) == len(calls) else None
                 lo = s.start or 0
                 if n is not None and (lo >= n or (s.stop is not None and s.stop > n)):
-                    err("E301", f"`layers[{_slice_text(s.start, s.stop)}]` is out of bounds: "
+                    err("E301", f"`layers[{slice_text(s.start, s.stop)}]` is out of bounds: "
                         f"the merged blocks are numbered 0 to {n - 1}", s.span,
                         f"the largest range is `layers[0:{n}]`")
         values = []
@@ -88,7 +89,3 @@ def _with_overrides(e: CExpr, overrides: tuple[Override, ...]) -> CExpr:
                        else None,
                        head=_with_overrides(e.head, overrides) if e.head is not None else None)
     return replace(e)
-
-
-def _slice_text(a, b) -> str:
-    return f"{'' if a is None else a}:{'' if b is None else b}"

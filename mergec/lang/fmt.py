@@ -83,7 +83,7 @@ def expr(e: ast.Expr) -> str:
         t = expr(e.target)
         if _prec(e.target) < 5:
             t = f"({t})"
-        return f"{t}.layers[{_slice(e.start, e.stop)}]"
+        return f"{t}.layers[{slice_text(e.start, e.stop)}]"
     raise TypeError(f"cannot format {type(e).__name__}")  # pragma: no cover
 
 
@@ -91,7 +91,8 @@ def _args(c: ast.Call) -> list[str]:
     return [expr(a) for a in c.args] + [f"{k.name.name}={expr(k.value)}" for k in c.kwargs]
 
 
-def _slice(a: int | None, b: int | None) -> str:
+def slice_text(a: int | None, b: int | None) -> str:
+    """A layer range as written in a recipe: `2:5`, `:3`, `4:`."""
     return f"{'' if a is None else a}:{'' if b is None else b}"
 
 
@@ -101,7 +102,7 @@ def _selector(sels) -> str:
         if isinstance(s, ast.GlobSel):
             parts.append(_quote(s.pattern))
         else:
-            parts.append(f"layers[{_slice(s.start, s.stop)}]")
+            parts.append(f"layers[{slice_text(s.start, s.stop)}]")
     return " and ".join(parts)
 
 
