@@ -17,6 +17,7 @@ from mergec.check import tables
 from mergec.check.methods import BUILTINS, REGISTRY, Method, Param, get
 from mergec.check.program import (
     BOOL, ERROR, LAYERS, LIST, MODEL, NUMBER, RAMP, STRING, CCall, CExpr, CStack, Ramp,
+    kind_text, kinds_text,
 )
 from mergec.check.scope import Const, is_error
 from mergec.check.suggest import did_you_mean
@@ -168,9 +169,10 @@ class Calls:
             first = inputs[0].kind
             odd = next(i for i, v in enumerate(inputs) if v.kind != first)
             self.report.error(
-                "E223", f"the inputs of `{fname}` mix {first}s and {inputs[odd].kind}s",
+                "E223", f"the inputs of `{fname}` mix {kinds_text(first)} and "
+                f"{kinds_text(inputs[odd].kind)}",
                 e.args[odd].span, "pass only models, only deltas (`a - base`), or only "
-                "layer runs", (Label(e.args[0].span, f"this one is a {first}"),))
+                "layer runs", (Label(e.args[0].span, f"this one is {kind_text(first)}"),))
             return None
         kind = kinds.pop()
         if method.base != "delta":
@@ -179,7 +181,7 @@ class Calls:
             if kind != MODEL:
                 self.report.error(
                     "E207", f"with `base=`, the inputs of `{fname}` are models; found "
-                    f"{kind}s", e.span, "pass the fine-tuned models themselves: "
+                    f"{kinds_text(kind)}", e.span, "pass the fine-tuned models themselves: "
                     f"`{fname}(a, b, base=base)`")
                 return None
             return MODEL

@@ -16,6 +16,16 @@ from mergec.check.methods import Method
 from mergec.diagnostics import Span
 
 MODEL, DELTA, LAYERS = "Model", "Delta", "Layers"
+
+
+def kinds_text(kind: str) -> str:
+    """The plural of a value kind in messages: Models, Deltas, Layers."""
+    return kind if kind.endswith("s") else kind + "s"
+
+
+def kind_text(kind: str) -> str:
+    """A value kind with its article in messages: a Model, a Delta, a run of Layers."""
+    return "a run of Layers" if kind == LAYERS else f"a {kind}"
 NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
 SCALED = "scaled model"  # an operand inside a linear combination, weight not 0 or 1
 ERROR = "<error>"

@@ -6,12 +6,12 @@ import re
 from typing import Any
 
 from mergec.check.exprs import Exprs
-from mergec.check.program import BOOL, DEFAULT_SEED, ERROR, NUMBER, STRING, CExpr, Settings
+from mergec.check.program import BOOL, DEFAULT_SEED, ERROR, LIST, NUMBER, STRING, CExpr, Settings
 from mergec.check.scope import Const
 from mergec.check.suggest import did_you_mean
 from mergec.io.sizes import parse_size
 from mergec.lang import ast
-from mergec.lang.fmt import literal
+from mergec.lang.fmt import expr as expr_text, literal
 
 #: setting -> what it expects, as the diagnostics say it
 SETTINGS = {
@@ -64,8 +64,9 @@ class SetStatements:
             except ValueError:
                 ok = False
         if not ok:
+            found = literal(v.value) if v.kind != LIST else expr_text(st.value)
             self.report.error("E208", f"`set {name}` expects {SETTINGS[name]}, found "
-                              f"{literal(v.value)}", st.value.span, _SETTING_HELP[name])
+                              f"{found}", st.value.span, _SETTING_HELP[name])
             return
         self.values[name] = int(val) if name == "seed" else val
 
