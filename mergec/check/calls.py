@@ -140,14 +140,6 @@ class Calls:
                 else:
                     params[p.name] = (tuple([p.default] * len(inputs)) if p.per_input
                                       else p.default)
-        if ok and "weight" in params and params.get("normalize") is True:
-            w = params["weight"]
-            if isinstance(w, tuple) and all(isinstance(x, (int, float)) for x in w) and \
-                    abs(sum(w)) < 1e-12:
-                err("E208", f"the weights of `{fname}` sum to 0, so they cannot be "
-                    "normalized", e.kwarg("weight").value.span,
-                    "use weights with a non-zero sum, or `normalize=false`")
-                ok = False
         if not ok:
             return CExpr(ERROR, e.span)
         result = self._result_kind(e, method, inputs, base)
@@ -156,6 +148,14 @@ class Calls:
         table = tables.merged(self.report, list(inputs) + ([base] if base is not None else []),
                               [a.span for a in e.args] +
                               ([e.kwarg("base").value.span] if base is not None else []))
+        if "weight" in params and method.traits.normalizes(params):
+            w = params["weight"]
+            block = zero_sum_block(w, [None, *range(table.n_layers or 0)], table.n_layers)
+            if block is not False:
+                err("E208", f"the weights of `{fname}` sum to 0{zero_sum_text(w, block)}, "
+                    "so they cannot be "
+                    "normalized", e.kwarg("weight").value.span, zero_sum_help(method))
+                return CExpr(ERROR, e.span)
         return CCall(result, e.span, table.tensors, table.n_layers, table.sparse,
                      method=method, inputs=tuple(inputs), base=base, params=params)
 
@@ -335,3 +335,34 @@ def _is_number_text(t: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def zero_sum_block(weights, blocks, n_layers: int | None) -> int | None | bool:
+    """Where normalizing `weights` (numbers and ramps, one per input) would divide by zero:
+    the first of `blocks` (layer indices, None for the tensors outside the layers) whose
+    weights sum to 0, or False when there is none. Ramps are evaluated as the lowering
+    evaluates them."""
+    if not isinstance(weights, tuple):
+        return False
+    for block in blocks:
+        vals = [w.at(block, n_layers) if isinstance(w, Ramp) else w for w in weights]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            return False
+        if abs(math.fsum(vals)) < 1e-12:
+            return block
+    return False
+
+
+def zero_sum_help(method: Method) -> str:
+    return "use weights with a non-zero sum at every layer" + (
+        ", or `normalize=false`" if method.param("normalize") is not None else "")
+
+
+def zero_sum_text(weights, block) -> str:
+    """How an E208 "sum to 0" message says where."""
+    if not any(isinstance(w, Ramp) for w in weights):
+        return ""
+    if block is None:
+        return (" outside the layers (embeddings, final norm, head), where a ramp takes its "
+                "first value")
+    return f" at layer {block} (counting from 0)"

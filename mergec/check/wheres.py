@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mergec import arch
-from mergec.check.calls import INVALID, Calls
+from mergec.check.calls import (INVALID, Calls, zero_sum_block, zero_sum_help,
+                                 zero_sum_text)
 from mergec.check.program import ERROR, CCall, CExpr, CInput, CLinear, CSlice, CStack, Override
 from mergec.check.suggest import did_you_mean
 from mergec.check.walk import walk
@@ -60,6 +61,7 @@ def apply_wheres(calls_checker: Calls, value: CExpr, wheres) -> CExpr:
             values.append((key, pv))
         ov = Override(globs, layers, tuple(values), w.span)
         overrides.append(ov)
+        _check_normalized_weights(calls_checker, calls, ov)
         tables = [c.tensors for c in calls if c.tensors is not None]
         if tables and len(tables) == len(calls) and not any(
                 ov.matches(n, arch.block_index(n)) for t in tables for n in t):
@@ -68,6 +70,28 @@ def apply_wheres(calls_checker: Calls, value: CExpr, wheres) -> CExpr:
                 "globs match full tensor names: `\"*.mlp.*\"`, not `\"mlp\"`; "
                 "`mergec plan --tensors` lists the names")
     return _with_overrides(value, tuple(overrides))
+
+
+def _check_normalized_weights(calls_checker: Calls, calls: list[CCall], ov: Override) -> None:
+    """E208 where the block's weights (or its `normalize`) make a call normalize weights
+    that sum to 0 for some tensor the block matches."""
+    given = dict(ov.values)
+    if "weight" not in given and "normalize" not in given:
+        return
+    for c in calls:
+        params = {**c.params, **given}
+        if c.tensors is None or "weight" not in params or not c.method.traits.normalizes(params):
+            continue
+        w = params["weight"]
+        blocks = {arch.block_index(n) for n in c.tensors if ov.matches(n, arch.block_index(n))}
+        order = sorted(blocks, key=lambda b: -1 if b is None else b)
+        block = zero_sum_block(w, order, c.n_layers)
+        if block is not False:
+            calls_checker.report.error(
+                "E208", f"with this `where`, the weights of `{c.method.name}` sum to 0"
+                f"{zero_sum_text(w, block)}, so they cannot be normalized", ov.span,
+                zero_sum_help(c.method))
+            return
 
 
 def _with_overrides(e: CExpr, overrides: tuple[Override, ...]) -> CExpr:

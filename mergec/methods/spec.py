@@ -168,6 +168,10 @@ class Traits:
     masks: str | None = None
     #: the rescale of kept entries needs the whole tensor's L1 norms first
     l1_rescale: Callable[[Mapping[str, Any]], bool] = lambda params: False
+    #: the call divides by the sum of its `weight`s (the checker then rejects weights that
+    #: sum to 0 at some layer); by default when its `normalize` is true
+    normalizes: Callable[[Mapping[str, Any]], bool] = \
+        lambda params: params.get("normalize") is True
 
 
 @dataclass(frozen=True)

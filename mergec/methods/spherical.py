@@ -193,6 +193,11 @@ def _nuslerp_split(params, ndim) -> str:
     return "rows" if params.get("row_wise", False) or ndim >= 3 else "whole"
 
 
+def _always(params) -> bool:
+    """nuslerp, multislerp and karcher always divide by the sum of their weights."""
+    return True
+
+
 METHODS = (
     Method(
         "slerp", "Spherical linear interpolation of two inputs.",
@@ -215,7 +220,8 @@ METHODS = (
         _nuslerp, base="delta", min_inputs=2, max_inputs=2, models_without_base=True,
         references=("Shoemake 1985",),
         notes="Without base= the inputs are interpolated as they are (Models or Deltas).",
-        traits=Traits(split=_nuslerp_split), gram_coefficients=_nuslerp_gram,
+        traits=Traits(split=_nuslerp_split, normalizes=_always),
+        gram_coefficients=_nuslerp_gram,
     ),
     Method(
         "multislerp", "Weighted spherical mean of two or more inputs.",
@@ -225,7 +231,8 @@ METHODS = (
         base="delta", min_inputs=2, models_without_base=True,
         references=("Buss & Fillmore 2001, Spherical averages and applications",),
         notes="Without base= the inputs are averaged as they are (Models or Deltas).",
-        traits=Traits(split=_always_gram), gram_coefficients=_multislerp_gram,
+        traits=Traits(split=_always_gram, normalizes=_always),
+        gram_coefficients=_multislerp_gram,
     ),
     Method(
         "karcher", "Riemannian (Karcher) mean of the unit directions, times the mean norm.",
@@ -235,6 +242,7 @@ METHODS = (
                min_open=True)),
         _gram_compute(_karcher_gram), base="none", min_inputs=2,
         references=("Karcher 1977, Riemannian center of mass and mollifier smoothing",),
-        traits=Traits(split=_always_gram), gram_coefficients=_karcher_gram,
+        traits=Traits(split=_always_gram, normalizes=_always),
+        gram_coefficients=_karcher_gram,
     ),
 )
