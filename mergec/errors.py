@@ -123,9 +123,10 @@ ERRORS: dict[str, tuple[str, str]] = {
              "vocabularies equal first (for example with transformers' "
              "`resize_token_embeddings` on the smaller model, after adding the same tokens), "
              "or merge only models that share a tokenizer."),
-    "E306": ("non-floating-point tensor",
-             "Only floating-point tensors can be merged; integer or boolean buffers can only "
-             "be carried over from one model."),
+    "E306": ("tensor of a dtype that cannot be merged",
+             "Only tensors of float32, float16, bfloat16 or float64 can be merged; integer or "
+             "boolean buffers can only be carried over from one model. float8 checkpoints "
+             "(e4m3fn, e5m2) are read but not merged: dequantize them first."),
     "E308": ("model without numbered blocks",
              "`.layers[a:b]` and `stack` need tensor names with a block index such as "
              "`model.layers.3.`; this model has none."),

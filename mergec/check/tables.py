@@ -98,8 +98,14 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                              "merged inputs must have the same shapes; are they the same "
                              "model size?", (Label(ref_span, f"{_shape(a)} here"),))
             else:
+                odd = b if b not in MERGE_DTYPES else a
+                why = ("float8 tensors are read but not merged" if odd.startswith("float8")
+                       else "only floating-point tensors can be merged")
                 report.error("E306", f"`{name}` holds {b} values here and {a} in the other "
-                             f"input; only floating-point tensors can be merged{more}", sp)
+                             f"input; {why}{more}", sp,
+                             f"merge tensors of {', '.join(MERGE_DTYPES)}; "
+                             "dequantize float8 checkpoints first" if odd.startswith("float8")
+                             else None)
     return Table(dict(ref.tensors) if ok else None, ref.n_layers)
 
 
