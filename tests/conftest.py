@@ -1,4 +1,6 @@
-"""Shared fixtures: the synthetic checkpoint family and an in-process CLI runner."""
+"""Shared fixtures: the synthetic checkpoint family, an in-process CLI runner and the
+``backend`` parameter; tests marked ``torch`` or ``jax`` are skipped where that library is
+not installed (the NumPy backend, the default on a CPU, needs neither)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,39 @@ if importlib.util.find_spec("mergec") is None:
     sys.path.insert(0, str(ROOT))
 
 from mergec.demo import make_family  # noqa: E402
+
+#: optional libraries that tests can be marked with (``@pytest.mark.torch``), and the
+#: extra that installs each
+OPTIONAL = {"torch": "torch", "jax": "jax"}
+
+
+def installed(name: str) -> bool:
+    """``name`` can be imported here (found without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked with an optional library that is not installed."""
+    # a skipif placed first, so that its reason is the one shown (before "no CUDA device")
+    skips = {m: pytest.mark.skipif(True, reason=f"needs {m} (pip install 'mergec[{extra}]')")
+             for m, extra in OPTIONAL.items() if not installed(m)}
+    if not skips:
+        return
+    for item in items:
+        for m, skip in skips.items():
+            if item.get_closest_marker(m) is not None:
+                item.add_marker(skip, append=False)
+                break
+
+
+@pytest.fixture(params=["numpy", pytest.param("torch", marks=pytest.mark.torch)])
+def backend(request) -> str:
+    """A CPU backend for tests of behaviour that does not depend on it: ``numpy`` (the
+    default on a CPU) and ``torch`` (marked ``torch``)."""
+    return request.param
 
 #: sizes of the test family: tiny, so a whole family is well under 5 MB
 FAMILY_KW = dict(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=128,

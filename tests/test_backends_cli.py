@@ -1,5 +1,5 @@
-"""`mergec build --backend torch|jax --device ...` and `set backend`: the same recipe built on
-both backends gives the same tensors (within 1e-6 relative in float32; in practice
+"""`mergec build --backend reference|torch|jax --device ...` and `set backend`: the same recipe
+built on each backend gives the same tensors (within 1e-6 relative in float32; in practice
 bit-identical on the CPU), seeded random methods included."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from safetensors.numpy import load_file
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_JAX = importlib.util.find_spec("jax") is not None
-BOTH = pytest.mark.skipif(not (HAS_TORCH and HAS_JAX), reason="needs torch and jax")
 
 HEAD = """set seed = 1234
 model base = "./ckpt/base"
@@ -56,7 +55,8 @@ def assert_close(a: dict, b: dict, rtol: float = 1e-6) -> None:
 
 @pytest.fixture(scope="module")
 def built(family, tmp_path_factory):
-    """{recipe name: {backend: tensors}}, each recipe built once per backend via the CLI."""
+    """{recipe name: {backend: tensors}}, each recipe built once per installed backend via
+    the CLI (the NumPy reference, the default on a CPU, always)."""
     from typer.testing import CliRunner
 
     from mergec.cli import app
@@ -67,8 +67,8 @@ def built(family, tmp_path_factory):
     for name, body in RECIPES.items():
         recipe = _recipe(root / name, family, HEAD + body)
         out[name] = {}
-        for backend in ("torch", "jax"):
-            if not {"torch": HAS_TORCH, "jax": HAS_JAX}[backend]:
+        for backend in ("reference", "torch", "jax"):
+            if not {"reference": True, "torch": HAS_TORCH, "jax": HAS_JAX}[backend]:
                 continue
             target = root / name / f"out-{backend}"
             res = runner.invoke(app, ["build", str(recipe), "-o", str(target), "--quiet",
@@ -78,13 +78,21 @@ def built(family, tmp_path_factory):
     return out
 
 
-@BOTH
+@pytest.mark.torch
+@pytest.mark.jax
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_torch_and_jax_builds_agree(built, name):
     assert_close(built[name]["torch"], built[name]["jax"])
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
+@pytest.mark.parametrize("other", [pytest.param("torch", marks=pytest.mark.torch),
+                                   pytest.param("jax", marks=pytest.mark.jax)])
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_numpy_build_agrees_with_the_other_backends(built, name, other):
+    assert_close(built[name]["reference"], built[name][other])
+
+
+@pytest.mark.jax
 def test_set_backend_jax_in_the_recipe(family, tmp_path, run_cli, monkeypatch):
     """`set backend = "jax"` picks jax; `--backend` on the command line wins over it."""
     import mergec.backends
@@ -112,7 +120,7 @@ def test_set_backend_jax_in_the_recipe(family, tmp_path, run_cli, monkeypatch):
         assert_close(_load(tmp_path / "out-torch"), ref)
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
+@pytest.mark.jax
 def test_jax_gpu_without_a_gpu_is_e503(family, tmp_path, run_cli):
     import jax
 
@@ -130,7 +138,7 @@ def test_jax_gpu_without_a_gpu_is_e503(family, tmp_path, run_cli):
     assert not (tmp_path / "out" / "m").exists()
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
+@pytest.mark.jax
 def test_jax_row_blocks_equal_whole_tensors(family, tmp_path):
     """--max-memory on jax: TIES and DARE masks handed over per block of rows give the same
     bytes as whole tensors (and as torch)."""

@@ -1,5 +1,5 @@
-"""End-to-end numbers: recipes built with the torch backend equal an independent numpy
-computation of the same formulas.
+"""End-to-end numbers: recipes built with the NumPy backend (the default on a CPU) and with
+the torch backend equal an independent numpy computation of the same formulas.
 
 Every test writes a recipe into its own folder next to a symbolic link `ckpt` that points
 at the synthetic family, builds it with `mergec.api.build`, loads the written safetensors
@@ -12,7 +12,8 @@ and compares them with float64 numpy computed straight from the input tensors:
   entries where terms cancel (mergec computes in float32);
 * tensors that are copies of one input tensor (stack, t=0/1) must be bit-identical.
 
-Each test runs on the bf16 family and on the float32 family.
+Each test runs on the bf16 family and on the float32 family, with each backend (the
+`backend` fixture of conftest: numpy, and torch where it is installed).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ SUFFIXES = tuple(n.split(".", 3)[3] for n in llama_shapes(layers=1) if ".layers.
 
 
 @pytest.fixture(params=["bf16", "f32"])
-def fam(request) -> dict:
-    """The family under test: {"root": folder, "dtype": stored dtype, "paths": name->dir}."""
+def fam(request, backend) -> dict:
+    """The family under test: {"root": folder, "dtype": stored dtype, "paths": name->dir,
+    "backend": what builds it}."""
     paths = request.getfixturevalue("family" if request.param == "bf16" else "family_f32")
-    return {"root": paths["base"].parent, "paths": paths,
+    return {"root": paths["base"].parent, "paths": paths, "backend": backend,
             "dtype": "bfloat16" if request.param == "bf16" else "float32"}
 
 
@@ -69,8 +71,8 @@ def build(tmp_path: Path, fam, text: str, overrides=None) -> dict[str, dict[str,
     (tmp_path / "ckpt").symlink_to(fam["root"], target_is_directory=True)
     recipe = tmp_path / "r.merge"
     recipe.write_text(text)
-    results = mergec.api.build(recipe, tmp_path / "out", overrides=overrides, backend="torch",
-                               device="cpu")
+    results = mergec.api.build(recipe, tmp_path / "out", overrides=overrides,
+                               backend=fam["backend"], device="cpu")
     out = {}
     for r in results:
         out[r.output] = load_file(str(Path(r.path) / "model.safetensors"))
@@ -602,14 +604,14 @@ def test_default_output_dtype_follows_the_config(tmp_path, fam):
 # --------------------------------------------------------------------------- families agree
 
 
-def test_bf16_and_f32_families_give_the_same_merge(tmp_path, family, family_f32):
+def test_bf16_and_f32_families_give_the_same_merge(tmp_path, family, family_f32, backend):
     """The same recipe on both families, float32 output: each equals its own reference,
     and the two differ only by the bf16 rounding of the inputs."""
     text = HEAD + ('output o = task_arithmetic(math, code, base=base, weight=[0.7, 0.4]) '
                    '{ dtype = "float32" }\n')
     res = {}
     for key, paths in (("bf16", family), ("f32", family_f32)):
-        f = {"root": paths["base"].parent, "paths": paths}
+        f = {"root": paths["base"].parent, "paths": paths, "backend": backend}
         (tmp_path / key).mkdir()
         res[key] = build(tmp_path / key, f, text)["o"]
         b, m, c = inp(f, "base"), inp(f, "math"), inp(f, "code")

@@ -9,9 +9,6 @@ import pytest
 
 from mergec.demo import llama_shapes, load_tensors, main, make_family, make_llama
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 FAMILY = ("base", "math", "code", "chat", "other_vocab", "deep")
 TINY = dict(layers=2, hidden=32, intermediate=64, heads=4, kv_heads=2, vocab=64)
 
@@ -21,6 +18,8 @@ def f32(tensors):
 
 
 def load_model(path):
+    """The checkpoint at `path` loaded by transformers (which needs torch for a model)."""
+    transformers = pytest.importorskip("transformers")
     model, info = transformers.AutoModelForCausalLM.from_pretrained(
         path, output_loading_info=True)
     return model.eval(), info
@@ -31,8 +30,11 @@ def any_family(request, family, family_f32):
     return request.param, family if request.param == "bfloat16" else family_f32
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", FAMILY)
 def test_family_loads_and_runs(any_family, name):
+    import torch
+
     dtype, fam = any_family
     model, info = load_model(fam[name])
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -114,6 +116,7 @@ def test_other_vocab_and_deep_extend_base(family):
 
 
 def test_tokenizer_loads(family):
+    transformers = pytest.importorskip("transformers")
     tok = transformers.AutoTokenizer.from_pretrained(family["base"])
     assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
     assert (tok.bos_token_id, tok.eos_token_id) == (1, 2)
@@ -128,6 +131,7 @@ def test_tokenizer_loads(family):
     assert all(big[t] == i for t, i in small.items())
 
 
+@pytest.mark.torch  # writes and reads .bin, and loads each layout in transformers
 def test_layouts_hold_the_same_tensors(tmp_path):
     """Single-file, sharded, .bin and tied checkpoints with one seed agree."""
     for dtype in ("bfloat16", "float32"):
@@ -212,9 +216,11 @@ def test_cli(tmp_path, capsys):
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]) == (4, 32, 64)
 
 
-def test_hand_written_safetensors_match_the_library(tmp_path, monkeypatch):
+@pytest.mark.parametrize("reader", ["safetensors",
+                                    pytest.param("transformers", marks=pytest.mark.torch)])
+def test_hand_written_safetensors_match_the_library(tmp_path, monkeypatch, reader):
     """The fallback writer (for a safetensors without bf16 numpy support)
-    writes the same tensors as the library."""
+    writes the same tensors as the library (and transformers loads them, with torch)."""
     import safetensors.numpy
 
     ref = make_llama(tmp_path / "lib", seed=2, **TINY)
@@ -234,5 +240,6 @@ def test_hand_written_safetensors_match_the_library(tmp_path, monkeypatch):
     with safe_open(str(hand / "model.safetensors"), "np") as f:
         assert f.metadata() == {"format": "pt"}
         assert set(f.keys()) == set(a)
-    model, info = load_model(hand)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    if reader == "transformers":
+        model, info = load_model(hand)
+        assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 from io_helpers import (  # noqa: E402
     CONFIG, assert_same, make_bin, make_safetensors, make_sharded_bin, make_sharded_safetensors,
-    sample_tensors,
+    sample_tensors, write_config,
 )
 from mergec.io import checkpoint as ckmod  # noqa: E402
 from mergec.io.checkpoint import open_checkpoint, open_input  # noqa: E402
@@ -166,20 +166,27 @@ def test_bad_entries(tmp_path):
     assert ei.value.code == "E407" and "overlap" in ei.value.message
 
 
-def test_open_reads_no_tensor_data(tmp_path, monkeypatch):
+LAYOUTS = {
+    "safetensors": lambda root, t: make_safetensors(root, t),
+    "sharded": lambda root, t: make_sharded_safetensors(
+        root, [dict(list(t.items())[:2]), dict(list(t.items())[2:])]),
+    "bin": lambda root, t: make_bin(root, t),  # written and read with torch
+}
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "sharded",
+                                    pytest.param("bin", marks=pytest.mark.torch)])
+def test_open_reads_no_tensor_data(tmp_path, monkeypatch, layout):
     t = sample_tensors()
-    roots = [make_safetensors(tmp_path / "a", t),
-             make_sharded_safetensors(tmp_path / "b", [dict(list(t.items())[:2]), dict(list(t.items())[2:])]),
-             make_bin(tmp_path / "c", t)]
+    root = LAYOUTS[layout](tmp_path / "m", t)
     _no_reads(monkeypatch)
-    for root in roots:
-        ck = open_checkpoint(root)
-        assert len(ck.tensors) == len(t)
-        fp = ck.fingerprint()
-        assert len(fp) == 16 and int(fp, 16) >= 0
-        # reading goes through the patched function (wrapped as a CheckpointError)
-        with pytest.raises(CheckpointError, match="tensor data was read"):
-            ck.read("model.norm.weight")
+    ck = open_checkpoint(root)
+    assert len(ck.tensors) == len(t)
+    fp = ck.fingerprint()
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    # reading goes through the patched function (wrapped as a CheckpointError)
+    with pytest.raises(CheckpointError, match="tensor data was read"):
+        ck.read("model.norm.weight")
 
 
 def test_fingerprint_stable_and_sensitive(tmp_path):
@@ -195,6 +202,7 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     assert open_checkpoint(tmp_path / "b").fingerprint() != a
 
 
+@pytest.mark.torch
 def test_bin_single_and_sharded(tmp_path):
     t = sample_tensors()
     ck = open_checkpoint(make_bin(tmp_path / "a", t))
@@ -217,6 +225,7 @@ def test_bin_single_and_sharded(tmp_path):
         assert_same(ck.read(n), arr)
 
 
+@pytest.mark.torch
 def test_bin_non_contiguous_and_scalar(tmp_path):
     import torch
 
@@ -230,6 +239,7 @@ def test_bin_non_contiguous_and_scalar(tmp_path):
     assert ck.read("e").shape == (0, 3)
 
 
+@pytest.mark.torch
 def test_truncated_bin(tmp_path):
     root = make_bin(tmp_path / "m")
     f = root / "pytorch_model.bin"
@@ -240,12 +250,36 @@ def test_truncated_bin(tmp_path):
     assert "download it again" in ei.value.help
 
 
-def test_prefers_safetensors_over_bin(tmp_path, monkeypatch):
+def _garbage_bin(root, t):
+    """A pytorch_model.bin that is not one (never loaded), and a config."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pytorch_model.bin").write_bytes(b"not a torch file")
+    write_config(root)
+    return root
+
+
+@pytest.mark.parametrize("bin_maker", [
+    pytest.param(make_bin, id="torch-bin", marks=pytest.mark.torch),
+    pytest.param(_garbage_bin, id="garbage-bin"),
+])
+def test_prefers_safetensors_over_bin(tmp_path, monkeypatch, bin_maker):
     t = sample_tensors()
-    root = make_bin(tmp_path / "m", t)
+    root = bin_maker(tmp_path / "m", t)
     make_safetensors(root, t)
     monkeypatch.setattr(ckmod, "_load_bin", lambda p: (_ for _ in ()).throw(AssertionError("bin loaded")))
     assert open_checkpoint(root).format == "safetensors"
+
+
+def test_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+    """Reading .bin weights needs torch: without it, opening one is an E410 that says so
+    (not an ImportError), whatever the file holds."""
+    root = _garbage_bin(tmp_path / "m", None)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as without it
+    with pytest.raises(CheckpointError) as ei:
+        open_checkpoint(root)
+    e = ei.value
+    assert e.code == "E410"
+    assert "PyTorch is needed" in e.message and "torch" in e.help and "safetensors" in e.help
 
 
 def test_no_weights_and_adapter_hint(tmp_path):

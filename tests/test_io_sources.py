@@ -362,6 +362,7 @@ def test_download_path_with_mocked_hub(hub_env, monkeypatch, tmp_path):
     assert resolve(ref) == folder and downloads == []
 
 
+@pytest.mark.torch  # .bin weights are written and read with torch
 def test_open_input_bin_only_hub_repo_downloads(hub_env, monkeypatch, tmp_path):
     import io
 

@@ -56,7 +56,8 @@ def test_single_shard(tmp_path):
     assert list(ck.tensors) == list(t)
 
 
-def test_multi_shard_out_of_order(tmp_path):
+@pytest.mark.parametrize("framework", ["numpy", pytest.param("torch", marks=pytest.mark.torch)])
+def test_multi_shard_out_of_order(tmp_path, framework):
     rng = np.random.default_rng(1)
     t = {f"layer.{i}.w": rng.standard_normal((8, 8)).astype(np.float32) for i in range(5)}  # 256 B each
     t["bf"] = rng.standard_normal((16,)).astype(ml_dtypes.bfloat16)  # 32 B
@@ -79,16 +80,26 @@ def test_multi_shard_out_of_order(tmp_path):
         "layer.3.w": "model-00002-of-00003.safetensors",
         "layer.4.w": "model-00003-of-00003.safetensors",
     }
-    import torch
-    from safetensors.torch import load_file
+    # every shard loads with safetensors, in numpy and in torch
+    if framework == "torch":
+        import torch
+        from safetensors.torch import load_file
+
+        bf16 = torch.bfloat16
+        to_f32, to_numpy = (lambda v: v.float().numpy()), (lambda v: v.numpy())
+    else:
+        from safetensors.numpy import load_file
+
+        bf16 = np.dtype(ml_dtypes.bfloat16)
+        to_f32, to_numpy = (lambda v: v.astype(np.float32)), (lambda v: v)
     for shard in names[:3]:
         loaded = load_file(str(target / shard))
         for n, v in loaded.items():
             if n == "bf":
-                assert v.dtype == torch.bfloat16
-                assert np.array_equal(v.float().numpy(), t[n].astype(np.float32))
+                assert v.dtype == bf16
+                assert np.array_equal(to_f32(v), t[n].astype(np.float32))
             else:
-                assert np.array_equal(v.numpy(), t[n])
+                assert np.array_equal(to_numpy(v), t[n])
     ck = open_checkpoint(target)
     assert list(ck.tensors) == list(t)
     for n, a in t.items():
@@ -234,6 +245,7 @@ def test_stale_temp_cleanup(tmp_path):
     w.abort()
 
 
+@pytest.mark.torch  # transformers makes and loads models with torch
 def test_loads_with_transformers(tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -74,12 +74,11 @@ def _has_jax_gpu() -> bool:
         return False
 
 
-NO_TORCH = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
-NO_JAX = pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not HAS_TORCH or not _has_cuda(), reason="no CUDA device"))]
-JAX_DEVICES = [pytest.param("cpu", marks=NO_JAX), pytest.param("gpu", marks=pytest.mark.skipif(
-    not HAS_JAX or not _has_jax_gpu(), reason="no GPU device for jax"))]
+JAX_DEVICES = [pytest.param("cpu", marks=pytest.mark.jax), pytest.param("gpu", marks=[
+    pytest.mark.jax,
+    pytest.mark.skipif(not HAS_JAX or not _has_jax_gpu(), reason="no GPU device for jax")])]
 
 
 def _make(name, device):
@@ -113,7 +112,7 @@ def _agree(backends, method, shape):
                                    err_msg=f"{method.name} {variant}")
 
 
-@NO_TORCH
+@pytest.mark.torch
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -129,8 +128,8 @@ def test_reference_and_jax_agree(method, shape, device, name):
     _agree([get_backend("reference"), _make(name, device)], method, shape)
 
 
-@NO_TORCH
-@NO_JAX
+@pytest.mark.torch
+@pytest.mark.jax
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_torch_and_jax_agree(method, shape):
@@ -138,9 +137,10 @@ def test_torch_and_jax_agree(method, shape):
 
 
 RANDOM_BACKENDS = [pytest.param(("reference", "cpu"), id="reference"),
-                   pytest.param(("torch", "cpu"), id="torch", marks=NO_TORCH),
-                   pytest.param(("jax", "cpu"), id="jax", marks=NO_JAX),
-                   pytest.param(("jax-xla-select", "cpu"), id="jax-xla-select", marks=NO_JAX)]
+                   pytest.param(("torch", "cpu"), id="torch", marks=pytest.mark.torch),
+                   pytest.param(("jax", "cpu"), id="jax", marks=pytest.mark.jax),
+                   pytest.param(("jax-xla-select", "cpu"), id="jax-xla-select",
+                                marks=pytest.mark.jax)]
 
 
 @pytest.mark.parametrize("backend", RANDOM_BACKENDS)

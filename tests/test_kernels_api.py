@@ -43,14 +43,13 @@ def _has_jax_gpu() -> bool:
 
 BACKENDS = [
     pytest.param(("reference", "cpu"), id="reference"),
-    pytest.param(("torch", "cpu"), id="torch",
-                 marks=pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")),
-    pytest.param(("torch", "cuda"), id="torch-cuda",
-                 marks=pytest.mark.skipif(not _has_cuda(), reason="no CUDA device")),
-    pytest.param(("jax", "cpu"), id="jax",
-                 marks=pytest.mark.skipif(not HAS_JAX, reason="jax not installed")),
-    pytest.param(("jax", "gpu"), id="jax-gpu",
-                 marks=pytest.mark.skipif(not _has_jax_gpu(), reason="no GPU device for jax")),
+    pytest.param(("torch", "cpu"), id="torch", marks=pytest.mark.torch),
+    pytest.param(("torch", "cuda"), id="torch-cuda", marks=[
+        pytest.mark.torch, pytest.mark.skipif(not _has_cuda(), reason="no CUDA device")]),
+    pytest.param(("jax", "cpu"), id="jax", marks=pytest.mark.jax),
+    pytest.param(("jax", "gpu"), id="jax-gpu", marks=[
+        pytest.mark.jax,
+        pytest.mark.skipif(not _has_jax_gpu(), reason="no GPU device for jax")]),
 ]
 
 @pytest.fixture(params=BACKENDS)
@@ -64,7 +63,7 @@ def test_package_import_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(_root()))
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
+@pytest.mark.jax
 def test_jax_backend_imports_jax_only():
     code = ("import sys, mergec.backends as b; be = b.get_backend('jax'); "
             "assert be.name == 'jax' and 'jax' in sys.modules; "
@@ -94,12 +93,13 @@ def test_discovery():
     with pytest.raises(BackendUnavailable, match="cpu only"):
         get_backend("reference", device="cuda")
     assert get_backend("reference", device="auto").name == "reference"
-    if "jax" not in names:
-        with pytest.raises(BackendUnavailable):
-            get_backend("jax")
+    for lib in ("torch", "jax"):
+        if lib not in names:  # a missing library is a clear error that says what to install
+            with pytest.raises(BackendUnavailable, match=rf"pip install 'mergec\[{lib}\]'"):
+                get_backend(lib)
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="no torch")
+@pytest.mark.torch
 def test_torch_devices():
     import torch
 
@@ -114,7 +114,7 @@ def test_torch_devices():
                 TorchBackend(dev)
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="no jax")
+@pytest.mark.jax
 def test_jax_devices():
     from mergec.backends.jax_backend import JaxBackend
 
@@ -134,7 +134,7 @@ def test_jax_devices():
         JaxBackend("tpu-ish")
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="no jax")
+@pytest.mark.jax
 def test_jax_device_side_conversions():
     """Off the cpu, jax moves bf16/f16 to the device as they are and widens them there, and
     casts to bf16/f16 there before copying back; that path, run on the cpu, rounds the same."""
@@ -158,7 +158,7 @@ def test_jax_device_side_conversions():
         np.testing.assert_array_equal(be.to_numpy(x, dtype).view(np.uint16), b.view(np.uint16))
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="no jax")
+@pytest.mark.jax
 def test_jax_x64_stays_local():
     import jax
 

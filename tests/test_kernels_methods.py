@@ -41,18 +41,18 @@ def _has_jax_gpu() -> bool:
         return False
 
 
-NO_JAX = pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
 BACKENDS = [
     pytest.param(("reference", "cpu"), id="reference"),
-    pytest.param(("torch", "cpu"), id="torch",
-                 marks=pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")),
-    pytest.param(("torch", "cuda"), id="torch-cuda",
-                 marks=pytest.mark.skipif(not _has_cuda(), reason="no CUDA device")),
-    pytest.param(("jax", "cpu"), id="jax", marks=NO_JAX),
+    pytest.param(("torch", "cpu"), id="torch", marks=pytest.mark.torch),
+    pytest.param(("torch", "cuda"), id="torch-cuda", marks=[
+        pytest.mark.torch, pytest.mark.skipif(not _has_cuda(), reason="no CUDA device")]),
+    pytest.param(("jax", "cpu"), id="jax", marks=pytest.mark.jax),
     # top-k masks and DELLA ranks computed by the XLA kernels (the GPU path) on the cpu
-    pytest.param(("jax", "cpu", {"host_select": False}), id="jax-xla-select", marks=NO_JAX),
-    pytest.param(("jax", "gpu"), id="jax-gpu",
-                 marks=pytest.mark.skipif(not _has_jax_gpu(), reason="no GPU device for jax")),
+    pytest.param(("jax", "cpu", {"host_select": False}), id="jax-xla-select",
+                 marks=pytest.mark.jax),
+    pytest.param(("jax", "gpu"), id="jax-gpu", marks=[
+        pytest.mark.jax,
+        pytest.mark.skipif(not _has_jax_gpu(), reason="no GPU device for jax")]),
 ]
 SEED = 0x5EED_1234_ABCD
 
@@ -648,7 +648,7 @@ def test_sce_identical(be):
     close(run(be, "sce", [x, x]), x, rtol=1e-6, atol=0)
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+@pytest.mark.torch
 @pytest.mark.parametrize("host_select", [True, False])
 def test_torch_topk_selection_paths(host_select):
     import torch
@@ -666,7 +666,7 @@ def test_torch_topk_selection_paths(host_select):
             np.testing.assert_array_equal(np.nonzero(got)[0], sorted(keep))
 
 
-@NO_JAX
+@pytest.mark.jax
 @pytest.mark.parametrize("host_select", [True, False])
 def test_jax_topk_selection_paths(host_select):
     import jax
@@ -693,7 +693,7 @@ def test_jax_topk_selection_paths(host_select):
         np.testing.assert_array_equal(got.reshape(-1), np.arange(15) < k)
 
 
-@NO_JAX
+@pytest.mark.jax
 def test_jax_kernels_compile_once_per_shape():
     """Weights, t, densities, lambda and k are traced: new values reuse the compiled kernels."""
     from mergec.backends.jax_backend import JaxBackend, kernel_traces

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,9 +11,9 @@ from mergec.backends import get_backend
 from mergec.methods import REGISTRY
 from mergec.methods import run_method
 
-BACKEND_NAMES = (["reference"] + (["torch"] if importlib.util.find_spec("torch") else [])
-                 + (["jax"] if importlib.util.find_spec("jax") else []))
-BACKENDS = {n: get_backend(n) for n in BACKEND_NAMES}
+BACKEND_NAMES = ["reference", pytest.param("torch", marks=pytest.mark.torch),
+                 pytest.param("jax", marks=pytest.mark.jax)]
+BACKENDS: dict = {}  # name -> backend, made on first use (torch and jax may be missing)
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -38,6 +36,8 @@ def float_arrays(shape, n):
 
 
 def run(backend, name, xs, params, seed=None):
+    if backend not in BACKENDS:
+        BACKENDS[backend] = get_backend(backend)
     b = BACKENDS[backend]
     full = {}
     for p in REGISTRY[name].params:

@@ -28,14 +28,14 @@ output dl = dare_linear(math, code, base=base, density=0.5) { dtype = "float32" 
 
 
 @pytest.mark.parametrize("fam", ["family", "family_f32"])
-def test_row_blocks_give_the_same_bytes_and_fit(tmp_path, fam, request, monkeypatch):
+def test_row_blocks_give_the_same_bytes_and_fit(tmp_path, fam, request, monkeypatch, backend):
     family = request.getfixturevalue(fam)
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
     r.write_text(RECIPE)
-    build(r, tmp_path / "whole")
+    build(r, tmp_path / "whole", backend=backend)
     limit = 16 * 1024
-    comp = compile(r, max_memory=limit)
+    comp = compile(r, max_memory=limit, backend=backend)
     assert not comp.checked.warnings  # everything here can be split
     assert all(o.peak_memory <= limit for o in comp.plan.outputs)
     rows_read: list[int] = []
@@ -52,7 +52,7 @@ def test_row_blocks_give_the_same_bytes_and_fit(tmp_path, fam, request, monkeypa
 
     monkeypatch.setattr(Checkpoint, "read_rows", read_rows)
     monkeypatch.setattr(Checkpoint, "read", read)
-    build(r, tmp_path / "blocks", max_memory=limit)
+    build(r, tmp_path / "blocks", max_memory=limit, backend=backend)
     assert rows_read and max(rows_read) < 128  # the 128-row tensors were split
     big = {n for n, i in compile(r).checked.inputs["base"].checkpoint.tensors.items()
            if i.shape[0] >= 128}
@@ -94,7 +94,8 @@ output tn = slerp(ties(math, code, base=base, density=0.5), base, t=0.5)
 
 
 @pytest.mark.parametrize("fam", ["family", "family_f32"])
-def test_whole_tensor_statistics_do_not_depend_on_blocks_or_workers(tmp_path, fam, request):
+def test_whole_tensor_statistics_do_not_depend_on_blocks_or_workers(tmp_path, fam, request,
+                                                                     backend):
     """Inner products (slerp & co, model stock), L1 norms (DARE rescale="l1") and TIES
     thresholds are whole-tensor statistics: computed from passes over row blocks, the
     result is the same bytes for any block size and any number of workers."""
@@ -102,10 +103,10 @@ def test_whole_tensor_statistics_do_not_depend_on_blocks_or_workers(tmp_path, fa
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
     r.write_text(WHOLE_TENSOR_STATS)
-    assert not compile(r, max_memory=16 * 1024).checked.warnings  # all of it can be split
-    build(r, tmp_path / "whole", jobs=1)
-    build(r, tmp_path / "blocks", max_memory=16 * 1024, jobs=1)
-    build(r, tmp_path / "workers", max_memory=8 * 1024, jobs=3)
+    assert not compile(r, max_memory=16 * 1024, backend=backend).checked.warnings  # all splits
+    build(r, tmp_path / "whole", jobs=1, backend=backend)
+    build(r, tmp_path / "blocks", max_memory=16 * 1024, jobs=1, backend=backend)
+    build(r, tmp_path / "workers", max_memory=8 * 1024, jobs=3, backend=backend)
     for out in ("sl", "nf", "nr", "ms", "ka", "mo", "mf", "d1", "d2", "te", "tn"):
         a = load_tensors(tmp_path / "whole" / out)
         for other in ("blocks", "workers"):

@@ -3,7 +3,6 @@ backend, and end to end in a build."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ from mergec.demo import load_tensors
 from mergec.methods import run_method
 from method_refs import iso_c_reference
 
-BACKENDS = ["reference"] + [n for n in ("torch", "jax") if importlib.util.find_spec(n)]
+BACKENDS = ["reference", pytest.param("torch", marks=pytest.mark.torch),
+            pytest.param("jax", marks=pytest.mark.jax)]
 PARAMS = {"lambda": 1.0, "decompose": True}
 
 

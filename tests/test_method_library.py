@@ -80,23 +80,30 @@ RANDOM = HEAD + ("set seed = 7\n"
                  "output f = dare_linear(math, code, base=base, density=0.3, rescale=\"l1\")\n")
 
 
-def test_random_methods_do_not_depend_on_threads_order_or_shards(tmp_path, family, monkeypatch):
-    import torch
-
+def test_random_methods_do_not_depend_on_threads_order_or_shards(tmp_path, family, monkeypatch,
+                                                                backend):
+    """One worker and two (worker processes or threads; with torch, also one and two
+    intra-op threads), tensors in the reverse order, and shards: the same bytes."""
     r = write(tmp_path, family, RANDOM)
-    threads = torch.get_num_threads()
+    if backend == "torch":
+        import torch
+
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+    else:
+        threads, set_threads = None, lambda n: None
     try:
-        torch.set_num_threads(1)
-        build(r, tmp_path / "a")
-        torch.set_num_threads(2)
-        build(r, tmp_path / "b", shard_size=40_000)
+        set_threads(1)
+        build(r, tmp_path / "a", backend=backend, jobs=1)
+        set_threads(2)
+        build(r, tmp_path / "b", backend=backend, jobs=2, shard_size=40_000)
     finally:
-        torch.set_num_threads(threads)
+        if threads is not None:
+            set_threads(threads)
     # tensors computed in the reverse order
-    comp = compile(r)
+    comp = compile(r, backend=backend)
     for lo in comp.lowered:
         lo.tensors.reverse()
-    build(r, tmp_path / "c", compiled=comp)
+    build(r, tmp_path / "c", compiled=comp, backend=backend)
     for out in ("d", "e", "f"):
         a = digest(tmp_path / "a" / out)
         assert a == digest(tmp_path / "b" / out) == digest(tmp_path / "c" / out)

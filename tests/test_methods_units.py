@@ -5,7 +5,6 @@ equals the shared code bit for bit."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ from mergec.methods import METHODS, MODULES, REGISTRY
 from mergec.methods import consensus
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ["reference"] + [n for n in ("torch", "jax") if importlib.util.find_spec(n)]
+BACKENDS = ["reference", pytest.param("torch", marks=pytest.mark.torch),
+            pytest.param("jax", marks=pytest.mark.jax)]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -25,7 +25,6 @@ import pytest
 from safetensors.numpy import load_file
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-HAS_JAX = importlib.util.find_spec("jax") is not None
 
 RECIPE = """set seed = 99
 model base = "./ckpt/base"
@@ -109,7 +108,8 @@ def _build(recipe: Path, out: Path, backend: str | None, block, imported=()
     return {name: load_file(str(out / name / "model.safetensors")) for name in ("lin", "dare")}
 
 
-@pytest.mark.skipif(not (HAS_TORCH and HAS_JAX), reason="needs torch and jax")
+@pytest.mark.torch
+@pytest.mark.jax
 def test_jax_without_torch_matches_torch(recipe, tmp_path):
     jx = _build(recipe, tmp_path / "out-jax", "jax", block=("torch",), imported=("jax",))
     th = _build(recipe, tmp_path / "out-torch", "torch", block=("jax",), imported=("torch",))

@@ -145,7 +145,7 @@ def test_sdist_builds_a_wheel_with_the_grammar(tmp_path):
     assert prefix + "grammar/mergec.lark" in names
     assert prefix + "pyproject.toml" in names
     assert not any(n.startswith(prefix + d) for n in names
-                   for d in (".venv/", "out/", "recipes/ckpt/"))
+                   for d in (".venv/", ".venv-core/", "out/", "recipes/ckpt/"))
     whl = _pip_wheel(tmp_path / "src" / prefix.rstrip("/"), tmp_path / "dist")
     with zipfile.ZipFile(whl) as z:
         assert z.read(WHEEL_GRAMMAR) == GRAMMAR.read_bytes()
