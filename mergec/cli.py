@@ -283,9 +283,12 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
 
     size = _size(shard_size, "--shard-size")
     limit = _size(max_memory, "--max-memory")
-    if backend is not None and backend not in ("torch", "jax", "reference", "auto"):
+    from mergec.backends import BACKEND_NAMES
+
+    if backend is not None and backend not in BACKEND_NAMES:
         raise UsageError(Diagnostic("E502", f"unknown backend `{backend}`",
-                                    help="use torch, jax, reference or auto"))
+                                    help="use " + ", ".join(BACKEND_NAMES[:-1]) +
+                                    f" or {BACKEND_NAMES[-1]}"))
     if device is not None and device not in ("cpu", "cuda", "gpu", "auto") and \
             not device.startswith("cuda:"):
         raise UsageError(Diagnostic("E502", f"unknown device `{device}`",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("numpy", "ml_dtypes", "torch", "jax", "safetensors", "mergec.runtime.schedule",
-         "mergec.ir.lower", "mergec.backends")
+         "mergec.ir.lower", "mergec.backends.reference")
 
 RECIPE = """model base = "{base}"
 model math = "{math}"

@@ -22,7 +22,7 @@ import importlib.util
 from .base import ArrayOps, BackendUnavailable
 
 __all__ = ["ArrayOps", "BackendUnavailable", "get_backend", "available_backends",
-           "auto_backend", "gpu_present"]
+           "auto_backend", "gpu_present", "BACKEND_NAMES"]
 
 # name -> (module, class, library it needs)
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
@@ -31,6 +31,10 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "jax": ("mergec.backends.jax_backend", "JaxBackend", "jax"),
 }
 _ALIASES = {"numpy": "reference"}
+#: every name a user may give a backend (`--backend`, `set backend`), in the order messages
+#: list them: "auto", the backends and their aliases
+BACKEND_NAMES: tuple[str, ...] = ("auto", "numpy", "torch", "jax", "reference")
+assert set(BACKEND_NAMES) == {"auto", *_BACKENDS, *_ALIASES}
 _GPU_ORDER = ("torch", "jax")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from mergec.check.exprs import Exprs
 from mergec.check.program import BOOL, DEFAULT_SEED, ERROR, LIST, NUMBER, STRING, CExpr, Settings
 from mergec.check.scope import Const
+from mergec.backends import BACKEND_NAMES
 from mergec.check.suggest import did_you_mean
 from mergec.io.sizes import parse_size
 from mergec.lang import ast
@@ -16,7 +17,7 @@ from mergec.lang.fmt import expr as expr_text, literal
 #: setting -> what it expects, as the diagnostics say it
 SETTINGS = {
     "seed": "a whole number >= 0",
-    "backend": '"auto", "torch", "jax" or "reference"',
+    "backend": ", ".join(f'"{n}"' for n in BACKEND_NAMES[:-1]) + f' or "{BACKEND_NAMES[-1]}"',
     "device": '"auto", "cpu", "cuda", "cuda:N" or "gpu"',
     "shard_size": 'a size such as "5GB"',
     "max_memory": 'a size such as "8GB"',
@@ -53,7 +54,7 @@ class SetStatements:
         if name == "seed":
             ok = v.kind == NUMBER and float(val).is_integer() and val >= 0
         elif name == "backend":
-            ok = val in ("auto", "torch", "jax", "reference")
+            ok = val in BACKEND_NAMES
         elif name == "device":
             ok = isinstance(val, str) and (val in ("auto", "cpu", "cuda", "gpu") or
                                            re.fullmatch(r"cuda:\d+", val) is not None)

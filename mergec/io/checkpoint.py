@@ -226,9 +226,10 @@ def parse_safetensors_header(path: Path, rel: str | None = None) -> tuple[list[T
 def _torch():
     try:
         import torch
-    except Exception as e:  # pragma: no cover - torch is a dependency
+    except Exception as e:  # torch is optional: only .bin weights need it
         raise CheckpointError(E_BIN_LOAD, f"PyTorch is needed to read .bin weights but cannot be imported ({e})",
-                              "install torch, or convert the checkpoint to safetensors") from None
+                              "install it (`pip install 'mergec[torch]'`), or convert the "
+                              "checkpoint to safetensors") from None
     return torch
 
 
