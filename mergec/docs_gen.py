@@ -46,11 +46,6 @@ def _code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _type(p: registry.Param) -> str:
-    return {"number": "number", "int": "whole number", "bool": "bool",
-            "string": "string"}.get(p.type, p.type)
-
-
 _WITHOUT_BASE = "Without base="
 
 
@@ -85,7 +80,7 @@ def _method_section(m: registry.Method) -> list[str]:
             default = "required" if p.required else _code(literal(p.default, short=True))
             rng = p.range_text()
             rng = "any" if rng == "any" else _code(rng)
-            kind = _type(p)
+            kind = p.type_text
             if p.type == "number" and p.rampable:
                 kind += ", ramp"
             out.append(f"| `{p.name}` | {_cell(kind)} | {_cell(default)} | {_cell(rng)} | "

@@ -200,7 +200,7 @@ class Calls:
         if is_error(v):
             return INVALID
         if isinstance(v, CExpr):
-            self.report.error("E207", f"`{p.name}` expects a {_ptype(p)}, found a {v.kind}",
+            self.report.error("E207", f"`{p.name}` expects a {p.type_text}, found a {v.kind}",
                               value.span)
             return INVALID
         if v.kind == LIST:
@@ -233,7 +233,7 @@ class Calls:
         err = self.report.error
         if isinstance(v, CExpr) or v.kind == ERROR:
             if isinstance(v, CExpr) and v.kind != ERROR:
-                err("E207", f"`{p.name}` expects a {_ptype(p)}, found a {v.kind}", v.span)
+                err("E207", f"`{p.name}` expects a {p.type_text}, found a {v.kind}", v.span)
             return INVALID
         if v.kind == RAMP:
             if p.type not in ("number",) or not p.rampable:
@@ -255,7 +255,7 @@ class Calls:
             err("E208", f"`{p.name}` of `{fname}` is not a finite number", v.span)
             return INVALID
         if v.kind != expected:
-            err("E207", f"`{p.name}` of `{fname}` expects a {_ptype(p)}, found a {v.kind}",
+            err("E207", f"`{p.name}` of `{fname}` expects a {p.type_text}, found a {v.kind}",
                 v.span, (f"write `{p.name}=true` or `{p.name}=false`" if p.type == "bool" else
                          f"one of {p.range_text()}" if p.choices else None))
             return INVALID
@@ -322,11 +322,6 @@ class Calls:
         table = tables.stacked(self.report, parts, e.args, embed, head, e.kwargs)
         return CStack(MODEL, e.span, table.tensors, table.n_layers, parts=tuple(parts),
                       embed=embed, head=head)
-
-
-def _ptype(p: Param) -> str:
-    return {"number": "number", "int": "whole number", "bool": "true/false",
-            "string": "string"}[p.type]
 
 
 def _is_number_text(t: str) -> bool:

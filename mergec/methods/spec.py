@@ -54,6 +54,13 @@ class Param:
     def required(self) -> bool:
         return self.default is REQUIRED
 
+    @property
+    def type_text(self) -> str:
+        """The type as messages and the docs name it: number, whole number, true/false,
+        string."""
+        return {"number": "number", "int": "whole number", "bool": "true/false",
+                "string": "string"}[self.type]
+
     def range_text(self) -> str:
         if self.choices:
             return " | ".join(f'"{c}"' for c in self.choices)
