@@ -111,11 +111,16 @@ def _size(text: Optional[str], flag: str) -> Optional[int]:
     from mergec.io.sizes import parse_size
 
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as e:
         msg = getattr(e, "message", None) or str(e)
         raise UsageError(Diagnostic("E502", f"`{flag} {text}`: {msg}",
                                     help="sizes look like 5GB, 500MB or 2GiB")) from None
+    if size <= 0:
+        # as `set shard_size` / `set max_memory` in a recipe: 0 (or under a byte) is no size
+        raise UsageError(Diagnostic("E502", f"`{flag} {text}`: a size must be at least 1 "
+                                    "byte", help="sizes look like 5GB, 500MB or 2GiB"))
+    return size
 
 
 def _version(value: bool):

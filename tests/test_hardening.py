@@ -1,0 +1,137 @@
+"""Hostile or broken inputs get a clear diagnostic (issue 13): non-finite numbers, nesting
+and literal-size limits, recipe files that are not regular files, command-line sizes,
+broken checkpoints and control characters in what is printed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mergec.api import check
+from mergec.diagnostics import MergecError
+
+
+def _diags(text: str):
+    with pytest.raises(MergecError) as e:
+        check("r.merge", text=text)
+    return [(d.code, d.message, str(d.span) if d.span else None) for d in e.value.diagnostics]
+
+
+def _head(family) -> str:
+    return f'model b = "{family["base"]}"\nmodel m = "{family["math"]}"\n'
+
+
+# --- D1: non-finite numbers never reach a weight --------------------------------------
+
+@pytest.mark.parametrize("expr,diag", [
+    ("task_arithmetic(m - b, weight=1e999)",
+     ("E108", "number `1e999` is too large: numbers are at most 1e308", "r.merge:3:42")),
+    ("task_arithmetic(m - b, weight=ramp(1e999, 1))",
+     ("E108", "number `1e999` is too large: numbers are at most 1e308", "r.merge:3:47")),
+    ("task_arithmetic(m - b, weight=ramp(0, 1e300 * 1e10))",
+     ("E221", "`1e+300 * 1e+10` is not a finite number", "r.merge:3:50")),
+    ("task_arithmetic(m - b, weight=1e300 * 1e300)",
+     ("E221", "`1e+300 * 1e+300` is not a finite number", "r.merge:3:42")),
+    ("linear(b, m, weight=[0.5, -1e308 - 1e308])",
+     ("E221", "`-1e+308 - 1e+308` is not a finite number", "r.merge:3:38")),
+    ("1e300 * 1e300 * (m - b) + b",
+     ("E221", "`1e+300 * 1e+300` is not a finite number", "r.merge:3:12")),
+    ("1e200 * (1e200 * (m - b)) + b",
+     ("E221", "this scaling gives a weight that is not a finite number", "r.merge:3:12")),
+    ("(m - b) / 1e-320 + b",
+     ("E221", "this scaling gives a weight that is not a finite number", "r.merge:3:12")),
+])
+def test_non_finite_numbers_are_rejected(family, expr, diag):
+    assert _diags(_head(family) + f"output o = {expr}\n") == [diag]
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "1e999", "9" * 5000])
+def test_non_finite_set_override_is_rejected(family, raw):
+    text = _head(family) + "param w = 0.5\noutput o = task_arithmetic(m - b, weight=ramp(0, w))\n"
+    with pytest.raises(MergecError) as e:
+        check("r.merge", text=text, overrides={"w": raw})
+    (d,) = e.value.diagnostics
+    assert (d.code, d.message, str(d.span)) == (
+        "E208", f"`--set w={raw}` is not a finite number", "r.merge:3:11")
+
+
+# --- D5-D7: nesting depth and literal size ----------------------------------------------
+
+@pytest.mark.parametrize("expr,col", [
+    ("(" * 500 + "b" + ")" * 500, 113),
+    ("linear(" * 350 + "b" + ")" * 350, 713),
+    ("-" * 2000 + "1", 112),
+])
+def test_deep_nesting_is_e107(family, expr, col):
+    (d,) = _diags(_head(family) + f"let x = {expr}\noutput o = b\n")
+    assert d[0] == "E107"
+    assert d[1] == ("expression nested too deeply: more than 100 levels of calls, brackets "
+                    "or operators")
+    assert d[2].startswith("r.merge:3:")
+
+
+def test_long_sum_is_e107(family):
+    text = _head(family) + "param w = " + " + ".join(["1"] * 2000) + "\noutput o = b\n"
+    ((code, _, _),) = _diags(text)
+    assert code == "E107"
+
+
+def test_nesting_below_the_limit_checks(family):
+    text = _head(family) + "output o = " + "linear(" * 95 + "b, m" + ")" * 95 + "\n"
+    assert check("r.merge", text=text).outputs
+
+
+@pytest.mark.parametrize("literal,msg", [
+    ("1" * 5000, "number literal of 5000 characters is too long: a number has at most 100"),
+    ("1" * 400 + ".5", "number literal of 402 characters is too long: a number has at most 100"),
+    ("2e308", "number `2e308` is too large: numbers are at most 1e308"),
+])
+def test_literal_size_is_e108(family, literal, msg):
+    assert _diags(_head(family) + f"param w = {literal}\noutput o = b\n") == [
+        ("E108", msg, "r.merge:3:11")]
+
+
+# --- recipe files -----------------------------------------------------------------------
+
+def test_recipe_that_is_a_device_is_refused(run_cli):
+    code, out, err = run_cli("check", "/dev/zero")
+    assert code == 2
+    assert "E501 cannot read recipe `/dev/zero`: not a regular file" in out + err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_recipe_that_is_a_fifo_is_refused(run_cli, tmp_path):
+    fifo = tmp_path / "r.merge"
+    os.mkfifo(fifo)
+    code, out, err = run_cli("check", fifo)
+    assert code == 2
+    assert f"E501 cannot read recipe `{fifo}`: not a regular file" in out + err
+
+
+def test_recipe_over_the_size_cap_is_e504(run_cli, tmp_path):
+    big = tmp_path / "big.merge"
+    big.write_text("# padding\n" * 1_100_000)
+    code, out, err = run_cli("check", big)
+    assert code == 2
+    assert f"E504 recipe `{big}` is larger than 10 MB" in out + err
+
+
+def test_recipe_with_crlf_line_ends_reads_as_before(family, run_cli, tmp_path):
+    r = tmp_path / "r.merge"
+    r.write_bytes((_head(family) + "output o = b\n").replace("\n", "\r\n").encode())
+    code, out, err = run_cli("check", r)
+    assert code == 0, out + err
+
+
+# --- D16: command-line sizes --------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--max-memory", "--shard-size"])
+@pytest.mark.parametrize("value", ["0", "0.5"])
+def test_cli_size_below_one_byte_is_e502(family, run_cli, tmp_path, flag, value):
+    r = tmp_path / "r.merge"
+    r.write_text(_head(family) + "output o = b\n")
+    code, out, err = run_cli("build", r, "-o", tmp_path / "out", flag, value)
+    assert code == 2
+    assert f"E502 `{flag} {value}`: a size must be at least 1 byte" in out + err
+    assert not (tmp_path / "out").exists()
