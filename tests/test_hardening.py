@@ -135,3 +135,130 @@ def test_cli_size_below_one_byte_is_e502(family, run_cli, tmp_path, flag, value)
     assert code == 2
     assert f"E502 `{flag} {value}`: a size must be at least 1 byte" in out + err
     assert not (tmp_path / "out").exists()
+
+
+# --- broken checkpoints: JSON depth (D8), block counts (D10, D11), empty names (D15) ----
+
+def _copy(family, tmp_path, name="bad"):
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(family["math"], dst)
+    return dst
+
+
+def _rewrite_header(path, change):
+    """Rewrite the JSON header of a safetensors file with ``change(header) -> header``."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = change(json.loads(raw[8:8 + n]))
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+def _model_diags(family, ckpt):
+    text = f'model b = "{family["base"]}"\nmodel x = "{ckpt}"\noutput o = linear(b, x)\n'
+    return _diags(text)
+
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+def test_deeply_nested_config_json_is_e420(family, tmp_path):
+    bad = _copy(family, tmp_path)
+    (bad / "config.json").write_text('{"model_type": "llama", "x": ' + DEEP + "}")
+    assert _model_diags(family, bad) == [
+        ("E420", f"{bad / 'config.json'} nests JSON objects or lists more than 64 levels deep",
+         "r.merge:2:11")]
+
+
+def test_config_json_nested_past_the_limit_is_e420(family, tmp_path):
+    # deep enough to pass json.loads, too deep for the limit
+    bad = _copy(family, tmp_path)
+    (bad / "config.json").write_text('{"x": ' + "[" * 70 + "]" * 70 + "}")
+    ((code, _, _),) = _model_diags(family, bad)
+    assert code == "E420"
+
+
+def test_deeply_nested_safetensors_header_is_e420(family, tmp_path):
+    bad = _copy(family, tmp_path)
+    st = bad / "model.safetensors"
+    raw = st.read_bytes()
+    import json
+    import struct
+
+    (n,) = struct.unpack("<Q", raw[:8])
+    head = json.loads(raw[8:8 + n])
+    text = (json.dumps(head)[:-1] + ', "__metadata__": {"x": ' + DEEP + "}}").encode()
+    text += b" " * (-len(text) % 8)
+    st.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    assert _model_diags(family, bad) == [
+        ("E420", f"{st} nests JSON objects or lists more than 64 levels deep", "r.merge:2:11")]
+
+
+def test_deeply_nested_index_json_is_e420(family, tmp_path):
+    bad = _copy(family, tmp_path)
+    (bad / "model.safetensors").rename(bad / "model-00001-of-00001.safetensors")
+    (bad / "model.safetensors.index.json").write_text('{"weight_map": ' + DEEP + "}")
+    ((code, msg, _),) = _model_diags(family, bad)
+    assert (code, msg) == (
+        "E420", f"{bad / 'model.safetensors.index.json'} nests JSON objects or lists more "
+        "than 64 levels deep")
+
+
+@pytest.mark.parametrize("value,why", [
+    ("0", "`num_hidden_layers` is 0, not a whole number of blocks >= 1"),
+    ("-2", "`num_hidden_layers` is -2, not a whole number of blocks >= 1"),
+    ("1e9", "`num_hidden_layers` is 1000000000.0, not a whole number of blocks >= 1"),
+    ('"4"', '`num_hidden_layers` is "4", not a whole number of blocks >= 1'),
+    ("1000000000", "`num_hidden_layers` is 1000000000, but the weights have 4 blocks (0 to 3)"),
+    ("5", "`num_hidden_layers` is 5, but the weights have 4 blocks (0 to 3)"),
+])
+def test_bad_block_count_in_config_is_e411(family, tmp_path, value, why):
+    import json
+
+    bad = _copy(family, tmp_path)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["num_hidden_layers"] = json.loads(value)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    assert _model_diags(family, bad) == [
+        ("E411", f"config.json of `{bad}`: {why}", "r.merge:2:11")]
+
+
+def test_tensor_with_an_empty_name_is_e407(family, tmp_path):
+    bad = _copy(family, tmp_path)
+    st = bad / "model.safetensors"
+    _rewrite_header(st, lambda h: {("" if k == "model.norm.weight" else k): v
+                                   for k, v in h.items()})
+    assert _model_diags(family, bad) == [
+        ("E407", f"corrupt safetensors header in {st}: a tensor has an empty name",
+         "r.merge:2:11")]
+
+
+# --- D17: control characters from input files are escaped in diagnostics -----------------
+
+def test_control_characters_in_tensor_names_are_escaped(family, tmp_path, run_cli):
+    bad = _copy(family, tmp_path)
+    st = bad / "model.safetensors"
+    evil = "model.norm.weight\x1b[2J\x1b]0;owned\x07\u202e"
+    _rewrite_header(st, lambda h: {(evil if k == "model.norm.weight" else k): v
+                                   for k, v in h.items()})
+    r = tmp_path / "r.merge"
+    r.write_text(f'model b = "{family["base"]}"\nmodel x = "{bad}"\noutput o = linear(b, x)\n')
+    code, out, err = run_cli("check", r)
+    text = out + err
+    assert code == 1
+    assert "E303" in text
+    assert "model.norm.weight\\x1b[2J\\x1b]0;owned\\x07\\u202e" in text
+    assert not any(c in text for c in "\x1b\x07\u202e")
+
+
+def test_escape_keeps_ordinary_text():
+    from mergec.diagnostics import escape
+
+    assert escape("tab\there, line\nbreak, é, 中") == "tab\there, line\nbreak, é, 中"
+    assert escape("a\x1b[31mb\x9bc\rd") == "a\\x1b[31mb\\x9bc\\x0dd"
