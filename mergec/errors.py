@@ -45,7 +45,8 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E108": ("number literal too large",
              "A number is written with at most 100 characters and its magnitude is at most "
              "1e308 (the largest double). `1e999` or an integer of thousands of digits "
-             "would overflow to infinity, which is never a valid weight or parameter."),
+             "would overflow to infinity, which is never a valid weight or parameter. A "
+             "block index in `.layers[a:b]` or `where layers[a:b]` has at most 9 digits."),
     "E201": ("unknown name",
              "The name is not defined by any `model`, `adapter`, `param`, `let` or `output` "
              "statement. Names are case-sensitive; the help line suggests the closest one."),

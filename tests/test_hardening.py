@@ -92,6 +92,18 @@ def test_literal_size_is_e108(family, literal, msg):
         ("E108", msg, "r.merge:3:11")]
 
 
+@pytest.mark.parametrize("stmt,col", [
+    ("output o = stack(m.layers[0:" + "9" * 5000 + "])", 29),
+    ("output o = linear(b, m) where layers[" + "1" * 10 + ":] { weight = 1 }", 38),
+])
+def test_long_block_index_is_e108(family, stmt, col):
+    ((code, msg, span),) = _diags(_head(family) + stmt + "\n")
+    n = 5000 if "9" * 10 in stmt else 10
+    assert (code, msg, span) == (
+        "E108", f"block index of {n} digits is too long: an index has at most 9",
+        f"r.merge:3:{col}")
+
+
 # --- recipe files -----------------------------------------------------------------------
 
 def test_recipe_that_is_a_device_is_refused(run_cli):

@@ -39,6 +39,8 @@ MAX_NESTING = 100
 #: the longest number literal, in characters, and the largest magnitude of one
 MAX_NUMBER_CHARS = 100
 MAX_NUMBER = 1e308
+#: the longest block index in `.layers[a:b]` and `where layers[a:b]`, in digits
+MAX_INDEX_CHARS = 9
 
 
 def grammar_text() -> str:
@@ -270,6 +272,11 @@ class _Build(Transformer):
         return ast.LayerSlice(target, start, stop, self.sp(meta))
 
     def slice(self, items):
+        for tok in items:
+            if tok is not None and len(tok) > MAX_INDEX_CHARS:
+                raise _SyntaxProblem(
+                    "E108", f"block index of {len(tok)} digits is too long: an index has at "
+                    f"most {MAX_INDEX_CHARS}", tok, "blocks are numbered from 0")
         start, stop = items
         return (int(start) if start is not None else None,
                 int(stop) if stop is not None else None)
