@@ -39,6 +39,8 @@ def _head(family) -> str:
      ("E221", "`1e+300 * 1e+300` is not a finite number", "r.merge:3:12")),
     ("1e200 * (1e200 * (m - b)) + b",
      ("E221", "this scaling gives a weight that is not a finite number", "r.merge:3:12")),
+    ("1e308 * (m - b) + 1e308 * (m - b) + b",
+     ("E221", "this combination has a weight that is not a finite number", "r.merge:3:12")),
     ("(m - b) / 1e-320 + b",
      ("E221", "this scaling gives a weight that is not a finite number", "r.merge:3:12")),
 ])

@@ -170,7 +170,12 @@ class Exprs:
         kinds = {t.kind for t, _ in flat}
         if ERROR in kinds:
             return CExpr(ERROR, span)
-        if not all(math.isfinite(c) for _, c in flat) or not math.isfinite(
+        per_term: dict = {}
+        for t, c in flat:  # the same input several times adds up
+            key = getattr(t, "name", None) or id(t)
+            per_term[key] = per_term.get(key, 0.0) + c
+        if not all(math.isfinite(c) for _, c in flat) or not all(
+                math.isfinite(c) for c in per_term.values()) or not math.isfinite(
                 sum(c for t, c in flat if t.kind in (MODEL, LAYERS))):
             self.report.error("E221", "this combination has a weight that is not a finite "
                               "number", span, "weights and parameters are finite numbers")
