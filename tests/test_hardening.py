@@ -276,3 +276,17 @@ def test_escape_keeps_ordinary_text():
 
     assert escape("tab\there, line\nbreak, é, 中") == "tab\there, line\nbreak, é, 中"
     assert escape("a\x1b[31mb\x9bc\rd") == "a\\x1b[31mb\\x9bc\\x0dd"
+
+
+def test_plan_escapes_control_characters_in_tensor_names(family, tmp_path, run_cli):
+    bad = _copy(family, tmp_path)
+    st = bad / "model.safetensors"
+    evil = "model.norm.weight\x1b[2J"
+    _rewrite_header(st, lambda h: {(evil if k == "model.norm.weight" else k): v
+                                   for k, v in h.items()})
+    r = tmp_path / "r.merge"
+    r.write_text(f'model x = "{bad}"\noutput o = x\n')
+    code, out, err = run_cli("plan", r, "--tensors")
+    assert code == 0, out + err
+    assert "model.norm.weight\\x1b[2J" in out
+    assert "\x1b" not in out + err
