@@ -48,6 +48,14 @@ def test_non_finite_numbers_are_rejected(family, expr, diag):
     assert _diags(_head(family) + f"output o = {expr}\n") == [diag]
 
 
+@pytest.mark.parametrize("word", ["nan", "inf"])
+def test_nan_and_inf_are_not_numbers(family, word):
+    # the language has no literal for them: they are unknown names
+    ((code, msg, span),) = _diags(
+        _head(family) + f"output o = task_arithmetic(m - b, weight=ramp(0, {word}))\n")
+    assert (code, msg, span) == ("E201", f"unknown name `{word}`", "r.merge:3:50")
+
+
 @pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "1e999", "9" * 5000])
 def test_non_finite_set_override_is_rejected(family, raw):
     text = _head(family) + "param w = 0.5\noutput o = task_arithmetic(m - b, weight=ramp(0, w))\n"
