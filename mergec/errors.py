@@ -167,7 +167,9 @@ ERRORS: dict[str, tuple[str, str]] = {
              "files; a larger one is most likely the wrong path (a checkpoint, a log)."),
     "E502": ("invalid command-line value",
              "A command-line option has a value mergec cannot use (a size such as `5GB`, a "
-             "`--set name=value` pair, a backend or device name)."),
+             "`--set name=value` pair, a backend or device name). Sizes are at least 1 "
+             "byte, on the command line (`--max-memory`, `--shard-size`) as in `set` and in "
+             "the arguments of the Python API (`max_memory=`, `shard_size=`)."),
     "E503": ("backend not available",
              "The backend asked for is not installed. Install it with `pip install "
              "'mergec[torch]'` or `pip install 'mergec[jax]'`."),

@@ -298,3 +298,17 @@ def test_plan_escapes_control_characters_in_tensor_names(family, tmp_path, run_c
     assert code == 0, out + err
     assert "model.norm.weight\\x1b[2J" in out
     assert "\x1b" not in out + err
+
+
+@pytest.mark.parametrize("kw", ["max_memory", "shard_size"])
+@pytest.mark.parametrize("value", [0, -1, 0.5])
+def test_api_size_below_one_byte_is_e502(family, tmp_path, kw, value):
+    from mergec.api import build
+
+    with pytest.raises(MergecError) as e:
+        build("r.merge", tmp_path / "out", text=_head(family) + "output o = b\n",
+              **{kw: value})
+    (d,) = e.value.diagnostics
+    assert (d.code, d.message) == (
+        "E502", f"`{kw}={value!r}`: a size must be a whole number of bytes >= 1")
+    assert not (tmp_path / "out").exists()
