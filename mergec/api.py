@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from mergec.check.checker import check_program
 from mergec.check.program import CheckedProgram
-from mergec.diagnostics import MergecError
+from mergec.diagnostics import Diagnostic, MergecError, UsageError
 from mergec.lang import ast
 from mergec.lang.parser import parse as _parse
 from mergec.lang.source import read_recipe
@@ -65,6 +65,7 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     from mergec.ir.lower import lower, optimize
     from mergec.runtime.schedule import execution, make_plan, memory_warnings
 
+    _check_size("max_memory", max_memory)
     checked = check(recipe, text=text, overrides=overrides)
     lowered = lower(checked)
     if passes:
@@ -77,6 +78,16 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     plan = make_plan(checked.file, lowered, max_memory=limit, on_cpu=ex.on_cpu,
                      workers=ex.workers, pool=ex.pool, backend=name)
     return Compiled(checked, lowered, plan)
+
+
+def _check_size(name: str, value) -> None:
+    """A size given as an argument is a whole number of bytes >= 1, as `set` requires
+    (0 is not "no limit": that is None)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise UsageError(Diagnostic("E502", f"`{name}={value!r}`: a size must be a whole "
+                                    "number of bytes >= 1",
+                                    help="give None for the default"))
 
 
 def resolve_backend(name: str, device: str) -> tuple[str, str]:
@@ -121,6 +132,8 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     from mergec.ir.lower import optimize
     from mergec.runtime.build import build_output
 
+    _check_size("shard_size", shard_size)
+    _check_size("max_memory", max_memory)
     compiled = compiled or compile(recipe, text=text, overrides=overrides,
                                    max_memory=max_memory, backend=backend, device=device,
                                    jobs=jobs)

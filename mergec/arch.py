@@ -6,6 +6,7 @@ Recipes address blocks by index (`x.layers[a:b]`, `where layers[a:b]`, `ramp`), 
 
 from __future__ import annotations
 
+import json
 import re
 
 #: The block index of a tensor name: `model.layers.7.mlp.up_proj.weight` (Llama, Mistral,
@@ -56,3 +57,26 @@ def layer_count(config: dict | None, names) -> int | None:
     idx = [block_index(n) for n in names]
     idx = [i for i in idx if i is not None]
     return max(idx) + 1 if idx else None
+
+
+def layer_count_problem(config: dict | None, names) -> str | None:
+    """What is wrong with the block count config.json declares (top level, then a nested
+    text_config), or None: it must be a whole number >= 1 and, where the tensor names
+    number their blocks, no more than the blocks there are (a config may count fewer: extra
+    prediction blocks, a vision tower with more layers)."""
+    cfgs = [config or {}]
+    if isinstance((config or {}).get("text_config"), dict):
+        cfgs.append(config["text_config"])
+    for cfg in cfgs:
+        for key in LAYER_COUNT_KEYS:
+            if key not in cfg or cfg[key] is None:
+                continue
+            v = cfg[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                return f"`{key}` is {json.dumps(v)}, not a whole number of blocks >= 1"
+            idx = [i for i in (block_index(n) for n in names) if i is not None]
+            if idx and v > max(idx) + 1:
+                return (f"`{key}` is {v}, but the weights have {max(idx) + 1} blocks "
+                        f"(0 to {max(idx)})")
+            return None
+    return None

@@ -111,11 +111,16 @@ def _size(text: Optional[str], flag: str) -> Optional[int]:
     from mergec.io.sizes import parse_size
 
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as e:
         msg = getattr(e, "message", None) or str(e)
         raise UsageError(Diagnostic("E502", f"`{flag} {text}`: {msg}",
                                     help="sizes look like 5GB, 500MB or 2GiB")) from None
+    if size <= 0:
+        # as `set shard_size` / `set max_memory` in a recipe: 0 (or under a byte) is no size
+        raise UsageError(Diagnostic("E502", f"`{flag} {text}`: a size must be at least 1 "
+                                    "byte", help="sizes look like 5GB, 500MB or 2GiB"))
+    return size
 
 
 def _version(value: bool):
@@ -167,36 +172,44 @@ def _human(n: int) -> str:
     return format_size(n)
 
 
+def _say(text: str = "") -> None:
+    """Print text that holds names from input files (tensor names, paths), with control
+    characters escaped as diagnostics escape them."""
+    from mergec.diagnostics import escape
+
+    print(escape(text))
+
+
 def _print_plan(compiled, show_ir: Optional[str]) -> None:
     from mergec.ir.nodes import render
 
     for op in compiled.plan.outputs:
-        print(f"output {op.output}:")
-        print(f"  tensors        {op.tensors}" + (f" ({op.raw_copies} copied as stored)"
+        _say(f"output {op.output}:")
+        _say(f"  tensors        {op.tensors}" + (f" ({op.raw_copies} copied as stored)"
                                                   if op.raw_copies else ""))
         if op.layers is not None:
-            print(f"  blocks         {op.layers}")
+            _say(f"  blocks         {op.layers}")
         ops = ", ".join(f"{k} x{v}" for k, v in op.ops.items()) or "none (copies only)"
-        print(f"  ops            {ops}")
-        print(f"  read           {_human(op.bytes_read)}")
-        print(f"  write          {_human(op.bytes_written)}")
-        print(f"  peak memory    {_human(op.peak_memory)} per worker (estimate)")
-        print(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
+        _say(f"  ops            {ops}")
+        _say(f"  read           {_human(op.bytes_read)}")
+        _say(f"  write          {_human(op.bytes_written)}")
+        _say(f"  peak memory    {_human(op.peak_memory)} per worker (estimate)")
+        _say(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
         lo = next(x for x in compiled.lowered if x.output.name == op.output)
         done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]
         if done:
-            print("  passes         " + "\n                 ".join(done))
+            _say("  passes         " + "\n                 ".join(done))
     if show_ir:
         for lo in compiled.lowered:
             for i, t in enumerate(lo.tensors):
                 if t.name == show_ir:
                     if lo.before is not None:
-                        print(f"\nIR of {lo.output.name}:{t.name} before the passes")
-                        print(render(lo.before[i]))
-                        print(f"\nIR of {lo.output.name}:{t.name} after the passes")
+                        _say(f"\nIR of {lo.output.name}:{t.name} before the passes")
+                        _say(render(lo.before[i]))
+                        _say(f"\nIR of {lo.output.name}:{t.name} after the passes")
                     else:
-                        print(f"\nIR of {lo.output.name}:{t.name}")
-                    print(render(t.node))
+                        _say(f"\nIR of {lo.output.name}:{t.name}")
+                    _say(render(t.node))
                     break
             else:
                 names = [t.name for t in lo.tensors]
@@ -209,9 +222,9 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
 
 def _print_steps(compiled) -> None:
     for op in compiled.plan.outputs:
-        print(f"\ntensors of {op.output}, in the order the build takes them:")
+        _say(f"\ntensors of {op.output}, in the order the build takes them:")
         for stat in op.model_stats:
-            print(f"  first: {stat} over the whole model")
+            _say(f"  first: {stat} over the whole model")
         width = max((len(s.name) for s in op.steps), default=0)
         for s in op.steps:
             how = ("copy" if s.raw_copy else "convert" if s.kind == "convert" else
@@ -224,7 +237,7 @@ def _print_steps(compiled) -> None:
             if s.runs_in == "main" and len(op.steps) > 1:
                 extra.append("in the build process")
             tail = f"  ({'; '.join(extra)})" if extra else ""
-            print(f"  {s.name.ljust(width)}  {s.dtype:<8} {str(s.shape):<14} {how}{tail}")
+            _say(f"  {s.name.ljust(width)}  {s.dtype:<8} {str(s.shape):<14} {how}{tail}")
 
 
 @app.command()
@@ -319,8 +332,8 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
             help_ = "choose another backend with `--backend`"
         raise UsageError(Diagnostic("E503", text, help=help_)) from None
     for r in results:
-        print(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
-              f"{r.seconds:.1f}s)")
+        _say(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
+             f"{r.seconds:.1f}s)")
 
 
 def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, device, quiet,

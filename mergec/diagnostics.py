@@ -13,6 +13,7 @@ The registry of codes with their explanations lives in ``mergec.errors``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,23 @@ class SourceMap:
         return None
 
 
+#: characters never printed raw: C0 and C1 controls (terminal escape sequences start with
+#: ESC or CSI) and the bidirectional overrides that reorder what a terminal shows. Text
+#: from input files (tensor names, config values, file names) reaches messages as it is.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text: str, keep: str = "") -> str:
+    """``text`` with every control character written as an escape (``\\x1b``,
+    ``\\u202e``); tabs and line breaks are kept, and any character in ``keep``."""
+    def one(m: re.Match) -> str:
+        c = m.group(0)
+        if c in keep:
+            return c
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    return _UNSAFE.sub(one, text)
+
+
 def _snippet(span: Span, sources: SourceMap, note: str | None = None) -> list[str]:
     src = sources.line(span.file, span.line)
     if src is None:
@@ -119,7 +137,7 @@ def _snippet(span: Span, sources: SourceMap, note: str | None = None) -> list[st
     caret = " " * start + "^" * width
     if note:
         caret += " " + note
-    return [f"{pad} |", f"{gutter} | {src}", f"{pad} | {caret}"]
+    return [f"{pad} |", f"{gutter} | {escape(src)}", f"{pad} | {caret}"]
 
 
 def render(diag: Diagnostic, sources: SourceMap | None = None) -> str:
@@ -134,14 +152,14 @@ def render(diag: Diagnostic, sources: SourceMap | None = None) -> str:
     sources = sources or SourceMap()
     head = f"{diag.code} {diag.message}" if diag.severity == "error" else \
         f"{diag.severity}: {diag.code} {diag.message}"
-    out = [f"{diag.span}: {head}" if diag.span else f"mergec: {head}"]
+    out = [escape(f"{diag.span}: {head}" if diag.span else f"mergec: {head}")]
     if diag.span:
         out += _snippet(diag.span, sources)
     for label in diag.labels:
-        out.append(f"  {label.span}: {label.message}")
+        out.append(escape(f"  {label.span}: {label.message}"))
         out += _snippet(label.span, sources)
     if diag.help:
-        out.append(f"  = help: {diag.help}")
+        out.append(escape(f"  = help: {diag.help}"))
     return "\n".join(out)
 
 

@@ -37,6 +37,16 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E106": ("positional argument after a keyword argument",
              "In a call, the inputs come first and the `name=value` parameters after them: "
              "`ties(a, b, base=base, density=0.5)`."),
+    "E107": ("expression nested too deeply",
+             "An expression may nest at most 100 levels of calls, brackets, lists and "
+             "operators (a sum of many terms counts one level per `+`). No real recipe comes "
+             "near it; the limit keeps a hostile or generated recipe from exhausting the "
+             "checker. Name inner parts with `let` statements: `let m1 = ties(...)`."),
+    "E108": ("number literal too large",
+             "A number is written with at most 100 characters and its magnitude is at most "
+             "1e308 (the largest double). `1e999` or an integer of thousands of digits "
+             "would overflow to infinity, which is never a valid weight or parameter. A "
+             "block index in `.layers[a:b]` or `where layers[a:b]` has at most 9 digits."),
     "E201": ("unknown name",
              "The name is not defined by any `model`, `adapter`, `param`, `let` or `output` "
              "statement. Names are case-sensitive; the help line suggests the closest one."),
@@ -99,7 +109,9 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E221": ("invalid arithmetic",
              "Arithmetic on tensor values is `+` and `-` between models/deltas and `*` or "
              "`/` by a number. Numbers cannot be added to models, and models cannot be "
-             "multiplied together."),
+             "multiplied together. Arithmetic whose result is not a finite number (it "
+             "overflows, as `1e300 * 1e300`, or divides by zero) is rejected too: no weight "
+             "or parameter may be infinite or NaN."),
     "E222": ("param value is not a literal",
              "A `param` is a number, true/false or a string, so that `--set` can override it."),
     "E223": ("mixed input kinds",
@@ -147,10 +159,17 @@ ERRORS: dict[str, tuple[str, str]] = {
              "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
     "E501": ("recipe file not found",
-             "The recipe path given on the command line does not exist or cannot be read."),
+             "The recipe path given on the command line does not exist or cannot be read. "
+             "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "
+             "refused before it is opened."),
+    "E504": ("recipe file too large",
+             "A recipe is read only when it is at most 10 MB. Recipes are short text "
+             "files; a larger one is most likely the wrong path (a checkpoint, a log)."),
     "E502": ("invalid command-line value",
              "A command-line option has a value mergec cannot use (a size such as `5GB`, a "
-             "`--set name=value` pair, a backend or device name)."),
+             "`--set name=value` pair, a backend or device name). Sizes are at least 1 "
+             "byte, on the command line (`--max-memory`, `--shard-size`) as in `set` and in "
+             "the arguments of the Python API (`max_memory=`, `shard_size=`)."),
     "E503": ("backend not available",
              "The backend asked for is not installed. Install it with `pip install "
              "'mergec[torch]'` or `pip install 'mergec[jax]'`."),

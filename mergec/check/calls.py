@@ -282,6 +282,10 @@ class Calls:
             if isinstance(v, CExpr) or v.kind != NUMBER:
                 self.report.error("E218", f"`ramp` takes numbers, found a {v.kind}", a.span)
                 return Const(ERROR, None, e.span)
+            if not math.isfinite(v.value):
+                self.report.error("E208", "`ramp` takes finite numbers, found "
+                                  f"{v.value}", a.span)
+                return Const(ERROR, None, e.span)
             vals.append(float(v.value))
         return Const(RAMP, Ramp(tuple(vals)), e.span)
 

@@ -10,6 +10,8 @@ an operand of more arithmetic. An expression that already failed is marked with 
 
 from __future__ import annotations
 
+import math
+
 from mergec.check import tables
 from mergec.check.calls import Calls
 from mergec.check.program import (
@@ -20,6 +22,10 @@ from mergec.check.report import Reporter
 from mergec.check.scope import Const, Scope, is_error
 from mergec.diagnostics import Span
 from mergec.lang import ast
+
+
+def literal_num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 class Exprs:
@@ -98,8 +104,15 @@ class Exprs:
                 if e.op == "/" and y == 0:
                     err("E221", "division by zero", e.right.span)
                     return Const(ERROR, None, e.span)
-                r = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
-                     "/": lambda: x / y}[e.op]()
+                try:
+                    r = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
+                         "/": lambda: x / y}[e.op]()
+                except OverflowError:
+                    r = math.inf
+                if not math.isfinite(r):
+                    err("E221", f"`{literal_num(x)} {e.op} {literal_num(y)}` is not a finite "
+                        "number", e.span, "weights and parameters are finite numbers")
+                    return Const(ERROR, None, e.span)
                 return Const(NUMBER, r, e.span)
             err("E221", f"`{e.op}` is not defined for {a.kind} and {b.kind}", e.span)
             return Const(ERROR, None, e.span)
@@ -137,6 +150,11 @@ class Exprs:
             err("E221", "division by zero", b.span)
             return CExpr(ERROR, e.span)
         coef = float(b.value) if e.op == "*" else 1.0 / float(b.value)
+        if not math.isfinite(coef) or isinstance(a, CLinear) and any(
+                not math.isfinite(c * coef) for _, c in a.terms):
+            err("E221", "this scaling gives a weight that is not a finite number", e.span,
+                "weights and parameters are finite numbers")
+            return CExpr(ERROR, e.span)
         return self._linear(e.span, [(a, coef)], [a_span])
 
     def _linear(self, span: Span, terms, spans) -> CExpr:
@@ -151,6 +169,16 @@ class Exprs:
                 flat_spans.append(sp)
         kinds = {t.kind for t, _ in flat}
         if ERROR in kinds:
+            return CExpr(ERROR, span)
+        per_term: dict = {}
+        for t, c in flat:  # the same input several times adds up
+            key = getattr(t, "name", None) or id(t)
+            per_term[key] = per_term.get(key, 0.0) + c
+        if not all(math.isfinite(c) for _, c in flat) or not all(
+                math.isfinite(c) for c in per_term.values()) or not math.isfinite(
+                sum(c for t, c in flat if t.kind in (MODEL, LAYERS))):
+            self.report.error("E221", "this combination has a weight that is not a finite "
+                              "number", span, "weights and parameters are finite numbers")
             return CExpr(ERROR, span)
         if LAYERS in kinds and kinds != {LAYERS}:
             self.report.error("E223", "cannot combine a run of layers with whole models or "

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from mergec import arch
 from mergec.check.program import DELTA, ERROR, MODEL, CAdapter, CExpr, CInput, TensorMeta
 from mergec.check.report import Reporter
-from mergec.io.errors import CheckpointError
+from mergec.io.errors import E_CONFIG, CheckpointError
 from mergec.lang import ast
 
 #: (source as written, folder of the recipe) -> a checkpoint (or an adapter); raises
@@ -24,6 +24,12 @@ def read_model(report: Reporter, st: ast.ModelStmt, loader: InputLoader,
         report.add(e.to_diagnostic(st.source.span))
         return CExpr(ERROR, st.span)
     tensors = {n: TensorMeta(tuple(t.shape), t.dtype) for n, t in ckpt.tensors.items()}
+    problem = arch.layer_count_problem(ckpt.config, tensors)
+    if problem is not None:
+        report.add(CheckpointError(
+            E_CONFIG, f"config.json of `{st.source.value}`: {problem}",
+            "restore config.json from the original model").to_diagnostic(st.source.span))
+        return CExpr(ERROR, st.span)
     n_layers = arch.layer_count(ckpt.config, tensors)
     return CInput(MODEL, st.name.span, tensors, n_layers, name=st.name.name,
                   checkpoint=ckpt, config=ckpt.config)

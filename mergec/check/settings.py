@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -108,6 +109,11 @@ class Params:
             raw = self.overrides[name]
             parsed = _parse_literal(raw)
             kind = _kind_of_literal(parsed)
+            if isinstance(parsed, float) and not math.isfinite(parsed):
+                self.report.error("E208", f"`--set {name}={raw}` is not a finite number",
+                                  st.value.span, "give a finite number, like the recipe's "
+                                  f"`{literal(value.value)}`")
+                return Const(ERROR, None, st.span)
             if kind != value.kind:
                 self.report.error("E213", f"`--set {name}={raw}` gives a {kind}, but param "
                                   f"`{name}` is a {value.kind}", st.value.span,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergec.io.checkpoint import Checkpoint, parse_safetensors_header
-from mergec.io.errors import E_ADAPTER, CheckpointError
+from mergec.io.errors import E_ADAPTER, CheckpointError, load_json
 from mergec.io.sources import (SourceRef, download, hub_offline, local_folder, map_hub_error,
                                not_cached, parse_source, probe_commit, snapshot_cached)
 
@@ -117,7 +117,7 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
                    "`save_pretrained` writes: adapter_config.json + adapter_model.safetensors")
     try:
         cfg_bytes = cfg_path.read_bytes()
-        cfg = json.loads(cfg_bytes)
+        cfg = load_json(cfg_bytes, cfg_path)
     except (OSError, ValueError) as e:
         raise _bad(f"cannot read {cfg_path}: {e}") from None
     ptype = str(cfg.get("peft_type", "LORA")).upper()

@@ -27,7 +27,7 @@ from typing import Any
 from mergec.io import dtypes
 from mergec.io.errors import (
     E_BIN_LOAD, E_CONFIG, E_CORRUPT_HEADER, E_DTYPE, E_HUB_UNAVAILABLE, E_INDEX, E_NO_WEIGHTS,
-    E_READ, E_SOURCE_MISSING, E_TRUNCATED, CheckpointError,
+    E_READ, E_SOURCE_MISSING, E_TRUNCATED, CheckpointError, load_json,
 )
 from mergec.io.sources import (
     BIN_INDEX, BIN_SINGLE, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, SourceRef, hub_endpoint,
@@ -156,7 +156,7 @@ def parse_safetensors_header(path: Path, rel: str | None = None) -> tuple[list[T
     if len(raw) != hlen:
         raise CheckpointError(E_TRUNCATED, f"{path} is truncated while reading its header", _REDOWNLOAD)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = load_json(raw.decode("utf-8"), path)
     except (UnicodeDecodeError, ValueError) as e:
         raise _header_error(path, f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
@@ -168,6 +168,8 @@ def parse_safetensors_header(path: Path, rel: str | None = None) -> tuple[list[T
     for name, entry in header.items():
         if name == "__metadata__":
             continue
+        if not name:
+            raise _header_error(path, "a tensor has an empty name")
         if not isinstance(entry, dict):
             raise _header_error(path, f"entry for tensor `{name}` is not an object")
         code = entry.get("dtype")
@@ -538,7 +540,7 @@ def _read_config(root: Path) -> tuple[dict | None, bytes | None]:
     except OSError as e:
         raise CheckpointError(E_CONFIG, f"cannot read {path}: {e.strerror or e}") from None
     try:
-        config = json.loads(data.decode("utf-8"))
+        config = load_json(data.decode("utf-8"), path)
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(E_CONFIG, f"{path} is not valid JSON ({e})",
                               "restore config.json from the original model") from None
@@ -570,7 +572,7 @@ def _list_metadata_files(root: Path) -> list[Path]:
 
 def _read_index(path: Path) -> dict[str, str]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8"), path)
     except OSError as e:
         raise CheckpointError(E_INDEX, f"cannot read index {path}: {e.strerror or e}") from None
     except (UnicodeDecodeError, ValueError) as e:

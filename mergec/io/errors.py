@@ -34,6 +34,11 @@ E_BAD_SIZE = "E416"
 E_DTYPE = "E417"
 E_CONFIG_DERIVE = "E418"
 E_ADAPTER = "E419"
+E_JSON_DEPTH = "E420"
+
+#: the deepest nesting of objects and lists read from a checkpoint's JSON (config.json, the
+#: index, a safetensors header): real files nest a few levels
+MAX_JSON_DEPTH = 64
 
 IO_ERRORS: dict[str, tuple[str, str]] = {
     E_SOURCE_MISSING: (
@@ -107,8 +112,10 @@ IO_ERRORS: dict[str, tuple[str, str]] = {
     ),
     E_CONFIG: (
         "invalid config.json",
-        "The model folder's `config.json` is not a valid JSON object. Restore it from the "
-        "original model.",
+        "The model folder's `config.json` is not a valid JSON object, or its block count "
+        "(`num_hidden_layers`, `n_layer`, `num_layers` or `n_layers`) is not a whole "
+        "number >= 1 or is larger than the number of blocks in the weights. Restore it "
+        "from the original model.",
     ),
     E_READ: (
         "cannot read checkpoint data",
@@ -164,7 +171,40 @@ IO_ERRORS: dict[str, tuple[str, str]] = {
         "deltas mergec can apply; merge them into their base with PEFT's "
         "`merge_and_unload` and declare the result with `model`.",
     ),
+    E_JSON_DEPTH: (
+        "JSON nested too deeply",
+        f"A JSON file of a checkpoint (config.json, adapter_config.json, the "
+        f"`.index.json` of a sharded checkpoint, or the header of a safetensors file) nests "
+        f"objects or lists more than {MAX_JSON_DEPTH} levels deep. Real files nest a few "
+        "levels; such a file is corrupt or hostile. Restore it from the original model.",
+    ),
 }
+
+
+def load_json(data: str | bytes, path) -> object:
+    """``json.loads(data)``, with E420 when objects or lists nest deeper than
+    MAX_JSON_DEPTH (where Python's parser would otherwise hit its recursion limit).
+    Invalid JSON raises ValueError as ``json.loads`` does."""
+    import json
+
+    too_deep = CheckpointError(
+        E_JSON_DEPTH, f"{path} nests JSON objects or lists more than {MAX_JSON_DEPTH} "
+        "levels deep", "the file is corrupt: restore it from the original model")
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise too_deep from None
+    todo = [(obj, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep
+        todo.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return obj
 
 
 class CheckpointError(Exception):

@@ -9,6 +9,7 @@ is parsed on its own so that every syntax error is reported at once.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import sys
@@ -31,6 +32,15 @@ from mergec.lang import ast
 
 KEYWORDS = ("model", "adapter", "param", "set", "let", "output", "where", "and", "true", "false")
 STATEMENT_KEYWORDS = ("model", "adapter", "param", "set", "let", "output")
+
+#: the deepest nesting of an expression (calls, brackets, operators): far beyond any real
+#: recipe, well within what the recursive stages after the parser can walk
+MAX_NESTING = 100
+#: the longest number literal, in characters, and the largest magnitude of one
+MAX_NUMBER_CHARS = 100
+MAX_NUMBER = 1e308
+#: the longest block index in `.layers[a:b]` and `where layers[a:b]`, in digits
+MAX_INDEX_CHARS = 9
 
 
 def grammar_text() -> str:
@@ -182,10 +192,19 @@ class _Build(Transformer):
     def number(self, items):
         tok = items[0]
         text = str(tok)
+        if len(text) > MAX_NUMBER_CHARS:
+            raise _SyntaxProblem(
+                "E108", f"number literal of {len(text)} characters is too long: a number "
+                f"has at most {MAX_NUMBER_CHARS}", tok,
+                "write large or small numbers with an exponent, e.g. `1e-6`")
         if re.fullmatch(r"[0-9]+", text):
             value: float | int = int(text)
         else:
             value = float(text)
+        if not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            raise _SyntaxProblem(
+                "E108", f"number `{text}` is too large: numbers are at most 1e308", tok,
+                "weights and parameters are finite numbers")
         return ast.Num(value, text, self.sp(tok))
 
     def string(self, items):
@@ -253,6 +272,11 @@ class _Build(Transformer):
         return ast.LayerSlice(target, start, stop, self.sp(meta))
 
     def slice(self, items):
+        for tok in items:
+            if tok is not None and len(tok) > MAX_INDEX_CHARS:
+                raise _SyntaxProblem(
+                    "E108", f"block index of {len(tok)} digits is too long: an index has at "
+                    f"most {MAX_INDEX_CHARS}", tok, "blocks are numbered from 0")
         start, stop = items
         return (int(start) if start is not None else None,
                 int(stop) if stop is not None else None)
@@ -397,6 +421,7 @@ def _parse_once(text: str, file: str) -> tuple[list, list[ast.Comment]]:
                                                   t.end_column, t.start_pos, t.end_pos))
                 for t in _COMMENTS]
     _COMMENTS.clear()
+    _check_nesting(tree, file)
     builder = _Build(file)
     try:
         stmts = builder.transform(tree)
@@ -405,6 +430,27 @@ def _parse_once(text: str, file: str) -> tuple[list, list[ast.Comment]]:
             raise ve.orig_exc from None
         raise
     return stmts, comments
+
+
+def _check_nesting(tree: Tree, file: str) -> None:
+    """E107 when an expression nests deeper than MAX_NESTING levels. The walk is iterative,
+    so it measures trees that a recursive walk could not."""
+    todo = [(tree, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_NESTING:
+            m = node.meta
+            span = Span(file, m.line, m.column, m.end_line, m.end_column, m.start_pos,
+                        m.end_pos) if not m.empty else Span(file, 1, 1, 1, 2, 0, 1)
+            raise _SyntaxProblem(
+                "E107", f"expression nested too deeply: more than {MAX_NESTING} levels of "
+                "calls, brackets or operators", span,
+                "name the inner parts with `let` statements")
+        # a statement and its parts start the count; each expression node below adds one
+        inner = depth + 1 if node.data not in ("start",) else 0
+        for child in node.children:
+            if isinstance(child, Tree):
+                todo.append((child, inner))
 
 
 def _problem_diag(p: _SyntaxProblem, file: str) -> Diagnostic:
