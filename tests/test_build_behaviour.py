@@ -342,22 +342,25 @@ def big_family(tmp_path_factory) -> Path:
     return d
 
 
-def _start_slow_build(recipe: Path, out: Path, backend: str) -> subprocess.Popen:
+def _start_slow_build(recipe: Path, out: Path, backend: str, *options: str,
+                      prelude: str = "", settle: float = 0.5,
+                      name: str = "big") -> subprocess.Popen:
     """`mergec build` with every kernel call slowed down, in a process group of its own
-    (with the worker processes it forks); returns once the build has written a few
-    tensors. On failure, the whole group is killed."""
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, BACKEND_CLASS[backend], "0.1",
-                             "build", str(recipe), "-o", str(out), "-q",
-                             "--backend", cli_backend(backend), "--device", "cpu"],
+    (with the worker processes it forks); returns `settle` seconds after the build created
+    its temporary folder for output `name` (a few tensors written). `prelude` is Python
+    run first. On failure, the whole group is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", prelude + SLOW_BUILD, BACKEND_CLASS[backend],
+                             "0.1", "build", str(recipe), "-o", str(out), "-q",
+                             "--backend", cli_backend(backend), "--device", "cpu", *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while not temp_dirs(out, "big"):
+        while not temp_dirs(out, name):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the build never created its temporary folder"
             time.sleep(0.02)
-        time.sleep(0.5)  # a few tensors written
+        time.sleep(settle)
         assert proc.poll() is None, "the build finished before it could be killed"
     except BaseException:
         _kill_group(proc)
@@ -421,10 +424,35 @@ def _running(pid: int) -> bool:
     return st is not None and st[0] != "Z"  # a zombie has exited
 
 
+def _group(pgid: int) -> list[int]:
+    """The running processes of process group `pgid` (Linux)."""
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (st := _stat(p.name)) is not None and st[2] == str(pgid)
+            and st[0] != "Z"]
+
+
+def _survivors(pids: list[int], pgid: int, wait: float = 5.0) -> list[int]:
+    """Which of `pids`, or of process group `pgid`, still run after up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = sorted({p for p in pids if _running(p)} | set(_group(pgid)))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+#: SIGKILLs per variant in the test below (MERGEC_TEST_KILLS=20 for a longer run)
+KILLS = int(os.environ.get("MERGEC_TEST_KILLS", "5"))
+#: the build without PR_SET_PDEATHSIG, as on a POSIX system other than Linux
+NO_PDEATHSIG = ("import mergec.runtime.parallel as parallel\n"
+                "parallel.die_with_parent = lambda: False\n")
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
-@pytest.mark.xfail(strict=True, reason="known bug: the worker processes that a NumPy build "
-                   "forks wait for tasks for ever once the build process is killed alone "
-                   "(SIGKILL, the OOM killer); they never notice it is gone")
 def test_killed_build_leaves_no_worker_behind(tmp_path, big_family):
     recipe = setup_recipe(tmp_path, big_family,
                           'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
@@ -442,6 +470,40 @@ def test_killed_build_leaves_no_worker_behind(tmp_path, big_family):
         assert not left, f"worker processes {left} still run after the build was killed"
     finally:
         _kill_group(proc)  # the workers are in the build's process group
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+@pytest.mark.parametrize("guard", ["pdeathsig", "watchdog"])
+def test_sigkilled_multi_worker_build_leaves_no_worker_and_reruns(tmp_path, big_family, guard):
+    """The build process alone is killed with SIGKILL, at different moments, while two
+    forked workers run: every worker dies with it (the kernel kills them on Linux; with
+    `watchdog` only their watchdog thread is left to notice), and a rerun writes the same
+    bytes as a build that was never interrupted."""
+    recipe = setup_recipe(tmp_path, big_family,
+                          'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
+                          "output big = linear(math, base)\n")
+    mergec.api.build(recipe, tmp_path / "clean", backend="numpy", device="cpu", jobs=2)
+    clean = _files(tmp_path / "clean" / "big")
+    prelude = NO_PDEATHSIG if guard == "watchdog" else ""
+    kills = KILLS if guard == "pdeathsig" else max(1, KILLS // 2)
+    for k in range(kills):
+        out = tmp_path / f"out{k}"
+        proc = _start_slow_build(recipe, out, "numpy", "--jobs", "2", prelude=prelude,
+                                 settle=0.1 + 0.15 * (k % 5))
+        try:
+            workers = _worker_pids(proc.pid)
+            assert len(workers) == 2, f"kill {k}: the build forked {len(workers)} workers"
+            proc.send_signal(signal.SIGKILL)  # the build process only
+            proc.wait()
+            left = _survivors(workers, proc.pid)
+            assert not left, f"kill {k}: processes {left} still run after the build was killed"
+        finally:
+            _kill_group(proc)
+        assert not (out / "big").exists()
+        res = mergec.api.build(recipe, out, backend="numpy", device="cpu", jobs=2)
+        assert res[0].path == out / "big"
+        assert temp_dirs(out, "big") == []
+        assert _files(out / "big") == clean, f"kill {k}: the rerun wrote other bytes"
 
 
 def _fail_on_call(monkeypatch, k: int, backend: str):
