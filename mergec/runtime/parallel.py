@@ -88,6 +88,8 @@ def process_pool(workers: int) -> ProcessPoolExecutor | None:
 
 def _worker_start(parent: int) -> None:
     """Run first in every worker process: make it die with the build process `parent`."""
+    # a handler the build process set for SIGTERM is not the worker's: SIGTERM ends it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
     if os.getppid() != parent:  # the build process died before the worker got here
         os._exit(1)
