@@ -506,6 +506,136 @@ def test_sigkilled_multi_worker_build_leaves_no_worker_and_reruns(tmp_path, big_
         assert _files(out / "big") == clean, f"kill {k}: the rerun wrote other bytes"
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_sigterm_stops_workers_removes_staging_and_names_what_was_written(tmp_path,
+                                                                          big_family):
+    """SIGTERM to the build process (a job scheduler's stop) cleans up as Ctrl-C does: the
+    output being written is discarded with its temporary folder, the workers are stopped,
+    and the message says which outputs were written."""
+    recipe = setup_recipe(tmp_path, big_family,
+                          'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
+                          "output first = linear(math, base)\n"
+                          "output big = linear(base, math, weight=[2, 1])\n"
+                          "output last = linear(math, base, weight=[2, 1])\n")
+    out = tmp_path / "out"
+    proc = _start_slow_build(recipe, out, "numpy", "--jobs", "2", settle=0.3)
+    try:
+        workers = _worker_pids(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGTERM)  # the build process only
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143
+        assert err.decode() == (f"mergec: terminated (SIGTERM); written: first ({out / 'first'}); "
+                                "not written: big, last (their targets are unchanged)\n")
+        assert _survivors(workers, proc.pid) == []
+    finally:
+        _kill_group(proc)
+    assert sorted(p.name for p in out.iterdir()) == ["first"]
+    assert (out / "first" / "model.safetensors").is_file()
+
+
+def test_sigterm_before_any_output_is_written(tmp_path, big_family):
+    recipe = setup_recipe(tmp_path, big_family,
+                          'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
+                          "output big = linear(math, base)\n")
+    out = tmp_path / "out"
+    proc = _start_slow_build(recipe, out, "numpy", "--jobs", "2", settle=0.3)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        _kill_group(proc)
+    assert (proc.returncode, err.decode()) == (
+        143, "mergec: terminated (SIGTERM); nothing was written at the target\n")
+    assert list(out.iterdir()) == []
+
+
+def test_ctrl_c_with_several_outputs_names_those_written(tmp_path, family, monkeypatch,
+                                                         run_cli):
+    """Ctrl-C while the second of three outputs is written: the first stays, and the
+    message says so."""
+    import mergec.runtime.build as build_mod
+
+    recipe = setup_recipe(tmp_path, root_of(family),
+                          HEAD + "output a = linear(math, code)\noutput b = linear(math, base)\n"
+                          "output c = linear(code, base)\n")
+    real, cls = build_mod.build_output, backend_class("numpy")
+    original = cls.wsum64
+
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    def build_output(lo, *args, **kwargs):
+        if lo.output.name == "b":  # Ctrl-C in the middle of b
+            monkeypatch.setattr(cls, "wsum64", interrupt)
+        try:
+            return real(lo, *args, **kwargs)
+        finally:
+            monkeypatch.setattr(cls, "wsum64", original)
+
+    monkeypatch.setattr(build_mod, "build_output", build_output)
+    out = tmp_path / "out"
+    code, _, err = run_cli("build", recipe, "-o", out, "-q", "-j", "1")
+    assert code == 130
+    assert err == (f"mergec: interrupted; written: a ({out / 'a'}); "
+                   "not written: b, c (their targets are unchanged)\n")
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+
+
+def test_ctrl_c_before_any_output_of_several(tmp_path, family, monkeypatch, run_cli):
+    recipe = setup_recipe(tmp_path, root_of(family),
+                          HEAD + "output a = linear(math, code)\noutput b = linear(math, base)\n")
+    cls = backend_class("numpy")
+
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cls, "wsum64", interrupt)
+    out = tmp_path / "out"
+    code, _, err = run_cli("build", recipe, "-o", out, "-q", "-j", "1")
+    assert (code, err) == (130, "mergec: interrupted; nothing was written at the targets\n")
+    assert list(out.iterdir()) == []
+
+
+#: the `mergec` command with a Ctrl-C (SIGINT to itself) when it imports module argv[1]
+CTRL_C_AT_IMPORT = r"""
+import os, signal, sys
+__file__ = "mergec"  # as the console script runs it
+MODULE = sys.argv[1]
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == MODULE:
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["mergec"] + sys.argv[2:]
+from mergec.cli import app
+app()
+"""
+
+
+@pytest.mark.parametrize("module", ["typer", "mergec.api"],
+                         ids=["loading-the-cli", "loading-the-checker"])
+@pytest.mark.parametrize("command", ["check", "build"])
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, family, module, command):
+    recipe = setup_recipe(tmp_path, root_of(family), HEAD + "output o = linear(math, code)\n")
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_AT_IMPORT, module, command,
+                           str(recipe)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (
+        130, "mergec: interrupted; nothing was written at the target\n", "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_importing_the_cli_leaves_ctrl_c_alone():
+    """A program that imports mergec.cli (the tests, an application) keeps Python's
+    KeyboardInterrupt; only the `mergec` command itself takes Ctrl-C over at start-up."""
+    code = ("import signal, mergec.cli\n"
+            "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def _fail_on_call(monkeypatch, k: int, backend: str):
     """The k-th weighted sum fails (linear merges are computed as weighted sums). The
     count is shared with the worker processes that a NumPy build forks."""
