@@ -14,8 +14,6 @@ Python API::
 
 __version__ = "0.1.0"
 
-from mergec.diagnostics import Diagnostic, MergecError  # noqa: E402
-
 __all__ = ["__version__", "parse", "check", "compile", "build", "Diagnostic", "MergecError"]
 
 
@@ -45,3 +43,13 @@ def build(recipe, out_dir="out", **kwargs):
     from mergec.api import build as _build
 
     return _build(recipe, out_dir, **kwargs)
+
+
+def __getattr__(name: str):
+    # imported on first use, so that `import mergec` costs next to nothing: the command
+    # line takes over Ctrl-C as early as it can (see mergec.cli)
+    if name in ("Diagnostic", "MergecError"):
+        from mergec import diagnostics
+
+        return getattr(diagnostics, name)
+    raise AttributeError(f"module 'mergec' has no attribute {name!r}")

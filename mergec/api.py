@@ -126,7 +126,9 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
           max_memory: int | None = None, jobs: int | None = None, trace=None):
     """Check, compile and build every output of a recipe into `out_dir/<output name>`.
     `jobs`: parallel workers on a CPU (default: the CPUs available, at most 8). `trace`
-    receives every step as it runs (see :mod:`mergec.runtime.build`)."""
+    receives every step as it runs (see :mod:`mergec.runtime.build`). Ctrl-C raises
+    :class:`mergec.runtime.stop.Interrupted` (a KeyboardInterrupt) once the output being
+    written is discarded; it lists the outputs written before and those not written."""
     from mergec.backends import get_backend
     from mergec.io.writer import DEFAULT_SHARD_SIZE
     from mergec.ir.lower import optimize
@@ -142,12 +144,21 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     out_dir = Path(out_dir)
     check_targets(compiled, out_dir, force)
     settings = compiled.checked.settings
-    be = get_backend(backend or settings.backend, device or settings.device)
     size = shard_size or settings.shard_size or DEFAULT_SHARD_SIZE
     results = []
-    for lo in compiled.lowered:
-        results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
-                                    force=force, shard_size=size, progress=progress,
-                                    max_memory=max_memory or settings.max_memory,
-                                    jobs=jobs, trace=trace))
+    try:
+        be = get_backend(backend or settings.backend, device or settings.device)
+        for lo in compiled.lowered:
+            results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
+                                        force=force, shard_size=size, progress=progress,
+                                        max_memory=max_memory or settings.max_memory,
+                                        jobs=jobs, trace=trace))
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under stop.sigterm_raises
+        from mergec.runtime.stop import Interrupted
+
+        if isinstance(e, Interrupted):
+            raise
+        done = {r.output for r in results}
+        raise Interrupted(e, results, [lo.output.name for lo in compiled.lowered
+                                       if lo.output.name not in done]) from e
     return results

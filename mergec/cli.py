@@ -1,6 +1,7 @@
 """The `mergec` command line.
 
-Exit codes: 0 success, 1 problems in the recipe or its inputs, 2 usage or internal error.
+Exit codes: 0 success, 1 problems in the recipe or its inputs, 2 usage or internal error,
+130 Ctrl-C, 143 SIGTERM (a build cleans up and names the outputs it wrote).
 Problems are printed as diagnostics (or JSON with `--output-format json`); a traceback is
 shown only when MERGEC_DEBUG=1.
 
@@ -11,22 +12,46 @@ for the heavy ones. See "Start-up" in docs/benchmarks.md.
 
 from __future__ import annotations
 
-import difflib
-import functools
-import json
 import os
+import signal
 import sys
-from enum import Enum
-from pathlib import Path
-from typing import List, Optional
 
-import typer
+INTERRUPTED = "mergec: interrupted; nothing was written at the target"
 
-from mergec import __version__
-from mergec.diagnostics import (Diagnostic, MergecError, SourceMap, UsageError, render_all,
-                                to_json)
-from mergec.io.errors import CheckpointError
-from mergec.lang.fmt import literal
+
+def _interrupted_at_start_up(signum, frame) -> None:  # pragma: no cover - exits
+    os.write(2, (INTERRUPTED + "\n").encode())
+    os._exit(130)
+
+
+def _as_command() -> bool:
+    """Does this process run the `mergec` command (its console script, `python -m
+    mergec.cli`), rather than a program that imports this module?"""
+    main = sys.modules.get("__main__")
+    script = os.path.basename(getattr(main, "__file__", None) or "")
+    return __name__ == "__main__" or script in ("mergec", "mergec.exe", "mergec-script.py")
+
+
+# Ctrl-C while the command starts (the imports below, parsing the command line) ends it
+# with one line and exit code 130, not a traceback; each command then takes Ctrl-C back
+# as a KeyboardInterrupt (see _guard), to clean up what it started.
+if _as_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_at_start_up)
+
+import difflib  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+from enum import Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from mergec import __version__  # noqa: E402
+from mergec.diagnostics import (Diagnostic, MergecError, SourceMap, UsageError,  # noqa: E402
+                                render_all, to_json)
+from mergec.io.errors import CheckpointError  # noqa: E402
+from mergec.lang.fmt import literal  # noqa: E402
 
 app = typer.Typer(
     name="mergec",
@@ -60,6 +85,8 @@ def _guard(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         fmt = kwargs.get("output_format", Fmt.text) or Fmt.text
+        if signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -79,9 +106,9 @@ def _guard(fn):
             except OSError:  # pragma: no cover
                 pass
             raise typer.Exit(0)
-        except KeyboardInterrupt:
-            _err("mergec: interrupted; nothing was written at the target")
-            raise typer.Exit(130)
+        except KeyboardInterrupt as e:
+            _err(_interrupted(e))
+            raise typer.Exit(143 if getattr(e, "terminated", False) else 130)
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if os.environ.get("MERGEC_DEBUG") == "1":
                 raise
@@ -92,6 +119,20 @@ def _guard(fn):
             raise typer.Exit(2)
 
     return wrapper
+
+
+def _interrupted(e: KeyboardInterrupt) -> str:
+    """One line on a build stopped by Ctrl-C or SIGTERM: which outputs were written (a
+    :class:`mergec.runtime.stop.Interrupted` says) and which were not."""
+    written = getattr(e, "written", [])
+    not_written = getattr(e, "not_written", [])
+    how = "terminated (SIGTERM)" if getattr(e, "terminated", False) else "interrupted"
+    if not written:
+        return INTERRUPTED.replace("interrupted", how) + ("s" if len(not_written) > 1 else "")
+    text = f"mergec: {how}; written: " + ", ".join(f"{r.output} ({r.path})" for r in written)
+    if not_written:
+        text += "; not written: " + ", ".join(not_written) + " (their targets are unchanged)"
+    return text
 
 
 def _overrides(pairs: Optional[List[str]]) -> dict[str, str]:
@@ -316,9 +357,12 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
         return
     from mergec.backends import BackendUnavailable
 
+    from mergec.runtime.stop import sigterm_raises
+
     try:
-        results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
-                             device, quiet, limit, jobs)
+        with sigterm_raises():  # SIGTERM cleans up as Ctrl-C does
+            results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
+                                 device, quiet, limit, jobs)
     except BackendUnavailable as e:
         text = str(e)
         if "CUDA" in text or "device" in text:

@@ -7,6 +7,11 @@ processes. They inherit the compiled program, the open checkpoints and the write
 files, run whole steps (block after block) and write at their offsets; the build process
 records what they wrote and reports progress. Elsewhere (torch, jax, or no fork) a pool of
 threads runs them.
+
+A worker dies with the build process, however that ends (SIGKILL, the OOM killer): on
+Linux the kernel kills it (``PR_SET_PDEATHSIG``), and everywhere a watchdog thread in the
+worker ends it once its parent is gone, so that no worker waits for ever for tasks while
+holding its memory and the caller's output pipes.
 """
 
 from __future__ import annotations
@@ -15,13 +20,19 @@ import ctypes
 import ctypes.util
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from mergec.io.dtypes import numpy_dtype
 from mergec.ir.nodes import topo
 
 _FORKED: dict = {}
+
+#: how often (seconds) a worker's watchdog checks that the build process is still there
+WATCHDOG_INTERVAL = 0.2
 
 
 def tune_allocator() -> None:
@@ -69,9 +80,48 @@ def process_pool(workers: int) -> ProcessPoolExecutor | None:
     # them again (about a second and 30 MiB per worker)
     numpy_dtype("bfloat16")
     try:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_worker_start, initargs=(os.getpid(),))
     except (OSError, ImportError, NotImplementedError, ValueError):
         return None
+
+
+def _worker_start(parent: int) -> None:
+    """Run first in every worker process: make it die with the build process `parent`."""
+    # a handler the build process set for SIGTERM is not the worker's: SIGTERM ends it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
+    if os.getppid() != parent:  # the build process died before the worker got here
+        os._exit(1)
+    watch_parent(parent)
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to kill this process when its parent exits (Linux:
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``). False where the system has no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        return libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def watch_parent(parent: int, interval: float = WATCHDOG_INTERVAL) -> threading.Thread:
+    """Start a daemon thread that ends this process as soon as `parent` is no longer its
+    parent (an orphan is adopted by init or a subreaper): the portable counterpart of
+    :func:`die_with_parent`, for every POSIX system."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="mergec-watchdog", daemon=True)
+    t.start()
+    return t
 
 
 def share(**state) -> None:
