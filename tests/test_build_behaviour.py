@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 
 import mergec
 import mergec.api
-import mergec.io.checkpoint as ckpt_mod
+import mergec.io.weight_files as weight_files_mod
 from mergec.demo import load_tensors, make_llama
 
 HEAD = 'model base = "./ckpt/base"\nmodel math = "./ckpt/math"\nmodel code = "./ckpt/code"\n'
@@ -231,7 +231,7 @@ def _no_reads(monkeypatch):
         calls.append(args)
         raise AssertionError("tensor data read during check/plan")
 
-    monkeypatch.setattr(ckpt_mod, "_read_span", refuse)
+    monkeypatch.setattr(weight_files_mod, "read_span", refuse)
     return calls
 
 

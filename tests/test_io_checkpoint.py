@@ -14,7 +14,7 @@ from io_helpers import (  # noqa: E402
     CONFIG, assert_same, make_bin, make_safetensors, make_sharded_bin, make_sharded_safetensors,
     sample_tensors, write_config,
 )
-from mergec.io import checkpoint as ckmod  # noqa: E402
+from mergec.io import weight_files as wfmod  # noqa: E402
 from mergec.io.checkpoint import open_checkpoint, open_input  # noqa: E402
 from mergec.io.errors import CheckpointError  # noqa: E402
 
@@ -22,7 +22,7 @@ from mergec.io.errors import CheckpointError  # noqa: E402
 def _no_reads(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("tensor data was read")
-    monkeypatch.setattr(ckmod, "_read_span", boom)
+    monkeypatch.setattr(wfmod, "read_span", boom)
 
 
 def test_single_safetensors_reads_values_and_order(tmp_path):
@@ -266,7 +266,7 @@ def test_prefers_safetensors_over_bin(tmp_path, monkeypatch, bin_maker):
     t = sample_tensors()
     root = bin_maker(tmp_path / "m", t)
     make_safetensors(root, t)
-    monkeypatch.setattr(ckmod, "_load_bin", lambda p: (_ for _ in ()).throw(AssertionError("bin loaded")))
+    monkeypatch.setattr(wfmod, "load_bin", lambda p: (_ for _ in ()).throw(AssertionError("bin loaded")))
     assert open_checkpoint(root).format == "safetensors"
 
 

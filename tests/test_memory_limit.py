@@ -118,15 +118,15 @@ def test_whole_tensor_statistics_do_not_depend_on_blocks_or_workers(tmp_path, fa
 FORKED = """import sys
 from mergec.cli import app
 import mergec.runtime.schedule as sch
-import mergec.io.checkpoint as ck
+import mergec.io.weight_files as wf
 sch.HEAVY_BYTES = 1  # every tensor computed whole is computed by the build process
 if len(sys.argv) > 2:  # reads of one tensor fail, in whichever worker computes it
-    real = ck._read_span
+    real = wf.read_span
     def fail(path, offset, nbytes, *, tensor=None):
         if offset is not None and nbytes == int(sys.argv[2]):
             raise OSError(5, "Input/output error")
         return real(path, offset, nbytes, tensor=tensor)
-    ck._read_span = fail
+    wf.read_span = fail
 try:
     app(["build", "r.merge", "-o", sys.argv[1], "--quiet", "--jobs", "2"])
 except SystemExit as e:

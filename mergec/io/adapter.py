@@ -16,13 +16,13 @@ the pairs are read one at a time when the delta is computed.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergec.io.checkpoint import Checkpoint, parse_safetensors_header
+from mergec.io.checkpoint import Checkpoint
+from mergec.io.weight_files import parse_safetensors_header
 from mergec.io.errors import E_ADAPTER, CheckpointError, load_json
 from mergec.io.sources import (SourceRef, download, hub_offline, local_folder, map_hub_error,
                                not_cached, parse_source, probe_commit, snapshot_cached)

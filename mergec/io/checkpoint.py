@@ -1,11 +1,11 @@
 """Reading input checkpoints: headers at open time, one tensor at a time afterwards.
 
 ``open_checkpoint(root)`` reads ``config.json`` and the weight files' headers only (for
-safetensors: the 8-byte length and the JSON header, parsed here; for ``.bin``: the
-pickle, with the data memory-mapped and not touched). Tensor data is read later, one
-tensor per ``Checkpoint.read`` call, and every tensor-data read of this module goes
-through the single private function ``_read_span`` (tests replace it to prove that
-opening reads no tensor data).
+safetensors: the 8-byte length and the JSON header; for ``.bin``: the pickle, with the
+data memory-mapped and not touched; both in :mod:`mergec.io.weight_files`). Tensor data is
+read later, one tensor per ``Checkpoint.read`` call, and every tensor-data read goes
+through ``weight_files.read_span`` (tests replace it to prove that opening reads no tensor
+data).
 
 Supported layouts, in order of preference when several are present:
 ``model.safetensors``; ``model.safetensors.index.json`` + shards; ``pytorch_model.bin``;
@@ -18,15 +18,12 @@ import difflib
 import hashlib
 import json
 import os
-import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mergec.io import dtypes
+from mergec.io import dtypes, weight_files
 from mergec.io.errors import (
-    E_BIN_LOAD, E_CONFIG, E_CORRUPT_HEADER, E_DTYPE, E_HUB_UNAVAILABLE, E_INDEX, E_NO_WEIGHTS,
+    E_CONFIG, E_CORRUPT_HEADER, E_DTYPE, E_HUB_UNAVAILABLE, E_INDEX, E_NO_WEIGHTS,
     E_READ, E_SOURCE_MISSING, E_TRUNCATED, CheckpointError, load_json,
 )
 from mergec.io.sources import (
@@ -34,253 +31,15 @@ from mergec.io.sources import (
     hub_offline, hub_timeout, map_hub_error, parse_source, resolve, resolve_metadata,
     snapshot_commit, weights_present,
 )
+from mergec.io.weight_files import REDOWNLOAD, TensorInfo, WeightFile, parse_safetensors_header
 from mergec.lazy import lazy_module
 
 np = lazy_module("numpy")  # only reading tensor data needs numpy; headers do not
 # torch (only for reading .bin weights) and huggingface_hub (only for hub inputs) are
 # imported inside the functions that need them.
 
-# The safetensors format itself refuses headers above 100 MB.
-MAX_HEADER_BYTES = 100_000_000
-
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
                     ".gguf", ".onnx", ".onnx_data", ".pdparams", ".npz")
-
-_REDOWNLOAD = "the file is damaged or incomplete (interrupted download or copy?): delete it and download it again"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives. ``offset`` is the absolute byte offset of its data in
-    ``file`` (safetensors only; None for ``.bin`` and for hub headers read remotely)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    file: Path
-    offset: int | None
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass
-class _WeightFile:
-    """What the fingerprint needs to know about one weight file (no tensor data)."""
-
-    name: str                      # path relative to the checkpoint root
-    kind: str                      # "safetensors" | "bin"
-    entries: list[tuple]           # (tensor, dtype, shape, begin, end) in file order
-    data_length: int | None        # safetensors: bytes after the header
-    size: int | None = None        # bin: file size
-
-
-# --------------------------------------------------------------------------- raw reads
-
-
-def _read_span(path: Path, offset: int | None, nbytes: int, *, tensor: Any = None) -> bytearray:
-    """THE tensor-data read of this module: ``nbytes`` bytes into a new buffer.
-
-    For safetensors, reads ``nbytes`` at absolute ``offset`` of ``path`` with positioned
-    reads straight into the new buffer. For ``.bin``, ``tensor`` is the memory-mapped
-    torch tensor of that shard and its bytes are copied (``offset`` is None).
-    """
-    buf = bytearray(nbytes)
-    if nbytes == 0:
-        return buf
-    if tensor is not None:
-        import torch
-        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-        np.frombuffer(buf, dtype=np.uint8)[:] = flat.numpy()
-        return buf
-    assert offset is not None
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    try:
-        done = 0
-        while done < nbytes:
-            if hasattr(os, "preadv"):
-                n = os.preadv(fd, [view[done:]], offset + done)
-            else:  # pragma: no cover - platforms without preadv
-                chunk = os.pread(fd, min(nbytes - done, 1 << 30), offset + done)
-                n = len(chunk)
-                view[done:done + n] = chunk
-            if n == 0:
-                raise EOFError(f"{path}: expected {nbytes} bytes at offset {offset}, got {done}")
-            done += n
-    finally:
-        os.close(fd)
-    return buf
-
-
-# --------------------------------------------------------------------------- safetensors
-
-
-def _header_error(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(E_CORRUPT_HEADER, f"corrupt safetensors header in {path}: {why}", _REDOWNLOAD)
-
-
-def parse_safetensors_header(path: Path, rel: str | None = None) -> tuple[list[TensorInfo], _WeightFile]:
-    """Parse and validate the header of one safetensors file (reads only the header).
-
-    Returns the tensors sorted by offset and a record for the fingerprint. Raises E407
-    (corrupt header), E408 (file shorter than the header says), E417 (unknown dtype),
-    E412 (cannot read the file).
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise CheckpointError(
-                    E_TRUNCATED, f"{path} is truncated: {size} bytes, too small for a safetensors file",
-                    _REDOWNLOAD)
-            (hlen,) = struct.unpack("<Q", f.read(8))
-            if hlen == 0 or hlen > MAX_HEADER_BYTES:
-                raise _header_error(path, f"impossible header length {hlen}")
-            if 8 + hlen > size:
-                raise CheckpointError(
-                    E_TRUNCATED,
-                    f"{path} is truncated: its header needs {8 + hlen} bytes but the file has {size}",
-                    _REDOWNLOAD)
-            raw = f.read(hlen)
-    except CheckpointError:
-        raise
-    except OSError as e:
-        raise CheckpointError(E_READ, f"cannot read {path}: {e.strerror or e}") from None
-    if len(raw) != hlen:
-        raise CheckpointError(E_TRUNCATED, f"{path} is truncated while reading its header", _REDOWNLOAD)
-    try:
-        header = load_json(raw.decode("utf-8"), path)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _header_error(path, f"header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise _header_error(path, "header is not a JSON object")
-    data_start = 8 + hlen
-    data_length = size - data_start
-    infos: list[TensorInfo] = []
-    entries: list[tuple] = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not name:
-            raise _header_error(path, "a tensor has an empty name")
-        if not isinstance(entry, dict):
-            raise _header_error(path, f"entry for tensor `{name}` is not an object")
-        code = entry.get("dtype")
-        shape = entry.get("shape")
-        offs = entry.get("data_offsets")
-        if not isinstance(code, str):
-            raise _header_error(path, f"tensor `{name}` has no dtype")
-        if (not isinstance(shape, list)
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-            raise _header_error(path, f"tensor `{name}` has an invalid shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
-                or offs[0] > offs[1]):
-            raise _header_error(path, f"tensor `{name}` has invalid data_offsets {offs!r}")
-        try:
-            dtype = dtypes.from_safetensors(code)
-        except ValueError:
-            raise CheckpointError(
-                E_DTYPE, f"tensor `{name}` in {path} has dtype {code}, which mergec does not support",
-                f"supported dtypes: {', '.join(dtypes.DTYPES)}") from None
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * dtypes.itemsize(dtype)
-        begin, end = offs
-        if end - begin != nbytes:
-            raise _header_error(
-                path, f"tensor `{name}` ({code}, shape {shape}) needs {nbytes} bytes but its "
-                      f"data_offsets span {end - begin}")
-        if end > data_length:
-            raise CheckpointError(
-                E_TRUNCATED,
-                f"{path} is truncated: tensor `{name}` ends at byte {data_start + end} "
-                f"but the file has {size} bytes",
-                _REDOWNLOAD)
-        infos.append(TensorInfo(name=name, shape=tuple(shape), dtype=dtype, file=path,
-                                offset=data_start + begin, nbytes=nbytes))
-        entries.append((name, dtype, tuple(shape), begin, end))
-    order = sorted(range(len(infos)), key=lambda i: (entries[i][3], entries[i][4]))
-    infos = [infos[i] for i in order]
-    entries = [entries[i] for i in order]
-    prev_end = 0
-    prev_name = None
-    for e in entries:
-        if e[3] < prev_end:
-            raise _header_error(path, f"data of tensors `{prev_name}` and `{e[0]}` overlap")
-        if e[4] > e[3]:
-            prev_end, prev_name = e[4], e[0]
-    record = _WeightFile(name=rel or path.name, kind="safetensors", entries=entries, data_length=data_length)
-    return infos, record
-
-
-# --------------------------------------------------------------------------- .bin
-
-
-def _torch():
-    try:
-        import torch
-    except Exception as e:  # torch is optional: only .bin weights need it
-        raise CheckpointError(E_BIN_LOAD, f"PyTorch is needed to read .bin weights but cannot be imported ({e})",
-                              "install it (`pip install 'mergec[torch]'`), or convert the "
-                              "checkpoint to safetensors") from None
-    return torch
-
-
-def _load_bin(path: Path) -> dict:
-    """``torch.load`` one .bin shard: weights only, memory-mapped, on the CPU."""
-    torch = _torch()
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            # Files from the pre-zip torch format cannot be memory-mapped: load them fully.
-            if "mmap" not in str(e) and "zipfile" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError(E_INDEX, f"weights file {path} is missing", _REDOWNLOAD) from None
-    except Exception as e:
-        text = str(e).strip().splitlines()
-        why = text[0] if text else type(e).__name__
-        if len(why) > 200:
-            why = why[:197] + "..."
-        raise CheckpointError(
-            E_BIN_LOAD, f"cannot load PyTorch weights {path}: {why}",
-            "the file may be truncated or corrupt (download it again), or hold objects other than "
-            "tensors (convert the checkpoint to safetensors)") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(E_BIN_LOAD, f"{path} does not hold a state dict (found {type(obj).__name__})",
-                              "convert the checkpoint to a safetensors or state-dict .bin checkpoint")
-    return obj
-
-
-def _bin_infos(path: Path, state: dict) -> list[TensorInfo]:
-    torch = _torch()
-    infos = []
-    for name, t in state.items():
-        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
-            continue
-        try:
-            dtype = dtypes.from_torch_name(str(t.dtype))
-        except ValueError:
-            raise CheckpointError(
-                E_DTYPE, f"tensor `{name}` in {path} has dtype {t.dtype}, which mergec does not support",
-                f"supported dtypes: {', '.join(dtypes.DTYPES)}") from None
-        shape = tuple(int(d) for d in t.shape)
-        infos.append(TensorInfo(name=name, shape=shape, dtype=dtype, file=path, offset=None,
-                                nbytes=int(t.numel()) * dtypes.itemsize(dtype)))
-    return infos
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -298,7 +57,7 @@ class Checkpoint:
 
     def __init__(self, *, ref: SourceRef | None, root: Path, config: dict | None,
                  config_bytes: bytes | None, format: str, tensors: dict[str, TensorInfo],
-                 metadata_files: list[Path], files: list[_WeightFile], remote: bool = False):
+                 metadata_files: list[Path], files: list[WeightFile], remote: bool = False):
         self.ref = ref
         self.root = root
         self.config = config
@@ -365,16 +124,16 @@ class Checkpoint:
             info = self.info(name)
         try:
             if info.offset is not None:
-                buf = _read_span(info.file, info.offset + start * row, (stop - start) * row)
+                buf = weight_files.read_span(info.file, info.offset + start * row, (stop - start) * row)
             else:
                 tensor = self._bin_state(info.file)[name]
-                buf = _read_span(info.file, None, (stop - start) * row, tensor=tensor[start:stop])
+                buf = weight_files.read_span(info.file, None, (stop - start) * row, tensor=tensor[start:stop])
         except CheckpointError:
             raise
         except EOFError:
             raise CheckpointError(
                 E_TRUNCATED, f"{info.file} is shorter than when it was opened: cannot read `{name}`",
-                _REDOWNLOAD) from None
+                REDOWNLOAD) from None
         except OSError as e:
             raise CheckpointError(E_READ, f"cannot read `{name}` from {info.file}: {e.strerror or e}") from None
         arr = np.frombuffer(buf, dtype=dtypes.numpy_dtype(info.dtype))
@@ -447,20 +206,20 @@ class Checkpoint:
             info = self.info(info.name)
         try:
             if info.offset is not None:
-                return _read_span(info.file, info.offset, info.nbytes)
+                return weight_files.read_span(info.file, info.offset, info.nbytes)
             state = self._bin_state(info.file)
             try:
                 tensor = state[info.name]
             except KeyError:
                 raise CheckpointError(E_READ, f"tensor `{info.name}` disappeared from {info.file}",
                                       "the file changed after it was opened") from None
-            return _read_span(info.file, None, info.nbytes, tensor=tensor)
+            return weight_files.read_span(info.file, None, info.nbytes, tensor=tensor)
         except CheckpointError:
             raise
         except EOFError:
             raise CheckpointError(
                 E_TRUNCATED, f"{info.file} is shorter than when it was opened: cannot read `{info.name}`",
-                _REDOWNLOAD) from None
+                REDOWNLOAD) from None
         except OSError as e:
             raise CheckpointError(E_READ, f"cannot read `{info.name}` from {info.file}: {e.strerror or e}") from None
         except Exception as e:
@@ -470,7 +229,7 @@ class Checkpoint:
         with self._lock:
             state = self._bin_cache.get(path)
             if state is None:
-                state = _load_bin(path)
+                state = weight_files.load_bin(path)
                 self._bin_cache[path] = state
             return state
 
@@ -511,7 +270,7 @@ class Checkpoint:
                 step = (size - block) // (samples - 1)
                 spans = [(i * step, block) for i in range(samples)]
             for off, n in spans:
-                h.update(bytes(_read_span(path, off, n)))
+                h.update(bytes(weight_files.read_span(path, off, n)))
         return h.hexdigest()[:16]
 
     # -- lifetime
@@ -576,10 +335,10 @@ def _read_index(path: Path) -> dict[str, str]:
     except OSError as e:
         raise CheckpointError(E_INDEX, f"cannot read index {path}: {e.strerror or e}") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(E_INDEX, f"index {path} is not valid JSON ({e})", _REDOWNLOAD) from None
+        raise CheckpointError(E_INDEX, f"index {path} is not valid JSON ({e})", REDOWNLOAD) from None
     wm = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wm, dict) or not wm:
-        raise CheckpointError(E_INDEX, f"index {path} has no `weight_map`", _REDOWNLOAD)
+        raise CheckpointError(E_INDEX, f"index {path} has no `weight_map`", REDOWNLOAD)
     for k, v in wm.items():
         if not isinstance(v, str) or not v or os.path.isabs(v) or ".." in Path(v).parts:
             raise CheckpointError(E_INDEX, f"index {path} maps `{k}` to an invalid file name {v!r}")
@@ -657,7 +416,7 @@ def _open_checkpoint(root: Path, ref: SourceRef | None, allow_remote: bool) -> C
     config, config_bytes = _read_config(root)
     metadata_files = _list_metadata_files(root)
     tensors: dict[str, TensorInfo] = {}
-    files: list[_WeightFile] = []
+    files: list[WeightFile] = []
 
     def add(infos: list[TensorInfo], where: Path) -> None:
         for info in infos:
@@ -696,8 +455,8 @@ def _open_checkpoint(root: Path, ref: SourceRef | None, allow_remote: bool) -> C
         found = {}
         for shard in shards:
             path = root / shard
-            state = _load_bin(path)
-            infos = _bin_infos(path, state)
+            state = weight_files.load_bin(path)
+            infos = weight_files.bin_infos(path, state)
             del state  # reopened lazily on the first read
             found[shard] = {i.name for i in infos}
             if wm is not None:
@@ -707,7 +466,7 @@ def _open_checkpoint(root: Path, ref: SourceRef | None, allow_remote: bool) -> C
                 size = path.stat().st_size
             except OSError:
                 size = None
-            files.append(_WeightFile(name=shard, kind="bin",
+            files.append(WeightFile(name=shard, kind="bin",
                                      entries=[(i.name, i.dtype, i.shape) for i in infos],
                                      data_length=None, size=size))
         if wm is not None:
@@ -766,7 +525,7 @@ def open_remote_headers(ref: SourceRef, root: Path | None = None) -> Checkpoint:
                                   f"hub model `{ref.hub_label()}`: cannot parse a safetensors header ({e})") from None
         raise map_hub_error(ref, e, "weights") from None
     tensors: dict[str, TensorInfo] = {}
-    files: list[_WeightFile] = []
+    files: list[WeightFile] = []
     try:
         weight_map = dict(meta.weight_map)
         for fname in sorted(meta.files_metadata):
@@ -799,7 +558,7 @@ def open_remote_headers(ref: SourceRef, root: Path | None = None) -> Checkpoint:
                 tensors[infos[i].name] = infos[i]
             entries = [entries[i] for i in order]
             data_length = max((e[4] for e in entries), default=0)
-            files.append(_WeightFile(name=fname, kind="safetensors", entries=entries, data_length=data_length))
+            files.append(WeightFile(name=fname, kind="safetensors", entries=entries, data_length=data_length))
     except CheckpointError:
         raise
     except Exception as e:

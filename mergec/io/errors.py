@@ -220,9 +220,6 @@ class CheckpointError(Exception):
         self.help = help
         super().__init__(f"{code} {message}")
 
-    def __reduce__(self):  # crosses process boundaries (parallel builds) intact
-        return (type(self), (self.code, self.message, self.help))
-
     def to_diagnostic(self, span: Span | None = None) -> Diagnostic:
         return Diagnostic(code=self.code, message=self.message, span=span, help=self.help)
 
