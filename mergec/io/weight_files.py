@@ -8,6 +8,8 @@ imported when one is opened.
 
 from __future__ import annotations
 
+import math
+
 import os
 import struct
 from dataclasses import dataclass
@@ -43,10 +45,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass

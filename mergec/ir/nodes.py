@@ -22,6 +22,8 @@ linear operations rounds once however it is written; `cast` happens once, at the
 
 from __future__ import annotations
 
+import math
+
 import numbers
 import re
 from typing import Any
@@ -68,10 +70,7 @@ class Node:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def __repr__(self) -> str:
         return f"Node({self.op}, {dict(self.attrs)}, {len(self.args)} args)"
