@@ -17,7 +17,7 @@ CORE_MARKS := not torch and not jax
 # torch is pinned here, before the project, so that pip keeps this build
 # (pyproject only asks for torch>=2.2).
 TORCH     ?= torch==2.13.0
-EXTRAS    ?= torch,jax,test
+EXTRAS    ?= torch,jax,test,test-torch,ray,fast
 JOBS      ?= 2
 PYTEST_ARGS ?=
 DEMO_CKPT ?= recipes/ckpt
