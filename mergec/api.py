@@ -236,7 +236,7 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
           shard_size: int | None = None, backend: str | None = None,
           device: str | None = None, progress=None, compiled: Compiled | None = None,
           max_memory: int | None = None, jobs: int | None = None, trace=None,
-          executor: str | None = None, address: str | None = None):
+          executor=None, address: str | None = None):
     """Check, compile and build every output of a recipe into `out_dir/<output name>`
     (a sweep: `out_dir/<output name>-<point>` for every point, see
     :mod:`mergec.check.sweeps`; the returned list then has a `sweep` attribute, the
@@ -267,10 +267,12 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     limit = max_memory or settings.max_memory
     runner = None
     try:
-        if executor not in (None, "local"):
+        if isinstance(executor, str) and executor != "local":
             from mergec.runtime.ray_executor import open_executor
 
             runner = open_executor(executor, address=address, jobs=jobs, max_memory=limit)
+        elif executor is not None and executor != "local":
+            runner = executor  # an executor object, e.g. a RayExecutor set up by the caller
         be = get_backend(backend or settings.backend, device or settings.device)
         if compiled.sweep is not None:
             from mergec.runtime.sweep import build_sweep
@@ -299,7 +301,7 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
         raise Interrupted(e, results, [lo.output.name for lo in compiled.lowered
                                        if lo.output.name not in done]) from e
     finally:
-        if runner is not None:
+        if runner is not None and runner is not executor:
             runner.close()
     return results
 

@@ -225,6 +225,12 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E473": ("invalid executor",
              "`--executor` is `local` (the default: this machine's processes) or `ray`, and "
              "`--address` (a Ray cluster to join) is given only with `--executor ray`."),
+    "E474": ("task memory larger than the Ray cluster's",
+             "With `--executor ray`, `--max-memory SIZE` is each task's Ray `memory` "
+             "requirement, so that Ray places no more tasks on a node than it can hold. A "
+             "task that asks for more memory than the whole cluster offers could never be "
+             "placed: the build stops before it starts. Give a smaller `--max-memory` (the "
+             "steps are then computed in smaller row blocks), or add nodes."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "

@@ -131,7 +131,7 @@ def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, 
             return run_step(tensors[i], steps[i], checked, backend, writer, stats, blocks_pool)
 
         if executor is not None:
-            executor.run(tensors, steps, checked, writer, stats, finished)
+            executor.run(tensors, steps, checked, writer, stats, finished, backend)
         elif isinstance(pool, ProcessPoolExecutor):
             _in_processes(steps, tensors, checked, writer, pool, workers, run, finished)
         else:

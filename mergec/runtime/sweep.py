@@ -162,9 +162,17 @@ class SweepWriter:
         for w, real in self.routes[name]:
             w.note_written(real)
 
-    def targets(self, name: str) -> list[tuple[OutputWriter, str]]:
-        """The (writer, tensor name) pairs a combined tensor is written to."""
-        return self.routes[name]
+    def staged(self, names) -> "StagedRoutes":
+        """What another process writes combined tensors `names` with (see
+        :meth:`OutputWriter.staged`): each into every point that takes it."""
+        index = {id(w): k for k, w in enumerate(self.writers)}
+        routes = {n: [(index[id(w)], real) for w, real in self.routes[n]] for n in names}
+        wanted: dict[int, list[str]] = {}
+        for pairs in routes.values():
+            for k, real in pairs:
+                wanted.setdefault(k, []).append(real)
+        views = {k: self.writers[k].staged(reals) for k, reals in wanted.items()}
+        return StagedRoutes(routes, views)
 
     def commit(self) -> list[Path]:
         """Write each point's files and commit every point's folder, once all of them
@@ -228,3 +236,23 @@ def build_sweep(plan: SweepPlan, out_dir: Path, backend, *, force: bool, shard_s
                                           len(lo.tensors), nbytes, seconds)
     plan.report.ran = ran
     return [results[(p, k)] for p in range(len(plan.points)) for k in range(len(plan.outputs))]
+
+
+class StagedRoutes:
+    """The picklable counterpart of a :class:`SweepWriter` for a few tensors: each write
+    goes to the staging folder of every point that takes the tensor."""
+
+    def __init__(self, routes: dict[str, list[tuple[int, str]]], views: dict):
+        self.routes, self.views = routes, views
+
+    def write(self, name: str, array) -> None:
+        for k, real in self.routes[name]:
+            self.views[k].write(real, array)
+
+    def write_rows(self, name: str, start: int, array) -> None:
+        for k, real in self.routes[name]:
+            self.views[k].write_rows(real, start, array)
+
+    def write_raw(self, name: str, data: bytes) -> None:
+        for k, real in self.routes[name]:
+            self.views[k].write_raw(real, data)
