@@ -13,6 +13,7 @@ from mergec.api import check
 from mergec.check.sweeps import MAX_POINTS, Point, value_text
 from mergec.demo import load_tensors
 from mergec.diagnostics import MergecError
+from mergec.ir.nodes import topo
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -194,3 +195,33 @@ def test_sweep_warnings_and_folder_collisions(tmp_path, family):
                   "output m = linear(base, math)\n") == [
         ("E360", "two outputs of the sweep would be written to `m-s=a_b` (points "
          's="a b" and s="a_b")', 4)]
+
+
+MODEL_TRIM = """model base = "{base}"
+model math = "{math}"
+model code = "{code}"
+
+param a = sweep(0.5, 2)
+
+output inside = base + ties(a * (math - base), code - base, density=0.3, trim="model")
+output outside = ties(math, code, base=base, weight=[a, 1], density=0.3, trim="model")
+"""
+
+
+def test_model_wide_thresholds_per_point(tmp_path, family):
+    """TIES' model-wide threshold ranges over the task vectors of its point: a swept weight
+    inside the inputs changes it, one outside does not (and then it is computed once)."""
+    r = recipe(tmp_path, family, MODEL_TRIM)
+    c = mergec.compile(r)
+    stats = {so.name: {repr(p) for t in so.combined.tensors for n in topo(t.node)
+                       if n.op == "merge" for _, v in n.attr("params") if isinstance(v, tuple)
+                       for p in v if type(p).__name__ == "ModelTopK"}
+             for so in c.sweep.outputs}
+    # inside: the first input differs by point (two thresholds), the second does not
+    assert len(stats["inside"]) == 3 and len(stats["outside"]) == 2
+    mergec.build(r, tmp_path / "sweep", jobs=1, compiled=c)
+    for a in ("0.5", "2"):
+        mergec.build(r, tmp_path / a, overrides={"a": a}, jobs=1)
+        for o in ("inside", "outside"):
+            assert same_bytes(load_tensors(tmp_path / "sweep" / f"{o}-a={a}"),
+                              load_tensors(tmp_path / a / o))

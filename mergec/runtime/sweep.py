@@ -26,6 +26,8 @@ from mergec.diagnostics import Diagnostic
 from mergec.io.dtypes import itemsize
 from mergec.io.writer import OutputWriter
 from mergec.ir.lower import LoweredOutput, OutTensor
+from mergec.ir.nodes import Node
+from mergec.ir.placeholders import ModelTopK
 
 
 @dataclass
@@ -82,6 +84,7 @@ class SweepPlan:
 def plan_sweep(points: list[Point], programs: list[CheckedProgram],
                lowered: list[list[LoweredOutput]]) -> SweepPlan:
     """Group every output's tensors over the points (`lowered[point][output]`)."""
+    _separate_statistics(lowered)
     outputs = []
     for k, first in enumerate(lowered[0]):
         per_point = [lw[k] for lw in lowered]
@@ -112,6 +115,54 @@ def plan_sweep(points: list[Point], programs: list[CheckedProgram],
         outputs.append(SweepOutput(first.output.name, per_point, combined, takers,
                                    [t.name for t in tensors]))
     return SweepPlan(points, programs, outputs)
+
+
+def _separate_statistics(lowered: list[list[LoweredOutput]]) -> None:
+    """A model-wide statistic (TIES' `trim="model"` threshold) is named after its output
+    and call, so two points would share it even where it ranges over different task
+    vectors (a swept weight inside the call's inputs). Such a placeholder is renamed at
+    the points where its task vectors differ from the first point's (`CALL@2`, `CALL@3`
+    for each further distinct set), so that the combined output computes each statistic
+    over exactly the tensors a separate build would."""
+    from mergec.runtime.prepass import placeholder_inputs
+
+    for k in range(len(lowered[0])):
+        variants: dict[ModelTopK, list[tuple]] = {}
+        for lw in lowered:
+            renamed = {}
+            for ph, nodes in placeholder_inputs(lw[k]).items():
+                key = tuple(dict.fromkeys(nodes))
+                seen = variants.setdefault(ph, [])
+                if key not in seen:
+                    seen.append(key)
+                j = seen.index(key)
+                if j:
+                    renamed[ph] = replace(ph, call=f"{ph.call}@{j + 1}")
+            if renamed:
+                lo, memo = lw[k], {}
+                lo.tensors = [replace(t, node=_rename(t.node, renamed, memo))
+                              for t in lo.tensors]
+
+
+def _rename(n: Node, renamed: dict, memo: dict) -> Node:
+    """`n` with the placeholders in `renamed` replaced in its merge parameters."""
+    got = memo.get(id(n))
+    if got is not None:
+        return got
+    args = tuple(_rename(a, renamed, memo) for a in n.args)
+    attrs = n.attrs
+    if n.op == "merge":
+        def swap(v):
+            if isinstance(v, tuple):
+                return tuple(swap(x) for x in v)
+            return renamed.get(v, v) if isinstance(v, ModelTopK) else v
+
+        attrs = tuple((k, tuple((pk, swap(pv)) for pk, pv in v) if k == "params" else v)
+                      for k, v in n.attrs)
+    out = n if args == n.args and attrs == n.attrs else Node(n.op, args, attrs, n.shape,
+                                                             n.dtype)
+    memo[id(n)] = out
+    return out
 
 
 def sweep_warnings(plan: SweepPlan) -> list[Diagnostic]:
