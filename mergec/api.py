@@ -121,7 +121,7 @@ def _check_each_point(program: ast.Program, sweeps, base_dir: Path) -> list[Chec
         checked.overrides = dict(sweeps.fixed)
         found += [(d, i) for d in checked.warnings]
         programs.append(checked)
-    diags = _at_points(found, points)
+    diags = _at_points(found, points) + _settings_differ(program, programs)
     errors = [d for d in diags if d.severity == "error"]
     if errors:
         raise MergecError(errors + sweeps.warnings +
@@ -130,6 +130,23 @@ def _check_each_point(program: ast.Program, sweeps, base_dir: Path) -> list[Chec
     for c in programs[1:]:
         c.warnings = []
     return programs
+
+
+def _settings_differ(program: ast.Program, programs: list[CheckedProgram]) -> list:
+    """A sweep is built with one backend, device, shard size and memory limit: a `set`
+    of those that follows a swept param is refused (the seed may follow one)."""
+    out = []
+    for key in ("backend", "device", "shard_size", "max_memory"):
+        values = {getattr(c.settings, key) for c in programs}
+        if len(values) > 1:
+            st = next((x for x in program.statements
+                       if isinstance(x, ast.SetStmt) and x.name.name == key), None)
+            out.append(Diagnostic(
+                "E272", f"`set {key}` takes a different value at different points of the "
+                "sweep", st.value.span if st is not None else None,
+                f"a sweep is built with one {key.replace('_', ' ')}; of the settings, only "
+                "`seed` may follow a swept param"))
+    return out
 
 
 def _at_points(found: list[tuple[Diagnostic, int]], points) -> list[Diagnostic]:

@@ -172,7 +172,9 @@ ERRORS: dict[str, tuple[str, str]] = {
              "argument of a merge call, not part of arithmetic, not a `set` or a `where` "
              "value. Declare the sweep once and use the param: `param w = sweep(0.2, 0.4)` "
              "then `linear(a, b, weight=[w, 1 - w])`. Every point is built as its own "
-             "output."),
+             "output. A swept param may set the seed (`set seed = s`), but not the "
+             "settings the whole sweep is built with: `backend`, `device`, `shard_size`, "
+             "`max_memory`."),
     "E273": ("too many sweep points",
              "Several swept params make the cartesian product of their values (the first "
              "declared param varies slowest), and one build makes at most 64 points: "

@@ -225,3 +225,11 @@ def test_model_wide_thresholds_per_point(tmp_path, family):
         for o in ("inside", "outside"):
             assert same_bytes(load_tensors(tmp_path / "sweep" / f"{o}-a={a}"),
                               load_tensors(tmp_path / a / o))
+
+
+def test_settings_cannot_follow_a_sweep(tmp_path, family):
+    body = ('param s = sweep("1MB", "2MB")\nset shard_size = s\n'
+            "output m = linear(base, math)\n")
+    assert errors(tmp_path, family, body) == [
+        ("E272", "`set shard_size` takes a different value at different points of the sweep",
+         4)]
