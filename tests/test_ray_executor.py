@@ -184,3 +184,22 @@ def test_executor_usage_errors(demo, run_cli):
     code, _, err = run_cli("build", demo / "demo.merge", "--address", "auto")
     assert code == 2 and "E473 `--address` joins a Ray cluster: it needs `--executor ray`" \
         in err
+
+
+@pytest.mark.ray
+def test_an_input_error_in_a_task_is_reported_as_locally(ray_instance, demo, family):
+    """An input cut short after the check: the same error as a local build's."""
+    found = []
+    for k, how in enumerate(({"jobs": 1}, {"executor": ray_executor()})):
+        ckpt = demo / f"copy{k}"
+        shutil.copytree(family["base"].parent, ckpt)
+        (demo / "ckpt").unlink()
+        (demo / "ckpt").symlink_to(ckpt, target_is_directory=True)
+        compiled = mergec.compile(demo / "demo.merge")
+        for f in (ckpt / "math").glob("*.safetensors"):
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        with pytest.raises(Exception) as e:
+            mergec.build(demo / "demo.merge", demo / f"out{k}", compiled=compiled, **how)
+        found.append((type(e.value).__name__, e.value.code))
+        assert not (demo / f"out{k}").exists() or list((demo / f"out{k}").iterdir()) == []
+    assert found == [("CheckpointError", "E408")] * 2
