@@ -233,3 +233,10 @@ def test_settings_cannot_follow_a_sweep(tmp_path, family):
     assert errors(tmp_path, family, body) == [
         ("E272", "`set shard_size` takes a different value at different points of the sweep",
          4)]
+
+
+def test_set_of_an_unknown_param_with_commas(tmp_path, family):
+    body = "param w = 0.5\noutput m = linear(base, math, weight=[w, 0.5])\n"
+    [(code, message, line)] = errors(tmp_path, family, body, {"v": "0.1,0.2"})
+    assert (code, line) == ("E212", None)
+    assert message == "`--set v=0.1,0.2`: the recipe has no param `v`"

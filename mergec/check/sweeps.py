@@ -42,7 +42,7 @@ class Swept:
     name: str
     values: tuple
     kind: str
-    span: Span | None  # the `sweep(...)` call; None for a `--set`
+    span: Span  # the param's value in the recipe
     origin: str  # "recipe" or "--set"
 
 
@@ -150,7 +150,7 @@ class Sweeps:
         params = {st.name.name: st for st in program.statements
                   if isinstance(st, ast.ParamStmt)}
         for name, raw in overrides.items():
-            if "," in raw and len(split_values(raw)) > 1:
+            if "," in raw and len(split_values(raw)) > 1 and name in params:
                 self._from_set(name, raw, params.get(name))
             else:
                 self.fixed[name] = raw
@@ -158,9 +158,9 @@ class Sweeps:
         for name, st in params.items():
             if is_sweep(st.value) and name not in from_set and name not in self.fixed:
                 self._from_recipe(st)
-        # declaration order (the order of the product), params unknown to the recipe last
+        # declaration order: the order of the product
         order = list(params)
-        self.swept.sort(key=lambda s: order.index(s.name) if s.name in order else len(order))
+        self.swept.sort(key=lambda s: order.index(s.name))
         count = math.prod(len(s.values) for s in self.swept) if self.swept else 1
         if count > MAX_POINTS:
             sizes = " x ".join(f"{len(s.values)} ({s.name})" for s in self.swept)
@@ -224,29 +224,25 @@ class Sweeps:
                         severity="warning")
         self.swept.append(Swept(name, values, kinds[0], call.span, "recipe"))
 
-    def _from_set(self, name: str, raw: str, st: ast.ParamStmt | None) -> None:
+    def _from_set(self, name: str, raw: str, st: ast.ParamStmt) -> None:
         items = split_values(raw)
         if any(not s for s in items):
             self._error("E270", f"`--set {name}={raw}` has an empty value", None,
                         f"separate the values with single commas: `--set {name}=0.1,0.2`")
             return
         vals = [_parse_value(s) for s in items]
-        want = None
-        if st is not None:
-            want = (sweep_kind(st.value) if is_sweep(st.value)
-                    else literal_value(st.value))
+        want = sweep_kind(st.value) if is_sweep(st.value) else literal_value(st.value)
         kind = want[0] if want is not None else vals[0][0]
         for s, (k, _) in zip(items, vals):
             if k != kind:
                 like = f", like the recipe's `{literal(want[1])}`" if want else ""
                 self._error("E274", f"`--set {name}={raw}`: `{s}` is not a {kind}",
-                            st.value.span if st is not None else None,
+                            st.value.span,
                             f"every value of param `{name}` must be a {kind.lower()}{like}")
                 return
         values = tuple(v for _, v in vals)
         if self._distinct(name, values, None, f"`--set {name}={raw}`"):
-            self.swept.append(Swept(name, values, kind, st.value.span if st else None,
-                                    "--set"))
+            self.swept.append(Swept(name, values, kind, st.value.span, "--set"))
 
     def _distinct(self, name, values, span, where=None) -> bool:
         seen: dict = {}
