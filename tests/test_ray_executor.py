@@ -91,13 +91,22 @@ def test_a_killed_worker_is_retried(ray_instance, demo):
 
 
 @pytest.mark.ray
-def test_sweep_on_ray_equals_the_local_sweep(ray_instance, demo):
-    local = mergec.build(demo / "sweep.merge", demo / "local", jobs=1)
-    on_ray = mergec.build(demo / "sweep.merge", demo / "ray", executor=ray_executor())
-    assert [r.output for r in on_ray] == [r.output for r in local]
-    assert on_ray.sweep.ran == on_ray.sweep.computed == local.sweep.computed
-    for r in local:
-        assert files(demo / "ray" / r.output) == files(r.path)
+def test_every_recipe_on_ray_equals_the_local_build(ray_instance, demo):
+    """recipes/*.merge (the demo's other recipes and the sweep) both ways."""
+    recipes = sorted((ROOT / "recipes").glob("*.merge"))
+    assert len(recipes) >= 5
+    for r in recipes:
+        if r.name == "demo.merge":
+            continue  # above
+        shutil.copy(r, demo / r.name)
+        local = mergec.build(demo / r.name, demo / "local" / r.stem, jobs=1)
+        on_ray = mergec.build(demo / r.name, demo / "ray" / r.stem, executor=ray_executor())
+        assert [x.output for x in on_ray] == [x.output for x in local]
+        for x in local:
+            assert files(demo / "ray" / r.stem / x.output) == files(x.path), (r.name, x.output)
+        if r.name == "sweep.merge":
+            assert on_ray.sweep.ran == on_ray.sweep.computed == local.sweep.computed < \
+                on_ray.sweep.written
 
 
 @pytest.mark.ray

@@ -112,6 +112,9 @@ def test_check_and_plan_name_the_points(tmp_path, family, run_cli):
     r = recipe(tmp_path, family)
     code, out, _ = run_cli("check", r)
     assert (code, out) == (0, f"{r}: ok (4 inputs, 1 output, 5 sweep points)\n")
+    # one value on the command line replaces the sweep: a plain build
+    code, out, _ = run_cli("check", r, "--set", "alpha=0.25")
+    assert (code, out) == (0, f"{r}: ok (4 inputs, 1 output)\n")
     code, out, _ = run_cli("plan", r, "--set", "alpha=0.25,0.75")
     assert code == 0
     lines = out.splitlines()
