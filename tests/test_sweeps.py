@@ -243,3 +243,12 @@ def test_set_of_an_unknown_param_with_commas(tmp_path, family):
     [(code, message, line)] = errors(tmp_path, family, body, {"v": "0.1,0.2"})
     assert (code, line) == ("E212", None)
     assert message == "`--set v=0.1,0.2`: the recipe has no param `v`"
+
+
+def test_folder_name_too_long(tmp_path, family):
+    long = "x" * 200
+    [(code, message, line)] = errors(tmp_path, family, f'param s = sweep("{long}", "y")\n'
+                                     "output m = linear(base, math)\n")
+    assert (code, line) == ("E361", 4)
+    assert message == (f"output folder `m-s={'x' * 56}...` of the sweep is 204 bytes long; "
+                       "at most 200 are allowed")
