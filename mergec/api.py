@@ -149,6 +149,12 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     try:
         be = get_backend(backend or settings.backend, device or settings.device)
         for lo in compiled.lowered:
+            if lo.output.form is not None:  # an adapter: its own writer (runtime/extract.py)
+                from mergec.runtime.extract import build_adapter
+
+                results.append(build_adapter(lo, compiled.checked, out_dir / lo.output.name,
+                                             be, force=force, progress=progress))
+                continue
             results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
                                         force=force, shard_size=size, progress=progress,
                                         max_memory=max_memory or settings.max_memory,

@@ -27,6 +27,9 @@ def kind_text(kind: str) -> str:
     """A value kind with its article in messages: a Model, a Delta, a run of Layers."""
     return "a run of Layers" if kind == LAYERS else f"a {kind}"
 NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
+#: the value of an output written in another form than a dense model (`lowrank(...)`,
+#: `moe(...)`); such an output is not a value later statements can use
+FORM = "output form"
 SCALED = "scaled model"  # an operand inside a linear combination, weight not 0 or 1
 ERROR = "<error>"
 
@@ -144,6 +147,21 @@ class CStack(CExpr):
 
 
 @dataclass(frozen=True)
+class LowRankForm:
+    """An output written as a PEFT LoRA adapter: the truncated SVD of the delta of each
+    2-D weight (`lora`); the other tensors of the delta are written whole as PEFT's
+    `modules_to_save` when the build finds them changed (`saved`, the value `base + delta`),
+    or left out (`dropped`)."""
+
+    rank: int | None  # a fixed rank (at most min(out, in) per module), or
+    energy: float | None  # the smallest rank keeping this share of the squared norm
+    base: CInput | None  # the model the adapter applies to
+    lora: tuple[str, ...]
+    saved: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Output:
     name: str
     expr: CExpr
@@ -151,6 +169,8 @@ class Output:
     config_from: CInput | None
     tokenizer_from: CInput | None
     span: Span
+    #: None: a dense model; else how the output is written (LowRankForm, MoeForm)
+    form: Any = None
 
 
 @dataclass(frozen=True)
