@@ -118,6 +118,36 @@ ERRORS: dict[str, tuple[str, str]] = {
              "The inputs of a call must all be models, all deltas, or all layer runs."),
     "E224": ("no output",
              "The recipe defines nothing to write. Add an `output` statement."),
+    "E260": ("invalid `lowrank` call",
+             "`output NAME = lowrank(DELTA, rank=R)` writes a Delta as a PEFT LoRA adapter; "
+             "`energy=E` instead of `rank` keeps, per module, the fewest singular values that "
+             "hold the share E of its squared norm. The call takes one Delta (`tuned - base`, "
+             "a merge of task vectors, an adapter) and exactly one of `rank` (a whole number "
+             ">= 1) and `energy` (in (0, 1]): `lowrank(code - base, rank=16)`."),
+    "E261": ("an output form used as a value",
+             "`lowrank(...)` (and `moe(...)`) make an output written in another form than a "
+             "model, so they are the whole value of an `output` statement, and that output's "
+             "name cannot be used by later statements. Name the expression with `let` and "
+             "use the name in both places: `let code_tv = code - base` then `output "
+             "code_lora = lowrank(code_tv, rank=16)`."),
+    "E262": ("invalid option of an adapter output",
+             "An adapter output (`lowrank`) takes the options `dtype` (of the factors), "
+             "`others` and `base`. `others = \"save\"` (the default) writes the tensors of "
+             "the delta that are not factored (embeddings, norms) whole, in PEFT's "
+             "`modules_to_save`, when they changed; that needs the model the adapter applies "
+             "to, found from `tuned - base` or named with `base = MODEL`. `others = "
+             "\"drop\"` leaves them out (warning W350)."),
+    "E263": ("nothing to factor",
+             "`lowrank` factors the delta of each 2-D weight matrix (`*.weight` of linear "
+             "layers). This delta has none: it is made of 1-D tensors or embeddings only."),
+    "W350": ("tensors left out of an adapter",
+             "With `others = \"drop\"` the tensors of the delta that are not factored "
+             "(embeddings, norms, other 1-D tensors) are not written, so the adapter does "
+             "not change them. `others = \"save\"` writes those that changed whole."),
+    "W351": ("biases left out of an adapter",
+             "A LoRA pair changes the weight of its module, not the bias; the delta of the "
+             "biases of factored modules (Qwen2's q/k/v projections, GPT-2's layers) is not "
+             "written. Merge the full model instead when the bias update matters."),
     "E301": ("layer range out of bounds",
              "`x.layers[a:b]` takes blocks a to b-1; b may be at most the model's block count "
              "(num_hidden_layers in config.json)."),

@@ -49,7 +49,7 @@ class Exprs:
             if isinstance(v, Const):
                 return Const(v.kind, v.value, e.span)
             if v.kind == FORM:
-                self.report.error("E261", f"`{e.name}` is written as an adapter or a mixture "
+                self.report.error("E261", f"`{e.id}` is written as an adapter or a mixture "
                                   "of experts; it is not a value other statements can use",
                                   e.span, "use the expression it is made from instead: "
                                   "`let` a name for it and use that name in both places")

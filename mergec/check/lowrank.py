@@ -19,11 +19,14 @@ from mergec.check.program import (
 )
 from mergec.check.scope import Const, is_error
 from mergec.check.suggest import did_you_mean
+from mergec.check.walk import first_input
 from mergec.check.wheres import apply_wheres
 from mergec.io.dtypes import MERGE_DTYPES, normalize_dtype
 from mergec.lang import ast
 
 OPTIONS = ("dtype", "others", "base")
+#: model types whose linear layers are GPT-2's Conv1D, with weights stored as [in, out]
+CONV1D_MODEL_TYPES = ("gpt2",)
 PARAMS = ("rank", "energy")
 ADAPTER_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -217,5 +220,8 @@ def check_lowrank_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Outpu
         warn("W351", f"the biases of {len(biases)} factored modules are left out of the "
              f"adapter (first: `{biases[0]}`)", st.span,
              "a LoRA pair changes a module's weight, not its bias")
-    form = LowRankForm(rank, energy, base, tuple(lora), tuple(saved), tuple(dropped))
+    src = base or first_input(delta)
+    conv1d = (getattr(src, "config", None) or {}).get("model_type") in CONV1D_MODEL_TYPES
+    form = LowRankForm(rank, energy, base, tuple(lora), tuple(saved), tuple(dropped),
+                       fan_in_fan_out=conv1d)
     return marker, Output(st.name.name, delta, dtype, None, None, st.span, form=form)

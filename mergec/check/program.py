@@ -159,6 +159,9 @@ class LowRankForm:
     lora: tuple[str, ...]
     saved: tuple[str, ...]
     dropped: tuple[str, ...]
+    #: the model stores its linear weights as [in, out] (GPT-2's Conv1D): PEFT's
+    #: `fan_in_fan_out`, the factors are those of the transposed delta
+    fan_in_fan_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -91,10 +91,15 @@ def _folder(ref: SourceRef) -> Path:
 
 
 def _pattern_value(patterns: dict, module: str, default):
-    """A per-module override from PEFT's rank_pattern/alpha_pattern (key = a module name
-    suffix or a regular expression over the module name)."""
+    """A per-module override from PEFT's rank_pattern/alpha_pattern, as PEFT looks it up:
+    the first key (a regular expression) that matches the end of the module name after a
+    dot, `(.*\\.)?(KEY)$` (the group matters for keys such as `q_proj|v_proj`)."""
     for key, value in (patterns or {}).items():
-        if module == key or module.endswith("." + key) or re.fullmatch(rf"(.*\.)?{key}", module):
+        try:
+            hit = re.fullmatch(rf"(.*\.)?({key})", module) is not None
+        except re.error:  # not a regular expression: a module name or suffix
+            hit = module == key or module.endswith("." + key)
+        if hit:
             return value
     return default
 
@@ -129,6 +134,10 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
         raise _bad(f"`{ref.raw}` is a DoRA adapter, whose update is not a low-rank delta",
                    "merge it into its base with PEFT's `merge_and_unload` and declare the "
                    "result with `model`")
+    if cfg.get("lora_bias"):
+        raise _bad(f"`{ref.raw}` trains a bias with each LoRA pair (`lora_bias: true`), which "
+                   "is not a low-rank delta", "merge it into its base with PEFT's "
+                   "`merge_and_unload` and declare the result with `model`")
     weights = root / WEIGHTS
     if not weights.is_file():
         raise _bad(f"`{ref.raw}` has no {WEIGHTS}",
@@ -139,7 +148,7 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
                       format="safetensors", tensors=tensors, metadata_files=[], files=[wf])
     found: dict[str, dict[str, str]] = {}
     for key in tensors:
-        m = _KEY.match(key)
+        m = _KEY.match(key) if not key.endswith(".bias") else None
         if not m:
             raise _bad(f"`{ref.raw}` holds `{key}`, which is not a LoRA factor",
                        "adapters with trained biases or extra modules (modules_to_save) are "
@@ -148,7 +157,7 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
         if module.startswith(_PREFIX):
             module = module[len(_PREFIX):]
         found.setdefault(module, {})[m.group("kind")] = key
-    alpha = cfg.get("lora_alpha", cfg.get("r", 8))
+    alpha = cfg.get("lora_alpha", 8)  # PEFT's default, whatever r is
     rslora = bool(cfg.get("use_rslora", False))
     fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
     pairs: dict[str, LoraPair] = {}

@@ -58,7 +58,7 @@ def plan_rows(lo: LoweredOutput) -> list[PlannedModule]:
     shapes = {t.name: t.shape for t in lo.tensors}
     rows = []
     for name in form.lora:
-        out, inn = shapes[name]
+        out, inn = shapes[name][::-1] if form.fan_in_fan_out else shapes[name]
         k = min(out, inn)
         if form.rank is not None:
             r = min(form.rank, k)
@@ -165,7 +165,7 @@ def adapter_config(form: LowRankForm, ranks: dict[str, int], saved_modules: list
         "modules_to_save": sorted(saved_modules) or None,
         "lora_dropout": 0.0,
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": form.fan_in_fan_out,
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,
@@ -197,8 +197,11 @@ def build_adapter(lo: LoweredOutput, checked: CheckedProgram, target: Path, back
     kept: dict[str, tuple] = {}
     for name in form.lora:
         t = by_name[name]
-        b, a, r, err = factors(backend, backend.to_float32(delta_of(name)), form)
-        modules.append(ModuleResult(module_of(name), tuple(t.shape), r, err))
+        d = backend.to_float32(delta_of(name))
+        if form.fan_in_fan_out:  # stored [in, out]: PEFT adds (B @ A)^T
+            d = backend.transpose(d)
+        b, a, r, err = factors(backend, d, form)
+        modules.append(ModuleResult(module_of(name), tuple(backend.shape(d)), r, err))
         if r:
             kept[module_of(name)] = (convert(b, t.dtype), convert(a, t.dtype))
         if progress:
