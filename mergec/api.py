@@ -149,11 +149,17 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     try:
         be = get_backend(backend or settings.backend, device or settings.device)
         for lo in compiled.lowered:
-            if lo.output.form is not None:  # an adapter: its own writer (runtime/extract.py)
+            if lo.output.form is not None:  # an adapter, or a mixture of experts
+                from mergec.check.program import MoeForm
                 from mergec.runtime.extract import build_adapter
+                from mergec.runtime.moe import build_moe
 
-                results.append(build_adapter(lo, compiled.checked, out_dir / lo.output.name,
-                                             be, force=force, progress=progress))
+                target = out_dir / lo.output.name
+                results.append(
+                    build_moe(lo, compiled.checked, target, be, force=force, shard_size=size,
+                              progress=progress) if isinstance(lo.output.form, MoeForm) else
+                    build_adapter(lo, compiled.checked, target, be, force=force,
+                                  progress=progress))
                 continue
             results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
                                         force=force, shard_size=size, progress=progress,

@@ -239,6 +239,8 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
             _say(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
         if op.adapter:
             _print_adapter_plan(op.adapter)
+        if op.moe:
+            _say(f"  experts        {op.moe}")
         lo = next(x for x in compiled.lowered if x.output.name == op.output)
         done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]
         if done:

@@ -146,6 +146,35 @@ class CStack(CExpr):
     head: CExpr | None = None
 
 
+@dataclass(eq=False)
+class CMoe(CExpr):
+    """A mixture of experts assembled from dense models: every tensor of the output comes
+    from one of `parts` (the experts in order, then the base, then the shared expert) under
+    another name; `mapping` gives, per output tensor, (part index, tensor name in that
+    part), part -1 being a zero tensor. The routers are not in the table (MoeForm)."""
+
+    parts: tuple[CExpr, ...] = ()
+    mapping: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MoeForm:
+    """An output written as a mixture of experts (`moe(...)`): its layout, config, and the
+    router of each layer, computed by the build from `router`."""
+
+    layout: str  # "mixtral" | "qwen2_moe"
+    n_experts: int
+    experts_per_token: int
+    router: str  # "random" | "cheap_embed" | "hidden"
+    prompts: tuple[tuple[str, ...], ...]  # per expert
+    negative: tuple[tuple[str, ...], ...]  # per expert (empty tuples when none)
+    routers: tuple[tuple[str, int, tuple[int, int]], ...]  # (name, layer, [experts, hidden])
+    router_dtype: str
+    config: dict = field(hash=False, compare=False, default_factory=dict)
+    base: CInput | None = None  # the model whose embeddings, tokenizer (and forward) it uses
+    embed: str = "model.embed_tokens.weight"
+
+
 @dataclass(frozen=True)
 class LowRankForm:
     """An output written as a PEFT LoRA adapter: the truncated SVD of the delta of each

@@ -79,6 +79,8 @@ class OutputPlan(BaseModel):
     steps: list[TensorStep] = []
     #: an output written as a LoRA adapter: its modules (empty for a model)
     adapter: list[ModulePlan] = []
+    #: a mixture of experts: its layout, experts and router
+    moe: str | None = None
 
 
 class Plan(BaseModel):
@@ -381,14 +383,21 @@ def plan_output(lo: LoweredOutput, *, max_memory: int | None = None, on_cpu: boo
     out = lo.output
     adapter: list[ModulePlan] = []
     n_tensors = len(lo.tensors)
-    if out.form is not None:  # an adapter: factors and changed modules, at most
+    moe = None
+    if out.form is not None and hasattr(out.form, "routers"):  # a mixture of experts
+        f = out.form
+        moe = (f"{f.layout}: {f.n_experts} experts, {f.experts_per_token} per token, "
+               f"router {f.router} ({len(f.routers)} layers)")
+        n_tensors += len(f.routers)
+        written += sum(e * h * itemsize(f.router_dtype) for _, _, (e, h) in f.routers)
+    elif out.form is not None:  # an adapter: factors and changed modules, at most
         from mergec.runtime.extract import plan_rows, planned_bytes
 
         adapter = [ModulePlan(module=r.module, shape=list(r.shape), rank=r.rank,
                               max_error=r.max_error) for r in plan_rows(lo)]
         n_tensors, written = planned_bytes(lo)
     return OutputPlan(
-        output=out.name, tensors=n_tensors, layers=lo.n_layers, adapter=adapter,
+        output=out.name, tensors=n_tensors, layers=lo.n_layers, adapter=adapter, moe=moe,
         ops=dict(sorted(ops.items())), bytes_read=sum(loads.values()), bytes_written=written,
         peak_memory=peak, raw_copies=copies,
         config_from=out.config_from.name if out.config_from else None,
