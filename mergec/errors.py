@@ -124,7 +124,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "hold the share E of its squared norm. The call takes one Delta (`tuned - base`, "
              "a merge of task vectors, an adapter) and exactly one of `rank` (a whole number "
              ">= 1) and `energy` (in (0, 1]): `lowrank(code - base, rank=16)`."),
-    "E261": ("an output form used as a value",
+    "E261": ("an adapter or mixture of experts used as a value",
              "`lowrank(...)` (and `moe(...)`) make an output written in another form than a "
              "model, so they are the whole value of an `output` statement, and that output's "
              "name cannot be used by later statements. Name the expression with `let` and "
@@ -148,6 +148,45 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A LoRA pair changes the weight of its module, not the bias; the delta of the "
              "biases of factored modules (Qwen2's q/k/v projections, GPT-2's layers) is not "
              "written. Merge the full model instead when the bias update matters."),
+    "E350": ("experts that do not fit together",
+             "`moe(EXPERT, ..., base=BASE)` makes each layer's MLP of every expert an expert "
+             "of that layer and takes every other tensor from the base, so the experts (and "
+             "`shared=`) are Models with exactly the base's tensor names and shapes: "
+             "fine-tunes of one dense model. `moe(math, code, base=base)`."),
+    "E351": ("a mixture-of-experts layout that cannot hold these experts",
+             "`layout=\"mixtral\"` (the default for Llama and Mistral) is assembled from "
+             "Llama or Mistral experts without attention biases; `layout=\"qwen2_moe\"` "
+             "(the default for Qwen2) from Llama, Mistral or Qwen2 experts, and is the one "
+             "with a shared expert (`shared=`). The base must have "
+             "`model.layers.N.mlp.gate_proj/up_proj/down_proj` in every layer."),
+    "E352": ("wrong number of experts or experts per token",
+             "`moe` takes at least two experts, and `experts_per_token` is a whole number "
+             "from 1 to the number of experts (Mixtral uses 2)."),
+    "E353": ("unknown router initialization",
+             "`router` is `\"random\"` (seeded from `set seed`), `\"cheap_embed\"` (the "
+             "token embeddings of each expert's prompts) or `\"hidden\"` (the base model's "
+             "MLP inputs on the prompts, with torch and transformers): "
+             "`moe(math, code, base=base, router=\"cheap_embed\", prompts=[\"solve\", "
+             "\"def\"])`."),
+    "E354": ("invalid router prompts",
+             "The `cheap_embed` and `hidden` routers need `prompts=`: a list with one entry "
+             "per expert, in the order of the experts, each a non-empty string or a list of "
+             "them; `negative=` has the same form and pushes each router row away from those "
+             "prompts. Every prompt must give at least one token with the base model's "
+             "tokenizer, inside its embedding table."),
+    "E355": ("no tokenizer for the router's prompts",
+             "The `cheap_embed` and `hidden` routers tokenize their prompts with the "
+             "`tokenizer.json` of the base model's folder (the model `base=` is made from). "
+             "That folder has none: use one with tokenizer files, or `router=\"random\"`."),
+    "E356": ("the `hidden` router cannot run the base model",
+             "`router=\"hidden\"` runs the base model on the prompts with torch and "
+             "transformers, so `base=` must name a `model` input (a folder transformers can "
+             "load), and torch and transformers must be installed. `cheap_embed` needs "
+             "neither."),
+    "W352": ("prompts given to the random router",
+             "`router=\"random\"` (the default) draws the router rows from the seed and does "
+             "not read `prompts=` or `negative=`. Choose `router=\"cheap_embed\"` or "
+             "`router=\"hidden\"` to route by the prompts."),
     "E301": ("layer range out of bounds",
              "`x.layers[a:b]` takes blocks a to b-1; b may be at most the model's block count "
              "(num_hidden_layers in config.json)."),

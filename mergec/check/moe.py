@@ -46,7 +46,9 @@ def _strings(v, what: str, n: int, span, err) -> tuple[tuple[str, ...], ...] | N
             "expert", span, f'for example `{what}=["solve for x", ["def f(x):", "import"]]`')
         return None
     if len(v.value) != n:
-        err("E354", f"`{what}` has {len(v.value)} entries for {n} experts", span,
+        got = len(v.value)
+        err("E354", f"`{what}` has {got} {'entry' if got == 1 else 'entries'} for {n} "
+            "experts", span,
             "give one prompt, or a list of prompts, per expert, in the order of the experts")
         return None
     out = []
@@ -65,6 +67,24 @@ def _strings(v, what: str, n: int, span, err) -> tuple[tuple[str, ...], ...] | N
             return None
         out.append(tuple(texts))
     return tuple(out)
+
+
+def _untokenizable(path, groups, vocab: int) -> tuple[str, str] | None:
+    """A prompt the tokenizer gives no token for, or a token outside the embeddings."""
+    from tokenizers import Tokenizer  # only for a router that reads prompts
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # a file the tokenizers library cannot read
+        return (str(path), f"cannot be read by the tokenizers library: {e}")
+    for group in groups:
+        for p in group:
+            ids = tok.encode(p, add_special_tokens=False).ids
+            if not ids:
+                return (p, "has no tokens")
+            if max(ids) >= vocab:
+                return (p, f"has token id {max(ids)}, outside the {vocab} embeddings")
+    return None
 
 
 def check_moe_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Output | None]:
@@ -252,6 +272,12 @@ def check_moe_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Output | 
             err("E355", f"the `{router}` router tokenizes its prompts with the base model's "
                 "tokenizer.json, which it does not have", kw["base"].value.span,
                 "use a base folder with tokenizer files, or `router=\"random\"`")
+            return marker, None
+        bad = _untokenizable(src.checkpoint.root / "tokenizer.json", prompts + negative,
+                             table[EMBED].shape[0])
+        if bad:
+            err("E354", f"the prompt {bad[0]!r} {bad[1]}", p_span or call.span,
+                "prompts are text the base model's tokenizer turns into known tokens")
             return marker, None
     if router == "hidden":
         if not isinstance(base, CInput):
