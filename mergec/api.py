@@ -72,6 +72,10 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
         optimize(lowered)
     limit = max_memory or checked.settings.max_memory
     checked.warnings += memory_warnings(lowered, limit)
+    if any(lo.output.form is not None for lo in lowered):
+        from mergec.runtime.extract import svd_memory_warnings
+
+        checked.warnings += svd_memory_warnings(lowered, limit)
     name, dev = resolve_backend(backend or checked.settings.backend,
                                 device or checked.settings.device)
     ex = execution(name, dev, jobs, [checked.source(n) for n in checked.inputs])

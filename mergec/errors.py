@@ -187,6 +187,12 @@ ERRORS: dict[str, tuple[str, str]] = {
              "`router=\"random\"` (the default) draws the router rows from the seed and does "
              "not read `prompts=` or `negative=`. Choose `router=\"cheap_embed\"` or "
              "`router=\"hidden\"` to route by the prompts."),
+    "W353": ("an SVD larger than the memory limit",
+             "`lowrank` decomposes the delta of each module whole, in float64: about 28 "
+             "bytes per entry of the matrix while its SVD runs (the delta, its float64 copy "
+             "and the two factor matrices). With `--max-memory` (or `set max_memory`) below "
+             "that, the build still runs but needs more memory than the limit; the warning "
+             "names the largest module."),
     "E301": ("layer range out of bounds",
              "`x.layers[a:b]` takes blocks a to b-1; b may be at most the model's block count "
              "(num_hidden_layers in config.json)."),

@@ -231,3 +231,15 @@ def test_base_option_and_dropped_tensors_warning(tmp_path, family_f32):
     assert (w.code, w.message, w.span.line) == (
         "W350", "10 tensors of the delta are not low-rank and are left out of the adapter "
         "(first: `model.embed_tokens.weight`)", 6)
+
+
+def test_svds_over_the_memory_limit_are_warned_about(tmp_path, family_f32):
+    r = recipe(tmp_path, family_f32, "output lo = lowrank(math - base, rank=4)\n")
+    # the largest modules are [128, 64]: 8192 entries, 28 bytes each while decomposed
+    warned = [w for w in compile_recipe(r, max_memory=200_000).checked.warnings
+              if w.code == "W353"]
+    assert [w.message for w in warned] == [
+        "output `lo`: 13 of 29 modules need more than the memory limit 195.3 KiB for their "
+        "SVD (`lm_head` [128, 64]: about 224.0 KiB)"]
+    assert not [w for w in compile_recipe(r, max_memory=230_000).checked.warnings
+                if w.code == "W353"]

@@ -86,6 +86,36 @@ def planned_bytes(lo: LoweredOutput) -> tuple[int, int]:
     return n, size
 
 
+#: bytes per entry of a matrix while its SVD runs: the float32 delta, its float64 copy,
+#: U and V^T (at most the matrix's size each in float64)
+SVD_BYTES_PER_ENTRY = 4 + 3 * 8
+
+
+def svd_memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> list:
+    """W353 for each adapter output whose largest SVD needs more than `max_memory`."""
+    from mergec.diagnostics import Diagnostic
+    from mergec.io.sizes import format_size
+
+    out = []
+    if max_memory is None:
+        return out
+    for lo in lowered:
+        if not isinstance(lo.output.form, LowRankForm):
+            continue
+        rows = plan_rows(lo)
+        over = [r for r in rows if math.prod(r.shape) * SVD_BYTES_PER_ENTRY > max_memory]
+        if over:
+            big = max(over, key=lambda r: math.prod(r.shape))
+            need = math.prod(big.shape) * SVD_BYTES_PER_ENTRY
+            out.append(Diagnostic(
+                "W353", f"output `{lo.output.name}`: {len(over)} of {len(rows)} modules need "
+                f"more than the memory limit {format_size(max_memory)} for their SVD "
+                f"(`{big.module}` {list(big.shape)}: about {format_size(need)})",
+                lo.output.span, "a module's delta is decomposed whole; the limit is not "
+                "kept while it runs", severity="warning"))
+    return out
+
+
 @dataclass
 class ModuleResult:
     module: str
