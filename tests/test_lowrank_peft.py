@@ -160,17 +160,18 @@ def mergec_applied(root: Path, adapter: Path, base: str = "./base") -> dict:
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_peft_adapters_read_as_peft_merges_them(models, rslora):
-    """alpha/r (or alpha/sqrt(r)), rank_pattern with a regular expression, alpha_pattern."""
+    """alpha/r (or alpha/sqrt(r)), rank_pattern with a regular expression, alpha_pattern,
+    LoRA on the embedding table."""
     want = peft_adapter(load_base(models), models / "pa",
                         r=4, lora_alpha=16, use_rslora=rslora,
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                        "up_proj", "down_proj"],
+                                        "up_proj", "down_proj", "embed_tokens"],
                         rank_pattern={"q_proj|v_proj": 2, "model.layers.1.mlp.up_proj": 6},
                         alpha_pattern={"down_proj|k_proj": 3, "model.layers.0.self_attn.o_proj": 5})
     got = mergec_applied(models, "./pa")
     base_sd = {k: v.numpy() for k, v in load_base(models).state_dict().items()}
     changed = [k for k in want if not np.array_equal(want[k], base_sd[k])]
-    assert len(changed) == 14
+    assert len(changed) == 15 and "model.embed_tokens.weight" in changed
     for k, v in want.items():
         np.testing.assert_allclose(got[k], v, rtol=0, atol=2e-6, err_msg=k)
 

@@ -266,6 +266,29 @@ def test_qwen2_moe_with_a_shared_expert_loads_and_runs(tmp_path):
     for w in rows.values():
         np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(rows[0], rows[1])  # one router per layer, from its own inputs
+    # reference: the inputs of each layer's MLP, caught at the MLP itself
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tmp_path / "base/tokenizer.json"))
+    seen = []
+    hooks = [layer.mlp.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0][0].double().mean(0).numpy()))
+        for layer in dense.model.layers]
+
+    def mlp_inputs(text):
+        seen.clear()
+        with torch.no_grad():
+            dense(torch.tensor([tok.encode(text).ids]))
+        return list(seen)
+
+    for layer in (0, 1):
+        want = []
+        for pos, neg in (("two plus two", "three"), ("def print", "four")):
+            v = mlp_inputs(pos)[layer] - mlp_inputs(neg)[layer]
+            want.append(v / np.linalg.norm(v))
+        np.testing.assert_allclose(rows[layer], np.stack(want), rtol=0, atol=1e-5)
+    for h in hooks:
+        h.remove()
     same = AutoModelForCausalLM.from_pretrained(tmp_path / "out/same").eval()
     with torch.no_grad():
         for layer in dense.model.layers:

@@ -30,6 +30,7 @@ from mergec.io.sources import (SourceRef, download, hub_offline, local_folder, m
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
+_BASE_LAYER = ".base_layer.weight"
 _KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_embedding_A|"
                   r"lora_embedding_B)(?:\.[A-Za-z0-9_]+)?(?:\.weight)?$")
 
@@ -147,7 +148,14 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
     ckpt = Checkpoint(ref=ref, root=root, config=None, config_bytes=cfg_bytes,
                       format="safetensors", tensors=tensors, metadata_files=[], files=[wf])
     found: dict[str, dict[str, str]] = {}
+    base_layers: dict[str, str] = {}  # module -> key of a saved copy of its base weight
     for key in tensors:
+        if key.endswith(_BASE_LAYER):
+            # PEFT saves the frozen weight of an adapted embedding with the adapter
+            # (`save_embedding_layers`); it is the base's own, not part of the update
+            module = key[:-len(_BASE_LAYER)]
+            base_layers[module[len(_PREFIX):] if module.startswith(_PREFIX) else module] = key
+            continue
         m = _KEY.match(key) if not key.endswith(".bias") else None
         if not m:
             raise _bad(f"`{ref.raw}` holds `{key}`, which is not a LoRA factor",
@@ -178,6 +186,12 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
         shape = (inn, out) if transpose else (out, inn)
         pairs[module + ".weight"] = LoraPair(module + ".weight", kinds[ka], kinds[kb],
                                              float(scale), transpose, shape, r)
+    for module, key in base_layers.items():
+        pair = pairs.get(module + ".weight")
+        if pair is None or tuple(tensors[key].shape) != pair.shape:
+            raise _bad(f"`{ref.raw}` holds `{key}`, a full weight that is not the base of one "
+                       "of its LoRA pairs", "merge it into its base with PEFT's "
+                       "`merge_and_unload` and declare the result with `model`")
     if not pairs:
         raise _bad(f"`{ref.raw}` holds no LoRA factors")
     return Adapter(ref, root, cfg, ckpt, pairs)
