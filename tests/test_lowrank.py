@@ -173,7 +173,8 @@ def test_build_reports_the_achieved_error(tmp_path, family_f32, run_cli):
     lines = out.splitlines()
     assert lines[1].startswith("  29 modules (rank 4 x29); relative error: largest 0.")
     base, math_ = f32(family_f32["base"]), f32(family_f32["math"])
-    d = math_["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"]
+    q = "model.layers.0.self_attn.q_proj.weight"
+    d = math_[q] - base[q]
     tail = svd_truncation(d, 4)[1]
     row = next(x for x in lines if x.strip().startswith("model.layers.0.self_attn.q_proj "))
     assert row.split()[-1] == f"{tail:.4f}"

@@ -62,7 +62,7 @@ def directions(pos, neg, mean_of):
     return np.stack(rows).astype(np.float32)
 
 
-def cheap_embed_rows(form: MoeForm, embed) -> "np.ndarray":  # noqa: F821
+def cheap_embed_rows(form: MoeForm, embed):
     """[experts, hidden] from the token embedding table `embed` (numpy, float32)."""
     import numpy as np
 
@@ -77,9 +77,8 @@ def cheap_embed_rows(form: MoeForm, embed) -> "np.ndarray":  # noqa: F821
     return directions(pos, neg, lambda p: embed[np.asarray(p)].astype(np.float64).mean(0))
 
 
-def hidden_rows(form: MoeForm) -> dict[int, "np.ndarray"]:  # noqa: F821
+def hidden_rows(form: MoeForm) -> dict:
     """Per layer, [experts, hidden] from the base model's MLP inputs on the prompts."""
-    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -109,7 +108,8 @@ def hidden_rows(form: MoeForm) -> dict[int, "np.ndarray"]:  # noqa: F821
             for layer in range(len(layers))}
 
 
-def router_values(lo: LoweredOutput, checked: CheckedProgram, backend) -> dict[str, "np.ndarray"]:  # noqa: F821,E501
+def router_values(lo: LoweredOutput, checked: CheckedProgram, backend) -> dict:
+    """The router of each layer, by name: float32 numpy arrays [experts, hidden]."""
     import numpy as np
 
     from mergec.ops.random import derive_seed
@@ -133,7 +133,16 @@ def router_values(lo: LoweredOutput, checked: CheckedProgram, backend) -> dict[s
         rows = cheap_embed_rows(form, embed)
         out = {name: rows for name, _, _ in form.routers}
     else:
-        per_layer = hidden_rows(form)
+        try:
+            per_layer = hidden_rows(form)
+        except Exception as e:  # transformers cannot load or run this folder
+            from mergec.diagnostics import Diagnostic, MergecError
+
+            raise MergecError([Diagnostic(
+                "E356", f"the `hidden` router could not run the base model: "
+                f"{type(e).__name__}: {e}", lo.output.span,
+                "check that transformers loads the base folder with AutoModelForCausalLM, "
+                "or use `router=\"cheap_embed\"`")]) from None
         out = {name: per_layer[layer] for name, layer, _ in form.routers}
     return out
 
