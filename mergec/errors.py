@@ -183,6 +183,12 @@ ERRORS: dict[str, tuple[str, str]] = {
              "transformers, so `base=` must name a `model` input (a folder transformers can "
              "load), and torch and transformers must be installed. `cheap_embed` needs "
              "neither."),
+    "E357": ("`where` after a `moe` output",
+             "A `moe` output renames the tensors of its experts, so a `where` selector would "
+             "have no one set of names to match. Give the experts their per-tensor "
+             "parameters where they are made: `let math2 = ties(math, base=base, "
+             "density=0.5) where \"*.mlp.*\" { density = 0.3 }`, then "
+             "`moe(math2, code, base=base)`."),
     "W352": ("prompts given to the random router",
              "`router=\"random\"` (the default) draws the router rows from the seed and does "
              "not read `prompts=` or `negative=`. Choose `router=\"cheap_embed\"` or "

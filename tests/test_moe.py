@@ -138,7 +138,8 @@ def test_diagnostics(tmp_path, family_f32):
             'output e = moe(math, code, base=base, shared=math)\n'
             "output f = moe(math, code - base, base=base)\n"
             "output g = moe(math, code)\n"
-            "output h = base + 0.5 * (g - base)\n")
+            "output h = base + 0.5 * (g - base)\n"
+            'output i = moe(math, code, base=base)\n    where "*.mlp.*" {}\n')
     with pytest.raises(MergecError) as ei:
         check(recipe(tmp_path, family_f32, text))
     got = [(d.code, d.span.line, d.message) for d in ei.value.diagnostics]
@@ -154,6 +155,7 @@ def test_diagnostics(tmp_path, family_f32):
          "(embeddings, attention, norms, head)"),
         ("E261", 12, "`g` is written as an adapter or a mixture of experts; it is not a "
          "value other statements can use"),
+        ("E357", 14, "`where` blocks cannot follow a `moe` output"),
     ]
 
 

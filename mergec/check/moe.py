@@ -119,6 +119,11 @@ def check_moe_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Output | 
             ok = False
         else:
             kw[key] = k
+    if st.wheres:
+        err("E357", "`where` blocks cannot follow a `moe` output", st.wheres[0].span,
+            "put them after the `let` statements of the experts: `let math2 = ties(...) "
+            "where ...`, then `moe(math2, ...)`")
+        ok = False
     if "base" not in kw:
         err("E209", "`moe` needs `base=`, the model of the tensors the experts share "
             "(embeddings, attention, norms, head)", call.span,
