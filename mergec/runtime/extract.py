@@ -261,6 +261,8 @@ def build_adapter(lo: LoweredOutput, checked: CheckedProgram, target: Path, back
         writer.add_file(CONFIG, json.dumps(cfg, indent=2) + "\n")
         path = writer.commit()
     nbytes = sum(math.prod(s) * itemsize(d) for _, s, d in decl)
+    if progress:  # the plan's totals are upper bounds: the bar ends full
+        progress(lo.output.name, *planned_bytes(lo))
     result = AdapterResult(lo.output.name, path, len(decl), nbytes,
                            time.perf_counter() - t0, modules, sorted(changed))
     result.notes = report_lines(result)

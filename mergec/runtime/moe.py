@@ -168,16 +168,21 @@ def build_moe(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend,
         node, checked, backend, for_kernel=True))])
     decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
     decl += [(name, shape, form.router_dtype) for name, _, shape in form.routers]
-    done = 0
+    done, done_bytes = 0, 0
     with OutputWriter(target, decl, shard_size=shard_size, force=force,
                       metadata={"mergec_version": __version__}) as writer:
         for t, step in zip(tensors, steps):
             run_step(t, step, checked, backend, writer, stats, None)
             done += 1
+            done_bytes += math.prod(t.shape) * itemsize(t.dtype)
             if progress:
-                progress(lo.output.name, done, 0)
-        for name, _, _ in form.routers:
+                progress(lo.output.name, done, done_bytes)
+        for name, _, shape in form.routers:
             writer.write(name, convert(routers[name], form.router_dtype))
+            done += 1
+            done_bytes += math.prod(shape) * itemsize(form.router_dtype)
+            if progress:
+                progress(lo.output.name, done, done_bytes)
         write_files(writer, lo, checked)
         path = writer.commit()
     nbytes = sum(math.prod(s) * itemsize(d) for _, s, d in decl)
