@@ -17,7 +17,7 @@ import re
 
 from mergec.check.exprs import Exprs
 from mergec.check.program import (
-    DELTA, ERROR, FORM, LIST, MODEL, NUMBER, STRING, CExpr, CInput, CMoe, MoeForm, Output,
+    DELTA, FORM, LIST, MODEL, NUMBER, STRING, CExpr, CInput, CMoe, MoeForm, Output,
     TensorMeta,
 )
 from mergec.check.scope import Const, is_error
