@@ -198,6 +198,10 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
         checked.warnings += sweep_warnings(sweep)
     limit = max_memory or checked.settings.max_memory
     checked.warnings += memory_warnings(lowered, limit)
+    if any(lo.output.form is not None for lo in lowered):
+        from mergec.runtime.extract import svd_memory_warnings
+
+        checked.warnings += svd_memory_warnings(lowered, limit)
     name, dev = resolve_backend(backend or checked.settings.backend,
                                 device or checked.settings.device)
     ex = execution(name, dev, jobs, [checked.source(n) for n in checked.inputs])
@@ -300,6 +304,18 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
             results.sweep = compiled.sweep.report
             return results
         for lo in compiled.lowered:
+            if lo.output.form is not None:  # an adapter, or a mixture of experts
+                from mergec.check.program import MoeForm
+                from mergec.runtime.extract import build_adapter
+                from mergec.runtime.moe import build_moe
+
+                target = out_dir / lo.output.name
+                results.append(
+                    build_moe(lo, compiled.checked, target, be, force=force, shard_size=size,
+                              progress=progress) if isinstance(lo.output.form, MoeForm) else
+                    build_adapter(lo, compiled.checked, target, be, force=force,
+                                  progress=progress))
+                continue
             results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
                                         force=force, shard_size=size, progress=progress,
                                         max_memory=limit, jobs=jobs, trace=trace,

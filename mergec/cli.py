@@ -248,7 +248,12 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
         _say(f"  read           {_human(op.bytes_read)}")
         _say(f"  write          {_human(op.bytes_written)}")
         _say(f"  peak memory    {_human(op.peak_memory)} per worker (estimate)")
-        _say(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
+        if not op.adapter:
+            _say(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
+        if op.adapter:
+            _print_adapter_plan(op.adapter)
+        if op.moe:
+            _say(f"  experts        {op.moe}")
         lo = next(x for x in compiled.lowered if x.output.name == op.output)
         done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]
         if done:
@@ -272,6 +277,15 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
                     help=(difflib.get_close_matches(show_ir, names, 1) and
                           f"did you mean `{difflib.get_close_matches(show_ir, names, 1)[0]}`?")
                     or None))
+
+
+def _print_adapter_plan(rows) -> None:
+    """The modules of an adapter output: rank and the bound on the relative error."""
+    _say(f"  adapter        {len(rows)} modules (LoRA, PEFT format); relative error at most:")
+    width = max(len(r.module) for r in rows)
+    for r in rows:
+        rank = f"rank {r.rank}" if r.rank is not None else "rank by energy"
+        _say(f"    {r.module.ljust(width)}  {str(r.shape):<12} {rank:<14} <= {r.max_error:.4f}")
 
 
 def _print_steps(compiled) -> None:
@@ -405,6 +419,8 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     for r in results:
         _say(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
              f"{r.seconds:.1f}s)")
+        for line in getattr(r, "notes", ()):  # an adapter's ranks and errors
+            _say("  " + line)
     if getattr(results, "sweep", None) is not None:
         _say(results.sweep.text())
 

@@ -118,6 +118,87 @@ ERRORS: dict[str, tuple[str, str]] = {
              "The inputs of a call must all be models, all deltas, or all layer runs."),
     "E224": ("no output",
              "The recipe defines nothing to write. Add an `output` statement."),
+    "E260": ("invalid `lowrank` call",
+             "`output NAME = lowrank(DELTA, rank=R)` writes a Delta as a PEFT LoRA adapter; "
+             "`energy=E` instead of `rank` keeps, per module, the fewest singular values that "
+             "hold the share E of its squared norm. The call takes one Delta (`tuned - base`, "
+             "a merge of task vectors, an adapter) and exactly one of `rank` (a whole number "
+             ">= 1) and `energy` (in (0, 1]): `lowrank(code - base, rank=16)`."),
+    "E261": ("an adapter or mixture of experts used as a value",
+             "`lowrank(...)` (and `moe(...)`) make an output written in another form than a "
+             "model, so they are the whole value of an `output` statement, and that output's "
+             "name cannot be used by later statements. Name the expression with `let` and "
+             "use the name in both places: `let code_tv = code - base` then `output "
+             "code_lora = lowrank(code_tv, rank=16)`."),
+    "E262": ("invalid option of an adapter output",
+             "An adapter output (`lowrank`) takes the options `dtype` (of the factors), "
+             "`others` and `base`. `others = \"save\"` (the default) writes the tensors of "
+             "the delta that are not factored (embeddings, norms) whole, in PEFT's "
+             "`modules_to_save`, when they changed; that needs the model the adapter applies "
+             "to, found from `tuned - base` or named with `base = MODEL`. `others = "
+             "\"drop\"` leaves them out (warning W350)."),
+    "E263": ("nothing to factor",
+             "`lowrank` factors the delta of each 2-D weight matrix (`*.weight` of linear "
+             "layers). This delta has none: it is made of 1-D tensors or embeddings only."),
+    "W350": ("tensors left out of an adapter",
+             "With `others = \"drop\"` the tensors of the delta that are not factored "
+             "(embeddings, norms, other 1-D tensors) are not written, so the adapter does "
+             "not change them. `others = \"save\"` writes those that changed whole."),
+    "W351": ("biases left out of an adapter",
+             "A LoRA pair changes the weight of its module, not the bias; the delta of the "
+             "biases of factored modules (Qwen2's q/k/v projections, GPT-2's layers) is not "
+             "written. Merge the full model instead when the bias update matters."),
+    "E350": ("experts that do not fit together",
+             "`moe(EXPERT, ..., base=BASE)` makes each layer's MLP of every expert an expert "
+             "of that layer and takes every other tensor from the base, so the experts (and "
+             "`shared=`) are Models with exactly the base's tensor names and shapes: "
+             "fine-tunes of one dense model. `moe(math, code, base=base)`."),
+    "E351": ("a mixture-of-experts layout that cannot hold these experts",
+             "`layout=\"mixtral\"` (the default for Llama and Mistral) is assembled from "
+             "Llama or Mistral experts without attention biases; `layout=\"qwen2_moe\"` "
+             "(the default for Qwen2) from Llama, Mistral or Qwen2 experts, and is the one "
+             "with a shared expert (`shared=`). The base must have "
+             "`model.layers.N.mlp.gate_proj/up_proj/down_proj` in every layer."),
+    "E352": ("wrong number of experts or experts per token",
+             "`moe` takes at least two experts, and `experts_per_token` is a whole number "
+             "from 1 to the number of experts (Mixtral uses 2)."),
+    "E353": ("unknown router initialization",
+             "`router` is `\"random\"` (seeded from `set seed`), `\"cheap_embed\"` (the "
+             "token embeddings of each expert's prompts) or `\"hidden\"` (the base model's "
+             "MLP inputs on the prompts, with torch and transformers): "
+             "`moe(math, code, base=base, router=\"cheap_embed\", prompts=[\"solve\", "
+             "\"def\"])`."),
+    "E354": ("invalid router prompts",
+             "The `cheap_embed` and `hidden` routers need `prompts=`: a list with one entry "
+             "per expert, in the order of the experts, each a non-empty string or a list of "
+             "them; `negative=` has the same form and pushes each router row away from those "
+             "prompts. Every prompt must give at least one token with the base model's "
+             "tokenizer, inside its embedding table."),
+    "E355": ("no tokenizer for the router's prompts",
+             "The `cheap_embed` and `hidden` routers tokenize their prompts with the "
+             "`tokenizer.json` of the base model's folder (the model `base=` is made from). "
+             "That folder has none: use one with tokenizer files, or `router=\"random\"`."),
+    "E356": ("the `hidden` router cannot run the base model",
+             "`router=\"hidden\"` runs the base model on the prompts with torch and "
+             "transformers, so `base=` must name a `model` input (a folder transformers can "
+             "load), and torch and transformers must be installed. `cheap_embed` needs "
+             "neither."),
+    "E357": ("`where` after a `moe` output",
+             "A `moe` output renames the tensors of its experts, so a `where` selector would "
+             "have no one set of names to match. Give the experts their per-tensor "
+             "parameters where they are made: `let math2 = ties(math, base=base, "
+             "density=0.5) where \"*.mlp.*\" { density = 0.3 }`, then "
+             "`moe(math2, code, base=base)`."),
+    "W352": ("prompts given to the random router",
+             "`router=\"random\"` (the default) draws the router rows from the seed and does "
+             "not read `prompts=` or `negative=`. Choose `router=\"cheap_embed\"` or "
+             "`router=\"hidden\"` to route by the prompts."),
+    "W353": ("an SVD larger than the memory limit",
+             "`lowrank` decomposes the delta of each module whole, in float64: about 28 "
+             "bytes per entry of the matrix while its SVD runs (the delta, its float64 copy "
+             "and the two factor matrices). With `--max-memory` (or `set max_memory`) below "
+             "that, the build still runs but needs more memory than the limit; the warning "
+             "names the largest module."),
     "E301": ("layer range out of bounds",
              "`x.layers[a:b]` takes blocks a to b-1; b may be at most the model's block count "
              "(num_hidden_layers in config.json)."),

@@ -19,7 +19,8 @@ from mergec.lang.parser import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-HAND_WRITTEN = [ROOT / "README.md", DOCS / "language.md", DOCS / "cli.md"]
+HAND_WRITTEN = [ROOT / "README.md", DOCS / "language.md", DOCS / "cli.md",
+                DOCS / "adapters.md", DOCS / "moe.md"]
 CODE_RE = re.compile(r"""["'](E\d{3})["']""")
 FENCE_RE = re.compile(r"^```merge[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 

@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from mergec.check import tables
-from mergec.check.methods import BUILTINS, REGISTRY, Method, Param, get
+from mergec.check.methods import BUILTINS, FORMS, REGISTRY, Method, Param, get
 from mergec.check.program import (
     BOOL, ERROR, LAYERS, LIST, MODEL, NUMBER, RAMP, STRING, CCall, CExpr, CStack, Ramp,
     kind_text, kinds_text,
@@ -51,6 +51,14 @@ class Calls:
                               "`param`", e.span, "declare `param w = sweep(0.1, 0.2)` and use "
                               "`w` here; each point of the sweep is built as its own output")
             return CExpr(ERROR, e.span)
+        if fname in FORMS:
+            self.report.error("E261", f"`{fname}(...)` makes an output of its own and cannot be "
+                              "part of an expression", e.span,
+                              f"write it as the whole value of an output: `output NAME = "
+                              f"{fname}(...)`")
+            for a in e.args:
+                self.exprs.value(a)
+            return CExpr(ERROR, e.span)
         method = get(fname)
         if method is None:
             if self.exprs.scope.defines(fname):
@@ -58,7 +66,7 @@ class Calls:
                                   f"`{fname}` is a value; call a method such as `linear(...)`")
             else:
                 self.report.error("E204", f"unknown merge method `{fname}`", e.func.span,
-                                  did_you_mean(fname, list(REGISTRY) + list(BUILTINS),
+                                  did_you_mean(fname, [*REGISTRY, *BUILTINS, *FORMS],
                                                "methods are"))
             for a in e.args:
                 self.exprs.value(a)

@@ -15,6 +15,8 @@ from pathlib import Path
 from mergec.check.exprs import Exprs
 from mergec.check.inputs import InputLoader, read_adapter, read_model
 from mergec.check.output_config import derive_output_config
+from mergec.check.lowrank import check_lowrank_output, is_lowrank
+from mergec.check.moe import check_moe_output, is_moe
 from mergec.check.outputs import check_output
 from mergec.check.program import ERROR, CExpr, CheckedProgram, Output
 from mergec.check.report import Reporter
@@ -65,6 +67,11 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                 inputs[name] = value
         elif isinstance(st, ast.ParamStmt):
             value = params.add(st)
+        elif isinstance(st, ast.OutputStmt) and (is_lowrank(st.expr) or is_moe(st.expr)):
+            value, out = (check_lowrank_output if is_lowrank(st.expr) else
+                          check_moe_output)(exprs, st)
+            if out is not None:
+                outputs.append(out)
         else:
             value = _tensor_statement(exprs, st)
             if isinstance(st, ast.OutputStmt):

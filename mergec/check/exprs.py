@@ -15,7 +15,7 @@ import math
 from mergec.check import tables
 from mergec.check.calls import Calls
 from mergec.check.program import (
-    BOOL, DELTA, ERROR, LAYERS, LIST, MODEL, NUMBER, RAMP, SCALED, STRING, CExpr, CLinear,
+    BOOL, DELTA, ERROR, FORM, LAYERS, LIST, MODEL, NUMBER, RAMP, SCALED, STRING, CExpr, CLinear,
     CSlice,
 )
 from mergec.check.report import Reporter
@@ -48,6 +48,12 @@ class Exprs:
             v = b.value
             if isinstance(v, Const):
                 return Const(v.kind, v.value, e.span)
+            if v.kind == FORM:
+                self.report.error("E261", f"`{e.id}` is written as an adapter or a mixture "
+                                  "of experts; it is not a value other statements can use",
+                                  e.span, "use the expression it is made from instead: "
+                                  "`let` a name for it and use that name in both places")
+                return CExpr(ERROR, e.span)
             return v
         if isinstance(e, ast.ListExpr):
             items = [self.value(i) for i in e.items]

@@ -10,5 +10,8 @@ from mergec.methods import REGISTRY, Method, Param, get
 
 #: Names a recipe can call besides the methods of the registry.
 BUILTINS = ("stack", "ramp")
+#: calls that are the whole value of an output written in another form
+#: (check/lowrank.py, check/moe.py)
+FORMS = ("lowrank", "moe")
 
-__all__ = ["BUILTINS", "REGISTRY", "Method", "Param", "get"]
+__all__ = ["BUILTINS", "FORMS", "REGISTRY", "Method", "Param", "get"]

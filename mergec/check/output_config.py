@@ -16,6 +16,8 @@ def derive_output_config(out: Output) -> dict | None:
     if src is None or src.config is None:
         return None
     cfg = src.config
+    if getattr(out.form, "config", None):  # a mixture of experts: its own config
+        cfg = out.form.config
     dtype = out.dtype
     if dtype is None:
         d = cfg.get("torch_dtype") or cfg.get("dtype")

@@ -27,6 +27,9 @@ def kind_text(kind: str) -> str:
     """A value kind with its article in messages: a Model, a Delta, a run of Layers."""
     return "a run of Layers" if kind == LAYERS else f"a {kind}"
 NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
+#: the value of an output written in another form than a dense model (`lowrank(...)`,
+#: `moe(...)`); such an output is not a value later statements can use
+FORM = "output form"
 SCALED = "scaled model"  # an operand inside a linear combination, weight not 0 or 1
 ERROR = "<error>"
 
@@ -143,6 +146,53 @@ class CStack(CExpr):
     head: CExpr | None = None
 
 
+@dataclass(eq=False)
+class CMoe(CExpr):
+    """A mixture of experts assembled from dense models: every tensor of the output comes
+    from one of `parts` (the experts in order, then the base, then the shared expert) under
+    another name; `mapping` gives, per output tensor, (part index, tensor name in that
+    part), part -1 being a zero tensor. The routers are not in the table (MoeForm)."""
+
+    parts: tuple[CExpr, ...] = ()
+    mapping: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MoeForm:
+    """An output written as a mixture of experts (`moe(...)`): its layout, config, and the
+    router of each layer, computed by the build from `router`."""
+
+    layout: str  # "mixtral" | "qwen2_moe"
+    n_experts: int
+    experts_per_token: int
+    router: str  # "random" | "cheap_embed" | "hidden"
+    prompts: tuple[tuple[str, ...], ...]  # per expert
+    negative: tuple[tuple[str, ...], ...]  # per expert (empty tuples when none)
+    routers: tuple[tuple[str, int, tuple[int, int]], ...]  # (name, layer, [experts, hidden])
+    router_dtype: str
+    config: dict = field(hash=False, compare=False, default_factory=dict)
+    base: CInput | None = None  # the model whose embeddings, tokenizer (and forward) it uses
+    embed: str = "model.embed_tokens.weight"
+
+
+@dataclass(frozen=True)
+class LowRankForm:
+    """An output written as a PEFT LoRA adapter: the truncated SVD of the delta of each
+    2-D weight (`lora`); the other tensors of the delta are written whole as PEFT's
+    `modules_to_save` when the build finds them changed (`saved`, the value `base + delta`),
+    or left out (`dropped`)."""
+
+    rank: int | None  # a fixed rank (at most min(out, in) per module), or
+    energy: float | None  # the smallest rank keeping this share of the squared norm
+    base: CInput | None  # the model the adapter applies to
+    lora: tuple[str, ...]
+    saved: tuple[str, ...]
+    dropped: tuple[str, ...]
+    #: the model stores its linear weights as [in, out] (GPT-2's Conv1D): PEFT's
+    #: `fan_in_fan_out`, the factors are those of the transposed delta
+    fan_in_fan_out: bool = False
+
+
 @dataclass(frozen=True)
 class Output:
     name: str
@@ -151,6 +201,8 @@ class Output:
     config_from: CInput | None
     tokenizer_from: CInput | None
     span: Span
+    #: None: a dense model; else how the output is written (LowRankForm, MoeForm)
+    form: Any = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mergec.check.program import CCall, CExpr, CInput, CLinear, CSlice, CStack
+from mergec.check.program import CCall, CExpr, CInput, CLinear, CMoe, CSlice, CStack
 
 
 def walk(e: CExpr) -> Iterator[CExpr]:
@@ -22,6 +22,9 @@ def walk(e: CExpr) -> Iterator[CExpr]:
             yield from walk(e.base)
     elif isinstance(e, CSlice):
         yield from walk(e.target)
+    elif isinstance(e, CMoe):
+        for p in e.parts:
+            yield from walk(p)
     elif isinstance(e, CStack):
         for p in e.parts:
             yield from walk(p)

@@ -30,6 +30,7 @@ from mergec.io.sources import (SourceRef, download, hub_offline, local_folder, m
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
+_BASE_LAYER = ".base_layer.weight"
 _KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_embedding_A|"
                   r"lora_embedding_B)(?:\.[A-Za-z0-9_]+)?(?:\.weight)?$")
 
@@ -91,10 +92,15 @@ def _folder(ref: SourceRef) -> Path:
 
 
 def _pattern_value(patterns: dict, module: str, default):
-    """A per-module override from PEFT's rank_pattern/alpha_pattern (key = a module name
-    suffix or a regular expression over the module name)."""
+    """A per-module override from PEFT's rank_pattern/alpha_pattern, as PEFT looks it up:
+    the first key (a regular expression) that matches the end of the module name after a
+    dot, `(.*\\.)?(KEY)$` (the group matters for keys such as `q_proj|v_proj`)."""
     for key, value in (patterns or {}).items():
-        if module == key or module.endswith("." + key) or re.fullmatch(rf"(.*\.)?{key}", module):
+        try:
+            hit = re.fullmatch(rf"(.*\.)?({key})", module) is not None
+        except re.error:  # not a regular expression: a module name or suffix
+            hit = module == key or module.endswith("." + key)
+        if hit:
             return value
     return default
 
@@ -129,6 +135,10 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
         raise _bad(f"`{ref.raw}` is a DoRA adapter, whose update is not a low-rank delta",
                    "merge it into its base with PEFT's `merge_and_unload` and declare the "
                    "result with `model`")
+    if cfg.get("lora_bias"):
+        raise _bad(f"`{ref.raw}` trains a bias with each LoRA pair (`lora_bias: true`), which "
+                   "is not a low-rank delta", "merge it into its base with PEFT's "
+                   "`merge_and_unload` and declare the result with `model`")
     weights = root / WEIGHTS
     if not weights.is_file():
         raise _bad(f"`{ref.raw}` has no {WEIGHTS}",
@@ -138,8 +148,15 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
     ckpt = Checkpoint(ref=ref, root=root, config=None, config_bytes=cfg_bytes,
                       format="safetensors", tensors=tensors, metadata_files=[], files=[wf])
     found: dict[str, dict[str, str]] = {}
+    base_layers: dict[str, str] = {}  # module -> key of a saved copy of its base weight
     for key in tensors:
-        m = _KEY.match(key)
+        if key.endswith(_BASE_LAYER):
+            # PEFT saves the frozen weight of an adapted embedding with the adapter
+            # (`save_embedding_layers`); it is the base's own, not part of the update
+            module = key[:-len(_BASE_LAYER)]
+            base_layers[module[len(_PREFIX):] if module.startswith(_PREFIX) else module] = key
+            continue
+        m = _KEY.match(key) if not key.endswith(".bias") else None
         if not m:
             raise _bad(f"`{ref.raw}` holds `{key}`, which is not a LoRA factor",
                        "adapters with trained biases or extra modules (modules_to_save) are "
@@ -148,7 +165,7 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
         if module.startswith(_PREFIX):
             module = module[len(_PREFIX):]
         found.setdefault(module, {})[m.group("kind")] = key
-    alpha = cfg.get("lora_alpha", cfg.get("r", 8))
+    alpha = cfg.get("lora_alpha", 8)  # PEFT's default, whatever r is
     rslora = bool(cfg.get("use_rslora", False))
     fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
     pairs: dict[str, LoraPair] = {}
@@ -169,6 +186,12 @@ def open_adapter(raw: str, base_dir: Path) -> Adapter:
         shape = (inn, out) if transpose else (out, inn)
         pairs[module + ".weight"] = LoraPair(module + ".weight", kinds[ka], kinds[kb],
                                              float(scale), transpose, shape, r)
+    for module, key in base_layers.items():
+        pair = pairs.get(module + ".weight")
+        if pair is None or tuple(tensors[key].shape) != pair.shape:
+            raise _bad(f"`{ref.raw}` holds `{key}`, a full weight that is not the base of one "
+                       "of its LoRA pairs", "merge it into its base with PEFT's "
+                       "`merge_and_unload` and declare the result with `model`")
     if not pairs:
         raise _bad(f"`{ref.raw}` holds no LoRA factors")
     return Adapter(ref, root, cfg, ckpt, pairs)

@@ -199,8 +199,11 @@ class OutputWriter:
 
     def __init__(self, target: Path, tensors: list[tuple[str, tuple[int, ...], str]], *,
                  shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, single_file: str | None = None):
         self.target = Path(os.path.abspath(Path(target).expanduser()))
+        #: write every tensor into this one file, whatever its size (a PEFT adapter's
+        #: `adapter_model.safetensors`); None: `model.safetensors` or shards
+        self.single_file = single_file
         self.force = force
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
             raise _plan_error(f"invalid shard size {shard_size!r}: expected a positive number of bytes")
@@ -257,7 +260,7 @@ class OutputWriter:
             for d in shape:
                 numel *= d
             nbytes = numel * dtypes.itemsize(dtype)
-            if current and current_bytes + nbytes > self.shard_size:
+            if current and current_bytes + nbytes > self.shard_size and not self.single_file:
                 groups.append(current)
                 current, current_bytes = [], 0
             slot = _Slot(name=name, shape=shape, dtype=dtype, nbytes=nbytes, shard=len(groups), offset=0)
@@ -281,7 +284,7 @@ class OutputWriter:
             for slot in group:
                 slot.offset = len(head) + rel
                 rel += slot.nbytes
-            self._shards.append(_Shard(file_name=shard_file_name(i + 1, count),
+            self._shards.append(_Shard(file_name=self.single_file or shard_file_name(i + 1, count),
                                        names=[s.name for s in group], header=head, size=len(head) + pos))
 
     # -- creation

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from mergec import arch
 from mergec.check.program import (
-    CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Ramp,
+    CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CMoe, CSlice, CStack, Output,
+    Ramp,
 )
 from mergec.check.walk import part_model, walk
 from mergec.io.dtypes import MERGE_DTYPES
@@ -137,6 +138,11 @@ def _lo(e: CExpr, name: str, ctx: "_Ctx") -> Node:
         raise AssertionError(f"block {bi} outside the stack")  # checker guarantees it
     if isinstance(e, CCall):
         return _lo_call(e, name, ctx)
+    if isinstance(e, CMoe):  # a tensor of a mixture of experts: an expert's, the base's
+        part, src_name = e.mapping[name]
+        if part < 0:
+            return g.zeros(e.tensors[name].shape)
+        return _lo(e.parts[part], src_name, ctx)
     raise TypeError(type(e))  # pragma: no cover
 
 

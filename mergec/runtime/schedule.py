@@ -53,6 +53,16 @@ class TensorStep(BaseModel):
     runs_in: Literal["main", "worker"] = "main"
 
 
+class ModulePlan(BaseModel):
+    """A module of an adapter output (`lowrank`): its rank (None: found by the build from
+    `energy`) and the bound on the relative error of its truncation."""
+
+    module: str
+    shape: list[int]
+    rank: int | None
+    max_error: float
+
+
 class OutputPlan(BaseModel):
     output: str
     tensors: int
@@ -67,6 +77,10 @@ class OutputPlan(BaseModel):
     #: statistics over the whole model computed before any tensor (TIES trim="model")
     model_stats: list[str] = []
     steps: list[TensorStep] = []
+    #: an output written as a LoRA adapter: its modules (empty for a model)
+    adapter: list[ModulePlan] = []
+    #: a mixture of experts: its layout, experts and router
+    moe: str | None = None
 
 
 class Plan(BaseModel):
@@ -367,8 +381,23 @@ def plan_output(lo: LoweredOutput, *, max_memory: int | None = None, on_cpu: boo
         peak = max(peak, whole if k == (t.shape[0] if t.shape else 1)
                    else -(-whole // t.shape[0]) * k)
     out = lo.output
+    adapter: list[ModulePlan] = []
+    n_tensors = len(lo.tensors)
+    moe = None
+    if out.form is not None and hasattr(out.form, "routers"):  # a mixture of experts
+        f = out.form
+        moe = (f"{f.layout}: {f.n_experts} experts, {f.experts_per_token} per token, "
+               f"router {f.router} ({len(f.routers)} layers)")
+        n_tensors += len(f.routers)
+        written += sum(e * h * itemsize(f.router_dtype) for _, _, (e, h) in f.routers)
+    elif out.form is not None:  # an adapter: factors and changed modules, at most
+        from mergec.runtime.extract import plan_rows, planned_bytes
+
+        adapter = [ModulePlan(module=r.module, shape=list(r.shape), rank=r.rank,
+                              max_error=r.max_error) for r in plan_rows(lo)]
+        n_tensors, written = planned_bytes(lo)
     return OutputPlan(
-        output=out.name, tensors=len(lo.tensors), layers=lo.n_layers,
+        output=out.name, tensors=n_tensors, layers=lo.n_layers, adapter=adapter, moe=moe,
         ops=dict(sorted(ops.items())), bytes_read=sum(loads.values()), bytes_written=written,
         peak_memory=peak, raw_copies=copies,
         config_from=out.config_from.name if out.config_from else None,
