@@ -18,6 +18,7 @@ from mergec.check.checker import check_program
 from mergec.check.program import CheckedProgram
 from mergec.diagnostics import Diagnostic, MergecError, UsageError
 from mergec.lang import ast
+from mergec.limits import deep_recursion, paused_gc
 from mergec.lang.parser import parse as _parse
 from mergec.lang.source import read_recipe
 
@@ -48,10 +49,12 @@ def check(recipe: str | Path, *, text: str | None = None,
         text, file = read_recipe(recipe)
     else:
         file = str(recipe)
-    program = _parse(text, file)
-    if base_dir is None:
-        base_dir = Path(file).resolve().parent
-    return check_program(program, overrides=overrides, base_dir=base_dir)
+    with paused_gc():
+        program = _parse(text, file)
+        if base_dir is None:
+            base_dir = Path(file).resolve().parent
+        with deep_recursion():
+            return check_program(program, overrides=overrides, base_dir=base_dir)
 
 
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
@@ -67,9 +70,10 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
 
     _check_size("max_memory", max_memory)
     checked = check(recipe, text=text, overrides=overrides)
-    lowered = lower(checked)
-    if passes:
-        optimize(lowered)
+    with deep_recursion(), paused_gc():
+        lowered = lower(checked)
+        if passes:
+            optimize(lowered)
     limit = max_memory or checked.settings.max_memory
     checked.warnings += memory_warnings(lowered, limit)
     name, dev = resolve_backend(backend or checked.settings.backend,

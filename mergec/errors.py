@@ -47,6 +47,12 @@ ERRORS: dict[str, tuple[str, str]] = {
              "1e308 (the largest double). `1e999` or an integer of thousands of digits "
              "would overflow to infinity, which is never a valid weight or parameter. A "
              "block index in `.layers[a:b]` or `where layers[a:b]` has at most 9 digits."),
+    "E109": ("values nested too deeply",
+             "A statement's value may be built from at most 4,000 nested values (merge calls, "
+             "arithmetic, slices, stacks), counted through the `let` statements it uses "
+             "(1,500 on Python 3.10). `let a1 = linear(a0, b)`, `let a2 = linear(a1, b)`, "
+             "... nests one level per statement. No real recipe comes near it; the limit "
+             "bounds the recursion of the stages after the checker."),
     "E201": ("unknown name",
              "The name is not defined by any `model`, `adapter`, `param`, `let` or `output` "
              "statement. Names are case-sensitive; the help line suggests the closest one."),
