@@ -10,7 +10,7 @@ Every function raises ``mergec.MergecError`` with the diagnostics of all problem
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from mergec.lang.source import read_recipe
 if TYPE_CHECKING:
     from mergec.ir.lower import LoweredOutput
     from mergec.runtime.schedule import Plan
+    from mergec.runtime.sweep import SweepPlan
 
 
 @dataclass
@@ -34,6 +35,9 @@ class Compiled:
     checked: CheckedProgram
     lowered: list[LoweredOutput]
     plan: Plan
+    #: a sweep's points and how their tensors are shared (`lowered` then holds the
+    #: combined outputs: each distinct tensor once); None for a recipe without a sweep
+    sweep: SweepPlan | None = None
 
 
 def parse(text: str, file: str = "<recipe>") -> ast.Program:
@@ -44,17 +48,130 @@ def check(recipe: str | Path, *, text: str | None = None,
           overrides: dict[str, str] | None = None, base_dir: Path | None = None
           ) -> CheckedProgram:
     """Parse and check a recipe file (or `text`, reported as `recipe`). Reads config.json
-    and tensor headers of every input, never tensor data."""
+    and tensor headers of every input, never tensor data. A recipe with a sweep is checked
+    at every point; the program of the first point is returned (its `point` says which,
+    and how many there are)."""
+    return check_points(recipe, text=text, overrides=overrides, base_dir=base_dir)[0]
+
+
+def check_points(recipe: str | Path, *, text: str | None = None,
+                 overrides: dict[str, str] | None = None, base_dir: Path | None = None
+                 ) -> list[CheckedProgram]:
+    """The recipe checked at every point of its sweep (one program, whose `point` is
+    None, when nothing is swept; see :mod:`mergec.check.sweeps`). Each input is opened
+    once; a problem found at some points only names them."""
+    with paused_gc(), deep_recursion():
+        return _check_points(recipe, text, overrides, base_dir)
+
+
+def _check_points(recipe, text, overrides, base_dir) -> list[CheckedProgram]:
+    from mergec.check.sweeps import Sweeps, check_folders
+
     if text is None:
         text, file = read_recipe(recipe)
     else:
         file = str(recipe)
-    with paused_gc():
-        program = _parse(text, file)
-        if base_dir is None:
-            base_dir = Path(file).resolve().parent
-        with deep_recursion():
-            return check_program(program, overrides=overrides, base_dir=base_dir)
+    program = _parse(text, file)
+    if base_dir is None:
+        base_dir = Path(file).resolve().parent
+    overrides = dict(overrides or {})
+    sweeps = Sweeps(program, overrides)
+    if not sweeps.swept and not sweeps.diagnostics:
+        return [check_program(program, overrides=overrides, base_dir=base_dir)]
+    outputs = [(st.name.name, st.name.span) for st in program.statements
+               if isinstance(st, ast.OutputStmt)]
+    problems = sweeps.errors
+    if not problems:
+        problems = check_folders(sweeps.points(), outputs)
+    if problems:  # the other problems of the recipe too, checked without the sweep
+        try:
+            check_program(program, overrides=sweeps.fixed, base_dir=base_dir)
+        except MergecError as e:
+            problems = problems + [d for d in e.diagnostics if d not in problems]
+        raise MergecError(problems)
+    return _check_each_point(program, sweeps, base_dir)
+
+
+def _check_each_point(program: ast.Program, sweeps, base_dir: Path) -> list[CheckedProgram]:
+    from mergec.io import CheckpointError, open_input
+    from mergec.io.adapter import open_adapter
+
+    opened: dict = {}
+
+    def once(opener):
+        def load(raw: str, where: Path):
+            key = (opener, raw, str(where))
+            if key not in opened:
+                try:
+                    opened[key] = (True, opener(raw, where))
+                except CheckpointError as e:
+                    opened[key] = (False, e)
+            ok, value = opened[key]
+            if not ok:
+                raise value
+            return value
+        return load
+
+    points = sweeps.points()
+    programs: list[CheckedProgram] = []
+    found: list[tuple[Diagnostic, int]] = []
+    for i, point in enumerate(points):
+        try:
+            checked = check_program(program, overrides={**sweeps.fixed, **point.overrides()},
+                                    base_dir=base_dir, loader=once(open_input),
+                                    adapter_loader=once(open_adapter))
+        except MergecError as e:
+            found += [(d, i) for d in e.diagnostics]
+            continue
+        checked.point = point
+        checked.overrides = dict(sweeps.fixed)
+        found += [(d, i) for d in checked.warnings]
+        programs.append(checked)
+    diags = _at_points(found, points) + _settings_differ(program, programs)
+    errors = [d for d in diags if d.severity == "error"]
+    if errors:
+        raise MergecError(errors + sweeps.warnings +
+                          [d for d in diags if d.severity != "error"])
+    programs[0].warnings = sweeps.warnings + diags
+    for c in programs[1:]:
+        c.warnings = []
+    return programs
+
+
+def _settings_differ(program: ast.Program, programs: list[CheckedProgram]) -> list:
+    """A sweep is built with one backend, device, shard size and memory limit: a `set`
+    of those that follows a swept param is refused (the seed may follow one)."""
+    out = []
+    for key in ("backend", "device", "shard_size", "max_memory"):
+        values = {getattr(c.settings, key) for c in programs}
+        if len(values) > 1:
+            st = next((x for x in program.statements
+                       if isinstance(x, ast.SetStmt) and x.name.name == key), None)
+            out.append(Diagnostic(
+                "E272", f"`set {key}` takes a different value at different points of the "
+                "sweep", st.value.span if st is not None else None,
+                f"a sweep is built with one {key.replace('_', ' ')}; of the settings, only "
+                "`seed` may follow a swept param"))
+    return out
+
+
+def _at_points(found: list[tuple[Diagnostic, int]], points) -> list[Diagnostic]:
+    """Each problem once: one found at some points only says at which."""
+    where: dict[tuple, list] = {}
+    first: dict[tuple, Diagnostic] = {}
+    for d, i in found:
+        key = (d.code, d.message, d.span, d.severity)
+        first.setdefault(key, d)
+        where.setdefault(key, []).append(i)
+    out = []
+    for key, d in first.items():
+        at = where[key]
+        if len(points) > 1 and len(at) < len(points):
+            more = f" and {len(at) - 1} more" if len(at) > 1 else ""
+            d = replace(d, message=f"{d.message} (at sweep point "
+                        f"{points[at[0]].label()}{more})")
+        out.append(d)
+    return out
 
 
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
@@ -69,11 +186,23 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     from mergec.runtime.schedule import execution, make_plan, memory_warnings
 
     _check_size("max_memory", max_memory)
-    checked = check(recipe, text=text, overrides=overrides)
+    programs = check_points(recipe, text=text, overrides=overrides)
+    checked = programs[0]
+    sweep = None
     with deep_recursion(), paused_gc():
         lowered = lower(checked)
         if passes:
             optimize(lowered)
+        if checked.point is not None:  # a sweep: each point lowered, its tensors grouped
+            from mergec.runtime.sweep import plan_sweep, sweep_warnings
+
+            every = [lowered] + [lower(c) for c in programs[1:]]
+            if passes:
+                for lw in every[1:]:
+                    optimize(lw)
+            sweep = plan_sweep([c.point for c in programs], programs, every)
+            lowered = sweep.combined
+            checked.warnings += sweep_warnings(sweep)
     limit = max_memory or checked.settings.max_memory
     checked.warnings += memory_warnings(lowered, limit)
     name, dev = resolve_backend(backend or checked.settings.backend,
@@ -81,7 +210,7 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     ex = execution(name, dev, jobs, [checked.source(n) for n in checked.inputs])
     plan = make_plan(checked.file, lowered, max_memory=limit, on_cpu=ex.on_cpu,
                      workers=ex.workers, pool=ex.pool, backend=name)
-    return Compiled(checked, lowered, plan)
+    return Compiled(checked, lowered, plan, sweep)
 
 
 def _check_size(name: str, value) -> None:
@@ -115,10 +244,13 @@ def check_targets(compiled: Compiled, out_dir: Path, force: bool) -> None:
 
     diags = []
     for o in compiled.checked.outputs:
-        try:
-            check_target(Path(out_dir) / o.name, force)
-        except CheckpointError as e:
-            diags.append(e.to_diagnostic(o.span))
+        names = [o.name] if compiled.sweep is None else \
+            [p.folder(o.name) for p in compiled.sweep.points]
+        for name in names:
+            try:
+                check_target(Path(out_dir) / name, force)
+            except CheckpointError as e:
+                diags.append(e.to_diagnostic(o.span))
     if diags:
         raise MergecError(diags)
 
@@ -127,12 +259,18 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
           overrides: dict[str, str] | None = None, force: bool = False,
           shard_size: int | None = None, backend: str | None = None,
           device: str | None = None, progress=None, compiled: Compiled | None = None,
-          max_memory: int | None = None, jobs: int | None = None, trace=None):
-    """Check, compile and build every output of a recipe into `out_dir/<output name>`.
-    `jobs`: parallel workers on a CPU (default: the CPUs available, at most 8). `trace`
-    receives every step as it runs (see :mod:`mergec.runtime.build`). Ctrl-C raises
-    :class:`mergec.runtime.stop.Interrupted` (a KeyboardInterrupt) once the output being
-    written is discarded; it lists the outputs written before and those not written."""
+          max_memory: int | None = None, jobs: int | None = None, trace=None,
+          executor=None, address: str | None = None):
+    """Check, compile and build every output of a recipe into `out_dir/<output name>`
+    (a sweep: `out_dir/<output name>-<point>` for every point, see
+    :mod:`mergec.check.sweeps`; the returned list then has a `sweep` attribute, the
+    :class:`mergec.runtime.sweep.SweepReport`). `jobs`: parallel workers on a CPU
+    (default: the CPUs available, at most 8). `executor="ray"` runs the steps as Ray
+    tasks (a local Ray instance, or the cluster at `address`; see
+    :mod:`mergec.runtime.ray_executor`). `trace` receives every step as it runs (see
+    :mod:`mergec.runtime.build`). Ctrl-C raises :class:`mergec.runtime.stop.Interrupted`
+    (a KeyboardInterrupt) once the output being written is discarded; it lists the outputs
+    written before and those not written."""
     from mergec.backends import get_backend
     from mergec.io.writer import DEFAULT_SHARD_SIZE
     from mergec.ir.lower import optimize
@@ -149,20 +287,51 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     check_targets(compiled, out_dir, force)
     settings = compiled.checked.settings
     size = shard_size or settings.shard_size or DEFAULT_SHARD_SIZE
-    results = []
+    results = BuildResults()
+    limit = max_memory or settings.max_memory
+    runner = None
     try:
+        if isinstance(executor, str) and executor != "local":
+            from mergec.runtime.ray_executor import open_executor
+
+            runner = open_executor(executor, address=address, jobs=jobs, max_memory=limit)
+        elif executor is not None and executor != "local":
+            runner = executor  # an executor object, e.g. a RayExecutor set up by the caller
         be = get_backend(backend or settings.backend, device or settings.device)
+        if compiled.sweep is not None:
+            from mergec.runtime.sweep import build_sweep
+
+            results += build_sweep(compiled.sweep, out_dir, be, force=force, shard_size=size,
+                                   progress=progress, max_memory=limit, jobs=jobs,
+                                   trace=trace, executor=runner)
+            results.sweep = compiled.sweep.report
+            return results
         for lo in compiled.lowered:
             results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
                                         force=force, shard_size=size, progress=progress,
-                                        max_memory=max_memory or settings.max_memory,
-                                        jobs=jobs, trace=trace))
+                                        max_memory=limit, jobs=jobs, trace=trace,
+                                        executor=runner))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under stop.sigterm_raises
         from mergec.runtime.stop import Interrupted
 
         if isinstance(e, Interrupted):
             raise
+        if compiled.sweep is not None:
+            names = [r.output for r in results]
+            raise Interrupted(e, list(results), [
+                p.folder(so.name) for so in compiled.sweep.outputs
+                for p in compiled.sweep.points if p.folder(so.name) not in names]) from e
         done = {r.output for r in results}
         raise Interrupted(e, results, [lo.output.name for lo in compiled.lowered
                                        if lo.output.name not in done]) from e
+    finally:
+        if runner is not None and runner is not executor:
+            runner.close()
     return results
+
+
+class BuildResults(list):
+    """The BuildResult of every output written, in order; `sweep` is the
+    :class:`mergec.runtime.sweep.SweepReport` of a sweep (None otherwise)."""
+
+    sweep = None

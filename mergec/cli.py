@@ -195,8 +195,10 @@ def check(recipe: Path = typer.Argument(..., help="The .merge recipe."),
                           "outputs": [o.name for o in checked.outputs]}))
     else:
         n = len(checked.outputs)
+        points = checked.point.count if checked.point is not None else 0
         print(f"{recipe}: ok ({len(checked.inputs)} input{'s' if len(checked.inputs) != 1 else ''}"
-              f", {n} output{'s' if n != 1 else ''})")
+              f", {n} output{'s' if n != 1 else ''}"
+              + (f", {points} sweep point{'s' if points != 1 else ''}" if points else "") + ")")
 
 
 def _warn(checked, fmt: Fmt) -> None:
@@ -224,10 +226,21 @@ def _say(text: str = "") -> None:
 def _print_plan(compiled, show_ir: Optional[str]) -> None:
     from mergec.ir.nodes import render
 
+    sweep = compiled.sweep
+    if sweep is not None:
+        _say(f"sweep of {len(sweep.points)} point{'s' if len(sweep.points) != 1 else ''}: "
+             + "; ".join(p.label() for p in sweep.points))
+        _say(sweep.report.text().replace("written", "to write").replace(
+            " computed;", " to compute;"))
     for op in compiled.plan.outputs:
         _say(f"output {op.output}:")
+        if sweep is not None:
+            so = next(x for x in sweep.outputs if x.name == op.output)
+            _say("  folders        " + ", ".join(so.folders(sweep.points)))
         _say(f"  tensors        {op.tensors}" + (f" ({op.raw_copies} copied as stored)"
-                                                  if op.raw_copies else ""))
+                                                  if op.raw_copies else "")
+             + (" distinct (computed once, written to every point that takes them)"
+                if sweep is not None else ""))
         if op.layers is not None:
             _say(f"  blocks         {op.layers}")
         ops = ", ".join(f"{k} x{v}" for k, v in op.ops.items()) or "none (copies only)"
@@ -331,10 +344,24 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
               None, "--jobs", "-j", min=1, max=256,
               help="Parallel workers on a CPU [default: the CPUs available, at most 8]; "
               "the result is the same for any number."),
+          executor: Optional[str] = typer.Option(
+              None, "--executor", help="local (the default) | ray: run the steps as Ray "
+              "tasks (pip install 'mergec[ray]')."),
+          address: Optional[str] = typer.Option(
+              None, "--address", help="With --executor ray: the Ray cluster to join "
+              "(e.g. ray://head:10001, or auto); without it a local Ray instance starts."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
-    """Check, compile and build every output of a recipe."""
+    """Check, compile and build every output of a recipe (every point of a sweep)."""
     from mergec.api import build as api_build, check_targets, compile as api_compile
 
+    if executor not in (None, "local", "ray"):
+        raise UsageError(Diagnostic("E473", f"unknown executor `{executor}`",
+                                    help="use `--executor local` or `--executor ray`"))
+    if address is not None and executor != "ray":
+        raise UsageError(Diagnostic("E473", "`--address` joins a Ray cluster: it needs "
+                                    "`--executor ray`",
+                                    help=f"run `mergec build ... --executor ray --address "
+                                    f"{address}`"))
     size = _size(shard_size, "--shard-size")
     limit = _size(max_memory, "--max-memory")
     from mergec.backends import BACKEND_NAMES
@@ -362,7 +389,7 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     try:
         with sigterm_raises():  # SIGTERM cleans up as Ctrl-C does
             results = _run_build(api_build, recipe, compiled, out_dir, force, size, backend,
-                                 device, quiet, limit, jobs)
+                                 device, quiet, limit, jobs, executor, address)
     except BackendUnavailable as e:
         text = str(e)
         if "CUDA" in text or "device" in text:
@@ -378,13 +405,16 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     for r in results:
         _say(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
              f"{r.seconds:.1f}s)")
+    if getattr(results, "sweep", None) is not None:
+        _say(results.sweep.text())
 
 
 def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, device, quiet,
-               limit=None, jobs=None):
+               limit=None, jobs=None, executor=None, address=None):
     if quiet:
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
-                         device=device, compiled=compiled, max_memory=limit, jobs=jobs)
+                         device=device, compiled=compiled, max_memory=limit, jobs=jobs,
+                         executor=executor, address=address)
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
@@ -405,7 +435,7 @@ def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, devic
 
         return api_build(recipe, out_dir, force=force, shard_size=size, backend=backend,
                          device=device, compiled=compiled, progress=progress,
-                         max_memory=limit, jobs=jobs)
+                         max_memory=limit, jobs=jobs, executor=executor, address=address)
 
 
 @app.command()

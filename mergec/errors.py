@@ -164,6 +164,81 @@ ERRORS: dict[str, tuple[str, str]] = {
              "tensor at once (breadcrumbs, della, sce, nuslerp over columns of a matrix) and "
              "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
+    "E270": ("empty sweep",
+             "A sweep needs at least one value. `param alpha = sweep()` and `--set alpha=0.1,,0.3` "
+             "(an empty value between two commas) are refused. Example: "
+             "`param alpha = sweep(0.1, 0.2, 0.3)`."),
+    "E271": ("invalid sweep value",
+             "The values of `sweep(...)` are literals of one kind: numbers (`0.1`, `-2`), "
+             "strings (`\"model\"`) or `true`/`false`, written out in the call; a name, an "
+             "expression or a `name=value` is refused, and so is a mix of kinds such as "
+             "`sweep(0.1, \"a\")`. Example: `param density = sweep(0.2, 0.4, 0.6)`."),
+    "E272": ("sweep used where it is not allowed",
+             "`sweep(...)` is the whole value of a `param` statement and nothing else: not an "
+             "argument of a merge call, not part of arithmetic, not a `set` or a `where` "
+             "value. Declare the sweep once and use the param: `param w = sweep(0.2, 0.4)` "
+             "then `linear(a, b, weight=[w, 1 - w])`. Every point is built as its own "
+             "output. A swept param may set the seed (`set seed = s`), but not the "
+             "settings the whole sweep is built with: `backend`, `device`, `shard_size`, "
+             "`max_memory`."),
+    "E273": ("too many sweep points",
+             "Several swept params make the cartesian product of their values (the first "
+             "declared param varies slowest), and one build makes at most 64 points: "
+             "`sweep` of 10 values times `sweep` of 10 values is 100 points, refused. Sweep "
+             "fewer values, or split the sweep into several builds with `--set` (a `--set` "
+             "replaces the recipe's sweep: `--set alpha=0.1,0.2`)."),
+    "E274": ("`--set` sweep value of the wrong kind",
+             "`--set name=v1,v2,...` sweeps a param; each value must be of the param's kind. "
+             "For `param alpha = 0.5`, `--set alpha=0.2,x` is refused: `x` is not a Number. "
+             "Strings are written in double quotes when they hold a comma "
+             "(`--set mode='\"a,b\",c'`)."),
+    "E275": ("sweep value given twice",
+             "Each point of a sweep is built once, into a folder named after it, so a value "
+             "may appear only once: `sweep(0.1, 0.2, 0.1)` is refused (`1` and `1.0` are the "
+             "same value)."),
+    "E360": ("two sweep outputs in one folder",
+             "Every output of a sweep is written to `OUT_DIR/<output>-<param>=<value>...`, "
+             "with strings written there with every character other than letters, digits "
+             "and `. _ + -` replaced by `_`: `sweep(\"a b\", \"a_b\")` would give two "
+             "points the same folder. Sweep values that differ in letters or digits."),
+    "E361": ("sweep folder name too long",
+             "A point's folder name (`<output>-<param>=<value>...`) is at most 200 bytes, "
+             "well within what file systems allow (255). Sweep shorter strings, fewer params "
+             "at once, or give the output a shorter name."),
+    "W360": ("sweep of one value",
+             "`sweep(0.5)` builds one point, into `OUT_DIR/<output>-<param>=0.5`. Write "
+             "`param x = 0.5` for a plain build into `OUT_DIR/<output>`."),
+    "W361": ("no output depends on the sweep",
+             "Every tensor of every output is the same at every point of the sweep: the "
+             "swept param is not used by any merge call (or only where its value cancels). "
+             "The build would write the same model once per point. Use the param in a merge "
+             "call, or build once without the sweep."),
+    "E470": ("Ray is not installed",
+             "`mergec build --executor ray` runs the steps of the build as Ray tasks, and "
+             "needs the `ray` package: `pip install 'mergec[ray]'`. Without it, build with "
+             "the local executor (the default)."),
+    "E471": ("cannot start or join Ray",
+             "`--executor ray` starts a local Ray instance (`ray.init`) or, with `--address`, "
+             "joins a running cluster. That failed: the message says why (no cluster at the "
+             "address, a version mismatch between this Ray and the cluster's, no room to start "
+             "a local instance). Check `ray status` on the cluster, or build locally."),
+    "E472": ("a Ray task failed",
+             "A step of the build failed on a Ray worker after its retries (a worker that "
+             "dies is retried up to 3 times; an error raised by mergec itself, such as an "
+             "unreadable input, is not retried). Nothing was written at the target: each "
+             "output is committed by the driver only once every tensor is in its staging "
+             "folder. The message names the tensor and the cause. On a cluster, every "
+             "worker must see the inputs and the output folder at the same paths (shared "
+             "storage) and have the same mergec version."),
+    "E473": ("invalid executor",
+             "`--executor` is `local` (the default: this machine's processes) or `ray`, and "
+             "`--address` (a Ray cluster to join) is given only with `--executor ray`."),
+    "E474": ("task memory larger than the Ray cluster's",
+             "With `--executor ray`, `--max-memory SIZE` is each task's Ray `memory` "
+             "requirement, so that Ray places no more tasks on a node than it can hold. A "
+             "task that asks for more memory than the whole cluster offers could never be "
+             "placed: the build stops before it starts. Give a smaller `--max-memory` (the "
+             "steps are then computed in smaller row blocks), or add nodes."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "

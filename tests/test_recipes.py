@@ -128,6 +128,14 @@ def test_recipe_builds(recipe, workdir, tmp_path):
     compiled = api.compile(path)
     planned = {p.output: p for p in compiled.plan.outputs}
     results = api.build(path, tmp_path / "out", compiled=compiled)
+    if compiled.sweep is not None:  # a folder per point (tests/test_sweeps.py checks more)
+        sw = compiled.sweep
+        assert [r.output for r in results] == [p.folder(so.name) for p in sw.points
+                                               for so in sw.outputs]
+        for pt, lo in ((pt, lo) for so in sw.outputs for pt, lo in zip(sw.points, so.per_point)):
+            tensors = _read_output(tmp_path / "out" / pt.folder(lo.output.name))
+            assert tensors == {t.name: t.shape for t in lo.tensors}
+        return
     assert [r.output for r in results] == [p.output for p in compiled.plan.outputs]
     for lo in compiled.lowered:
         folder = tmp_path / "out" / lo.output.name

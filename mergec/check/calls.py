@@ -46,6 +46,11 @@ class Calls:
             return self._ramp(e)
         if fname == "stack":
             return self._stack(e)
+        if fname == "sweep":
+            self.report.error("E272", "`sweep(...)` is allowed only as the whole value of a "
+                              "`param`", e.span, "declare `param w = sweep(0.1, 0.2)` and use "
+                              "`w` here; each point of the sweep is built as its own output")
+            return CExpr(ERROR, e.span)
         method = get(fname)
         if method is None:
             if self.exprs.scope.defines(fname):

@@ -177,6 +177,8 @@ class CheckedProgram:
     program: Any = None  # the ast.Program
     overrides: dict[str, str] = field(default_factory=dict)  # --set name=value given
     warnings: list = field(default_factory=list)  # Diagnostics with severity "warning"
+    #: the point of a sweep this program is checked at (mergec.check.sweeps.Point), or None
+    point: Any = None
 
     def source(self, name: str):
         """The opened checkpoint (or adapter) of input `name`."""

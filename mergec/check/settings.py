@@ -11,6 +11,7 @@ from mergec.check.program import BOOL, DEFAULT_SEED, ERROR, LIST, NUMBER, STRING
 from mergec.check.scope import Const
 from mergec.backends import BACKEND_NAMES
 from mergec.check.suggest import did_you_mean
+from mergec.check.sweeps import is_sweep, sweep_kind
 from mergec.io.sizes import parse_size
 from mergec.lang import ast
 from mergec.lang.fmt import expr as expr_text, literal
@@ -91,6 +92,12 @@ class Params:
     def add(self, st: ast.ParamStmt) -> Const:
         name = st.name.name
         self.declared.add(name)
+        if is_sweep(st.value):  # checked at each point, with its value as a `--set`
+            first = sweep_kind(st.value)
+            if first is None:  # reported by mergec.check.sweeps
+                return Const(ERROR, None, st.span)
+            value = Const(first[0], first[1], st.value.span)
+            return self._overridden(name, st, value)
         raw = self.exprs.value(st.value)
         if isinstance(raw, CExpr) and raw.kind != ERROR:
             self.report.error("E222", f"param `{name}` must be a number, true/false or a "
@@ -105,6 +112,10 @@ class Params:
             self.report.error("E222", f"param `{name}` must be a number, true/false or a "
                               "string", st.value.span)
             return Const(ERROR, None, st.span)
+        return self._overridden(name, st, value)
+
+    def _overridden(self, name: str, st: ast.ParamStmt, value: Const) -> Const:
+        """The param's value: the recipe's, or the `--set` one."""
         if name in self.overrides:
             raw = self.overrides[name]
             parsed = _parse_literal(raw)

@@ -185,12 +185,14 @@ def _yaml_str(text: str) -> str:
 
 def model_card(*, output_name: str, recipe_text: str, recipe_path: str, inputs: list[dict],
                mergec_version: str, seed: int | None, base_models: list[str],
-               params: dict | None = None, overridden: tuple[str, ...] = ()) -> str:
+               params: dict | None = None, overridden: tuple[str, ...] = (),
+               notes: dict[str, str] | None = None) -> str:
     """README.md for an output: YAML front matter, description, inputs, seed and recipe.
 
     ``base_model`` in the front matter lists only hub ids (local paths are left out;
     ``@revision`` suffixes are dropped, duplicates removed). ``inputs`` are dicts with
-    ``name``, ``source`` and ``fingerprint``.
+    ``name``, ``source`` and ``fingerprint``. ``notes`` replace the note of a param in
+    the parameters table (the point of a sweep).
     """
     hub_ids: list[str] = []
     for b in base_models:
@@ -219,6 +221,7 @@ def model_card(*, output_name: str, recipe_text: str, recipe_path: str, inputs: 
             val = ("true" if v else "false") if isinstance(v, bool) else \
                 (f'"{v}"' if isinstance(v, str) else repr(v))
             note = "set on the command line (`--set`)" if k in overridden else "recipe default"
+            note = (notes or {}).get(k, note)
             lines.append(f"| {_cell(k)} | `{_cell(val)}` | {note} |")
         lines.append("")
     fence = "```"

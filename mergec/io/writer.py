@@ -463,6 +463,20 @@ class OutputWriter:
         except OSError as e:
             raise CheckpointError(E_WRITE_FAILED, f"cannot copy {src} into {self.target}: {e.strerror or e}") from None
 
+    def staged(self, names) -> "StagedTensors":
+        """Where tensors `names` go in the staging folder: a small picklable view that
+        another process (a Ray worker, on this machine or one that mounts the same
+        folder) writes them with; the writer then records them with
+        :meth:`note_written`, and commits as usual."""
+        self._check_open()
+        assert self.temp_dir is not None
+        table = {}
+        for name in names:
+            slot = self._slot(name)
+            path = str(self.temp_dir / self._shards[slot.shard].file_name)
+            table[name] = (path, slot.offset, slot.nbytes, slot.shape, slot.dtype)
+        return StagedTensors(table)
+
     def note_written(self, name: str) -> None:
         """Record a tensor as written by another process sharing this writer's files (a
         forked worker that wrote it with :meth:`write`, :meth:`write_raw` or
@@ -572,3 +586,68 @@ class OutputWriter:
         if self._state == "open":
             self.commit()
         return False
+
+
+class StagedTensors:
+    """Tensors of an output being written, as another process writes them: for each name
+    its shard file in the staging folder, offset, size, shape and dtype
+    (:meth:`OutputWriter.staged`). Writes are positioned, so a write repeated by a retried
+    task puts the same bytes at the same place."""
+
+    def __init__(self, table: dict[str, tuple[str, int, int, tuple[int, ...], str]]):
+        self.table = table
+
+    def _entry(self, name: str):
+        try:
+            return self.table[name]
+        except KeyError:
+            raise _plan_error(f"output tensor `{name}` is not staged here") from None
+
+    def _pwrite(self, name: str, path: str, data: memoryview, offset: int) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+            try:
+                OutputWriter._pwrite_all(fd, data, offset, Path(path))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise CheckpointError(E_WRITE_FAILED, f"cannot write tensor `{name}` to {path}: "
+                                  f"{e.strerror or e}", "check free disk space, and that "
+                                  "every worker sees the output folder at the same path") \
+                from None
+
+    def _check(self, name: str, arr: np.ndarray, shape) -> np.ndarray:
+        _, _, _, want_shape, dtype = self._entry(name)
+        if tuple(arr.shape) != tuple(shape):
+            raise _plan_error(f"output tensor `{name}` declared with shape {want_shape} "
+                              f"but written with shape {tuple(arr.shape)}")
+        if dtypes.from_numpy(arr.dtype) != dtype:
+            raise _plan_error(f"output tensor `{name}` declared as {dtype} but written as "
+                              f"{dtypes.from_numpy(arr.dtype)}")
+        if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        return np.ascontiguousarray(arr)
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        path, offset, _, shape, _ = self._entry(name)
+        arr = self._check(name, np.asarray(array), shape)
+        self._pwrite(name, path, memoryview(arr.reshape(-1).view(np.uint8)), offset)
+
+    def write_rows(self, name: str, start: int, array: np.ndarray) -> None:
+        path, offset, nbytes, shape, _ = self._entry(name)
+        arr = np.asarray(array)
+        if not shape or start < 0 or start + arr.shape[0] > shape[0]:
+            raise _plan_error(f"rows {start}:{start + arr.shape[0]} of `{name}` do not fit "
+                              f"its declared shape {shape}")
+        arr = self._check(name, arr, (arr.shape[0],) + tuple(shape[1:]))
+        row = nbytes // shape[0]
+        self._pwrite(name, path, memoryview(arr.reshape(-1).view(np.uint8)),
+                     offset + start * row)
+
+    def write_raw(self, name: str, data: bytes) -> None:
+        path, offset, nbytes, shape, dtype = self._entry(name)
+        view = memoryview(data).cast("B")
+        if len(view) != nbytes:
+            raise _plan_error(f"output tensor `{name}` needs {nbytes} bytes ({dtype}, shape "
+                              f"{shape}) but got {len(view)}")
+        self._pwrite(name, path, view, offset)

@@ -51,6 +51,10 @@ class Node:
     def __setattr__(self, *_):  # pragma: no cover - immutability guard
         raise AttributeError("IR nodes are immutable")
 
+    def __reduce__(self):
+        """Pickled by value (to Ray workers): built again from its fields."""
+        return (Node, (self.op, self.args, self.attrs, self.shape, self.dtype))
+
     def __hash__(self) -> int:
         return self._hash
 

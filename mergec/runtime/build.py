@@ -47,11 +47,18 @@ TraceFn = Callable[[dict], None]
 def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
                  force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
                  progress: ProgressFn | None = None, max_memory: int | None = None,
-                 jobs: int | None = None, trace: TraceFn | None = None) -> BuildResult:
+                 jobs: int | None = None, trace: TraceFn | None = None,
+                 open_writer: Callable | None = None, executor=None) -> BuildResult:
     """Compute and write one output. On a CPU every tensor of two or more dimensions whose
     computation allows it is split into blocks of rows that stay in the processor's cache,
     computed by `jobs` workers; on an accelerator tensors are split only to fit
-    `max_memory`. The result does not depend on the split or the number of workers."""
+    `max_memory`. The result does not depend on the split or the number of workers.
+
+    Hooks: `open_writer(decl)` returns the writer to use instead of an
+    :class:`OutputWriter` at `target` (it then writes the files beside the tensors itself,
+    in its `commit`: a sweep's :class:`mergec.runtime.sweep.SweepWriter`); `executor`
+    runs the steps instead of this process's workers (its `run(...)`, see
+    :mod:`mergec.runtime.ray_executor`)."""
     t0 = time.perf_counter()
     parallel.tune_allocator()
     sources = [checked.source(n) for n in checked.inputs]
@@ -63,13 +70,14 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     stats = compute_model_stats(lo, lambda node: _chunks_of(node, checked, backend, budget))
     if trace is not None and stats:
         trace({"model_stats": [repr(k) for k in stats]})
-    pool = parallel.process_pool(ex.workers) if ex.pool == "processes" else None
-    if pool is None and ex.workers > 1:
+    pool = parallel.process_pool(ex.workers) if ex.pool == "processes" and \
+        executor is None else None
+    if pool is None and ex.workers > 1 and executor is None:
         pool = ThreadPoolExecutor(ex.workers, thread_name_prefix="mergec")
     try:
         path = _write_output(lo, checked, target, backend, steps, stats, pool, ex.workers,
                              force=force, shard_size=shard_size, progress=progress,
-                             trace=trace)
+                             trace=trace, open_writer=open_writer, executor=executor)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -91,7 +99,8 @@ def _chunks_of(node: Node, checked, backend, budget):
 
 
 def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, pool,
-                  workers: int, *, force, shard_size, progress, trace) -> Path:
+                  workers: int, *, force, shard_size, progress, trace, open_writer=None,
+                  executor=None) -> Path:
     """Run every step, then write the files beside the tensors. Writes go to
     precomputed offsets, so the order in which steps finish does not matter."""
     out = lo.output
@@ -111,17 +120,24 @@ def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, 
                 progress(out.name, done["tensors"], done["bytes"])
 
     decl = [(t.name, t.shape, t.dtype) for t in lo.tensors]
-    with OutputWriter(target, decl, shard_size=shard_size, force=force,
-                      metadata={"mergec_version": __version__}) as writer:
+    if open_writer is not None:
+        opened = open_writer(decl)
+    else:
+        opened = OutputWriter(target, decl, shard_size=shard_size, force=force,
+                              metadata={"mergec_version": __version__})
+    with opened as writer:
 
         def run(i: int, blocks_pool=None) -> dict:
             return run_step(tensors[i], steps[i], checked, backend, writer, stats, blocks_pool)
 
-        if isinstance(pool, ProcessPoolExecutor):
+        if executor is not None:
+            executor.run(tensors, steps, checked, writer, stats, finished, backend)
+        elif isinstance(pool, ProcessPoolExecutor):
             _in_processes(steps, tensors, checked, writer, pool, workers, run, finished)
         else:
             _in_threads(steps, tensors, checked, pool, run, finished)
-        write_files(writer, lo, checked)
+        if open_writer is None:
+            write_files(writer, lo, checked)
         return writer.commit()
 
 

@@ -51,8 +51,13 @@ def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
         if ref is not None and not ref.local:
             bases.append(ref.repo_id)
         inputs.append({"name": name, "source": src, "fingerprint": ck.content_fingerprint()})
+    point = checked.point
+    swept = dict(point.values) if point is not None else {}
+    notes = {k: f"swept: point {point.index + 1} of {point.count} (`{point.label()}`)"
+             for k in swept}
     return hf_files.model_card(
-        output_name=lo.output.name, recipe_text=checked.text,
+        output_name=point.folder(lo.output.name) if swept else lo.output.name,
+        recipe_text=checked.text, notes=notes,
         recipe_path=Path(checked.file).name, inputs=inputs, mergec_version=__version__,
         seed=checked.settings.seed, base_models=bases, params=checked.params,
         overridden=tuple(checked.overrides))

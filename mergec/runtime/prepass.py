@@ -306,6 +306,12 @@ def _placeholders(lo) -> dict[ModelTopK, list[Node]]:
     return found
 
 
+def placeholder_inputs(lo) -> dict[ModelTopK, list[Node]]:
+    """Each model-wide placeholder of a lowered output with the task-vector nodes it
+    ranges over, in tensor order (what :func:`compute_model_stats` computes over)."""
+    return _placeholders(lo)
+
+
 def compute_model_stats(lo, chunks_of: Callable[[Node], Iterable[np.ndarray]]) -> dict:
     """Exact model-wide thresholds for every placeholder of one lowered output.
     `chunks_of(node)` yields a node's value as float32 numpy arrays (the whole tensor, or
