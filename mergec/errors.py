@@ -83,7 +83,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A per-input parameter given as a list needs one value per input, in the order "
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
-             "`set` takes: seed, backend, device, shard_size, max_memory."),
+             "`set` takes: seed, backend, device, shard_size, max_memory, allow_nonfinite."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),
@@ -213,6 +213,15 @@ ERRORS: dict[str, tuple[str, str]] = {
              "swept param is not used by any merge call (or only where its value cancels). "
              "The build would write the same model once per point. Use the param in a merge "
              "call, or build once without the sweep."),
+    "E421": ("a merge produced NaN or infinite values",
+             "A computed output tensor holds NaN or infinite values that none of the input "
+             "tensors it reads has: a method divided by zero or overflowed (weights of a "
+             "huge magnitude, a slerp between a zero and a non-zero tensor, ...), or values "
+             "are beyond the range of the output's storage dtype (float16 ends at 65504). The "
+             "build stops and writes nothing for that output. Values an input already has "
+             "are carried through without this error. Check the weights, store the output "
+             "in a wider dtype (`{ dtype = \"bfloat16\" }`), or, if such values are meant, "
+             "`set allow_nonfinite = true`."),
     "E470": ("Ray is not installed",
              "`mergec build --executor ray` runs the steps of the build as Ray tasks, and "
              "needs the `ray` package: `pip install 'mergec[ray]'`. Without it, build with "
