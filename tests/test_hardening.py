@@ -422,3 +422,44 @@ def test_conversion_that_overflows_is_e421(tmp_path):
     assert msg.startswith("output `o`, tensor `model.layers.0.mlp.weight`: ")
     assert msg.endswith("beyond the range of float16 (largest 65504) would be written as "
                         "infinity")
+
+
+# --- D13/D14: a symbolic link as the output folder --------------------------------------
+
+def _link_recipe(family, tmp_path):
+    r = tmp_path / "r.merge"
+    r.write_text(_head(family) + "output o = linear(b, m, weight=[0.5, 0.5])\n")
+    real = tmp_path / "disk" / "o"
+    real.mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    os.symlink(real, tmp_path / "out" / "o")
+    return r, real
+
+
+def test_symlinked_empty_output_folder_is_written_through(family, tmp_path):
+    from mergec.api import build
+
+    r, real = _link_recipe(family, tmp_path)
+    build(r, tmp_path / "out")
+    link = tmp_path / "out" / "o"
+    assert link.is_symlink() and os.path.realpath(link) == str(real)
+    assert (real / "model.safetensors").is_file() and (real / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["o"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["o"]
+
+
+def test_symlinked_output_folder_with_force_leaves_nothing_behind(family, tmp_path):
+    from mergec.api import build
+
+    r, real = _link_recipe(family, tmp_path)
+    (real / "old.txt").write_text("previous build")
+    with pytest.raises(MergecError) as e:
+        build(r, tmp_path / "out")
+    assert [d.code for d in e.value.diagnostics] == ["E413"]
+    build(r, tmp_path / "out", force=True)
+    link = tmp_path / "out" / "o"
+    assert link.is_symlink() and os.path.realpath(link) == str(real)
+    assert not (real / "old.txt").exists() and (real / "model.safetensors").is_file()
+    # no renamed-aside or temporary folder remains, beside the link or the folder
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["o"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["o"]
