@@ -58,6 +58,11 @@ def apply_wheres(calls_checker: Calls, value: CExpr, wheres) -> CExpr:
             for c in takers[1:]:
                 calls_checker.param_value(c.method.name, c.method.param(key), en.value,
                                           len(c.inputs))
+            if first.method.param(key).per_input and isinstance(pv, tuple) and \
+                    not isinstance(en.value, ast.ListExpr):
+                # one value for every input, of every call, whatever its number of inputs
+                # (the lowering repeats it per input)
+                pv = pv[0]
             values.append((key, pv))
         ov = Override(globs, layers, tuple(values), w.span)
         overrides.append(ov)
