@@ -24,7 +24,7 @@ DEMO_CKPT ?= recipes/ckpt
 DEMO_OUT  ?= out
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-core demo test test-full test-core fmt-check docs clean distclean
+.PHONY: help venv venv-core demo test test-full test-core fuzz fmt-check docs clean distclean
 
 help:
 	@echo "make venv       create .venv and install mergec with its torch, jax and test extras"
@@ -33,6 +33,7 @@ help:
 	@echo "make test       run the test suite in .venv, then its torch-free part in .venv-core"
 	@echo "make test-full  run the test suite in .venv (torch and jax installed)"
 	@echo "make test-core  run the tests that need neither torch nor jax in .venv-core"
+	@echo "make fuzz       10,000 generated recipes and 1,000 corrupted checkpoints (make test runs 1,000 and 100)"
 	@echo "make fmt-check  check that recipes/*.merge are formatted"
 	@echo "make docs       regenerate the generated docs"
 	@echo "make clean      remove outputs and build artefacts (keeps .venv and .venv-core)"
@@ -92,6 +93,11 @@ test-core: venv-core
 	@if $(CORE_PY) -c 'import xdist' 2>/dev/null; then n="-n $(JOBS)"; else n=""; fi; \
 	echo "$(CORE_PY) -m pytest -q $$n -m '$(CORE_MARKS)' $(PYTEST_ARGS)"; \
 	$(CORE_PY) -m pytest -q $$n -m '$(CORE_MARKS)' $(PYTEST_ARGS) || test $$? -eq 5
+
+# The fuzz tests at ten times the size `make test` runs them: no case may end in an internal
+# error (E599) or an exception that is not a diagnostic, and every build must be readable.
+fuzz: venv
+	FUZZ_RECIPES=10000 FUZZ_CHECKPOINTS=1000 $(PY) -m pytest -q -n $(JOBS) tests/test_fuzz.py
 
 fmt-check: venv
 	$(MERGEC) fmt --check recipes/*.merge

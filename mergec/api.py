@@ -18,6 +18,7 @@ from mergec.check.checker import check_program
 from mergec.check.program import CheckedProgram
 from mergec.diagnostics import Diagnostic, MergecError, UsageError
 from mergec.lang import ast
+from mergec.limits import deep_recursion, paused_gc
 from mergec.lang.parser import parse as _parse
 from mergec.lang.source import read_recipe
 
@@ -59,6 +60,11 @@ def check_points(recipe: str | Path, *, text: str | None = None,
     """The recipe checked at every point of its sweep (one program, whose `point` is
     None, when nothing is swept; see :mod:`mergec.check.sweeps`). Each input is opened
     once; a problem found at some points only names them."""
+    with paused_gc(), deep_recursion():
+        return _check_points(recipe, text, overrides, base_dir)
+
+
+def _check_points(recipe, text, overrides, base_dir) -> list[CheckedProgram]:
     from mergec.check.sweeps import Sweeps, check_folders
 
     if text is None:
@@ -183,19 +189,20 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     programs = check_points(recipe, text=text, overrides=overrides)
     checked = programs[0]
     sweep = None
-    lowered = lower(checked)
-    if passes:
-        optimize(lowered)
-    if checked.point is not None:  # a sweep: each point lowered, its tensors grouped
-        from mergec.runtime.sweep import plan_sweep, sweep_warnings
-
-        every = [lowered] + [lower(c) for c in programs[1:]]
+    with deep_recursion(), paused_gc():
+        lowered = lower(checked)
         if passes:
-            for lw in every[1:]:
-                optimize(lw)
-        sweep = plan_sweep([c.point for c in programs], programs, every)
-        lowered = sweep.combined
-        checked.warnings += sweep_warnings(sweep)
+            optimize(lowered)
+        if checked.point is not None:  # a sweep: each point lowered, its tensors grouped
+            from mergec.runtime.sweep import plan_sweep, sweep_warnings
+
+            every = [lowered] + [lower(c) for c in programs[1:]]
+            if passes:
+                for lw in every[1:]:
+                    optimize(lw)
+            sweep = plan_sweep([c.point for c in programs], programs, every)
+            lowered = sweep.combined
+            checked.warnings += sweep_warnings(sweep)
     limit = max_memory or checked.settings.max_memory
     checked.warnings += memory_warnings(lowered, limit)
     if any(lo.output.form is not None for lo in lowered):

@@ -76,7 +76,8 @@ def layer_count_problem(config: dict | None, names) -> str | None:
                 return f"`{key}` is {json.dumps(v)}, not a whole number of blocks >= 1"
             idx = [i for i in (block_index(n) for n in names) if i is not None]
             if idx and v > max(idx) + 1:
-                return (f"`{key}` is {v}, but the weights have {max(idx) + 1} blocks "
+                n = max(idx) + 1
+                return (f"`{key}` is {v}, but the weights have {n} block{'s' if n != 1 else ''} "
                         f"(0 to {max(idx)})")
             return None
     return None

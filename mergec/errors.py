@@ -47,6 +47,12 @@ ERRORS: dict[str, tuple[str, str]] = {
              "1e308 (the largest double). `1e999` or an integer of thousands of digits "
              "would overflow to infinity, which is never a valid weight or parameter. A "
              "block index in `.layers[a:b]` or `where layers[a:b]` has at most 9 digits."),
+    "E109": ("values nested too deeply",
+             "A statement's value may be built from at most 4,000 nested values (merge calls, "
+             "arithmetic, slices, stacks), counted through the `let` statements it uses "
+             "(1,500 on Python 3.10). `let a1 = linear(a0, b)`, `let a2 = linear(a1, b)`, "
+             "... nests one level per statement. No real recipe comes near it; the limit "
+             "bounds the recursion of the stages after the checker."),
     "E201": ("unknown name",
              "The name is not defined by any `model`, `adapter`, `param`, `let` or `output` "
              "statement. Names are case-sensitive; the help line suggests the closest one."),
@@ -77,7 +83,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A per-input parameter given as a list needs one value per input, in the order "
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
-             "`set` takes: seed, backend, device, shard_size, max_memory."),
+             "`set` takes: seed, backend, device, shard_size, max_memory, allow_nonfinite."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),
@@ -288,6 +294,15 @@ ERRORS: dict[str, tuple[str, str]] = {
              "swept param is not used by any merge call (or only where its value cancels). "
              "The build would write the same model once per point. Use the param in a merge "
              "call, or build once without the sweep."),
+    "E421": ("a merge produced NaN or infinite values",
+             "A computed output tensor holds NaN or infinite values that none of the input "
+             "tensors it reads has: a method divided by zero or overflowed (weights of a "
+             "huge magnitude, a slerp between a zero and a non-zero tensor, ...), or values "
+             "are beyond the range of the output's storage dtype (float16 ends at 65504). The "
+             "build stops and writes nothing for that output. Values an input already has "
+             "are carried through without this error. Check the weights, store the output "
+             "in a wider dtype (`{ dtype = \"bfloat16\" }`), or, if such values are meant, "
+             "`set allow_nonfinite = true`."),
     "E470": ("Ray is not installed",
              "`mergec build --executor ray` runs the steps of the build as Ray tasks, and "
              "needs the `ray` package: `pip install 'mergec[ray]'`. Without it, build with "

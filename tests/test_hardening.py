@@ -312,3 +312,154 @@ def test_api_size_below_one_byte_is_e502(family, tmp_path, kw, value):
     assert (d.code, d.message) == (
         "E502", f"`{kw}={value!r}`: a size must be a whole number of bytes >= 1")
     assert not (tmp_path / "out").exists()
+
+
+# --- NaN and infinity that a build would create -----------------------------------------
+
+def _nf_models(tmp_path, nan_in_a: bool = False):
+    import numpy as np
+
+    from tests.io_helpers import CONFIG, make_safetensors, write_config
+
+    rng = np.random.default_rng(0)
+    big = {"model.layers.0.mlp.weight": (rng.standard_normal((4, 4)) * 6e4).astype(np.float32),
+           "model.norm.weight": np.ones(4, dtype=np.float32)}
+    a = {"model.layers.0.mlp.weight": rng.standard_normal((4, 4)).astype(np.float32),
+         "model.norm.weight": np.full(4, 2.0, dtype=np.float32)}
+    if nan_in_a:
+        a["model.layers.0.mlp.weight"][1, 2] = np.nan
+    for name, tensors in (("big", big), ("a", a)):
+        make_safetensors(tmp_path / name, tensors, config=False)
+        write_config(tmp_path / name, {**CONFIG, "num_hidden_layers": 1})
+    return big, a
+
+
+def _build_diags(r, tmp_path, backend="numpy"):
+    from mergec.api import build
+
+    from mergec.io.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as e:
+        build(r, tmp_path / "out", backend=backend)
+    assert not (tmp_path / "out" / "o").exists()
+    return [(e.value.code, e.value.message, e.value.help)]
+
+
+def test_overflow_of_the_storage_dtype_is_e421(tmp_path, backend):
+    _nf_models(tmp_path)
+    r = tmp_path / "r.merge"
+    r.write_text('model big = "./big"\nmodel a = "./a"\noutput o = linear(big, a, '
+                 'weight=[1.9, -0.9], normalize=false) { dtype = "float16" }\n')
+    ((code, msg, help_),) = _build_diags(r, tmp_path, backend)
+    assert code == "E421"
+    assert msg.startswith("output `o`, tensor `model.layers.0.mlp.weight`: ")
+    assert msg.endswith(" beyond the range of float16 (largest 65504) would be written as "
+                        "infinity")
+    assert help_ == ("store the output in a wider dtype (`dtype = \"bfloat16\"` or "
+                     "`\"float32\"` in its options), or `set allow_nonfinite = true` to write "
+                     "them anyway")
+
+
+def test_merge_that_overflows_is_e421(tmp_path, backend):
+    _nf_models(tmp_path)
+    r = tmp_path / "r.merge"
+    r.write_text('model big = "./big"\nmodel a = "./a"\n'
+                 'output o = linear(a, big, weight=[1e300, 1e300], normalize=false)\n')
+    diags = _build_diags(r, tmp_path, backend)
+    assert [d[0] for d in diags] == ["E421"]
+    assert diags[0][1].startswith("output `o`, tensor `model.")
+    assert "the merge produced" in diags[0][1] and diags[0][1].endswith(
+        "NaN or infinite values, and no input has any")
+
+
+def test_allow_nonfinite_writes_them(tmp_path):
+    import numpy as np
+
+    from mergec.api import build
+    from mergec.demo import load_tensors
+
+    big, a = _nf_models(tmp_path)
+    r = tmp_path / "r.merge"
+    r.write_text('model big = "./big"\nmodel a = "./a"\nset allow_nonfinite = true\n'
+                 'output o = linear(big, a, weight=[1.9, -0.9], normalize=false) '
+                 '{ dtype = "float16" }\n')
+    build(r, tmp_path / "out")
+    got = load_tensors(tmp_path / "out" / "o")["model.layers.0.mlp.weight"]
+    ref = (1.9 * big["model.layers.0.mlp.weight"].astype(np.float64)
+           - 0.9 * a["model.layers.0.mlp.weight"]).astype(np.float16)
+    assert np.isinf(got).sum() == np.isinf(ref).sum() > 0
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_nan_an_input_has_is_carried_through(tmp_path):
+    import numpy as np
+
+    from mergec.api import build
+    from mergec.demo import load_tensors
+
+    _nf_models(tmp_path, nan_in_a=True)
+    r = tmp_path / "r.merge"
+    r.write_text('model big = "./big"\nmodel a = "./a"\n'
+                 'output o = linear(big, a, weight=[0.5, 0.5])\n')
+    build(r, tmp_path / "out")
+    got = load_tensors(tmp_path / "out" / "o")["model.layers.0.mlp.weight"]
+    assert np.isnan(got).sum() == 1 and np.isnan(got[1, 2])
+
+
+def test_allow_nonfinite_takes_a_bool(tmp_path):
+    _nf_models(tmp_path)
+    ((code, msg, _span),) = _diags('model a = "' + str(tmp_path / "a") + '"\n'
+                                   'set allow_nonfinite = 1\noutput o = a\n')
+    assert (code, msg) == ("E208", "`set allow_nonfinite` expects true or false, found 1")
+
+
+def test_conversion_that_overflows_is_e421(tmp_path):
+    _nf_models(tmp_path)
+    r = tmp_path / "r.merge"
+    r.write_text('model big = "./big"\noutput o = big { dtype = "float16" }\n')
+    ((code, msg, _),) = _build_diags(r, tmp_path)
+    assert code == "E421"
+    assert msg.startswith("output `o`, tensor `model.layers.0.mlp.weight`: ")
+    assert msg.endswith("beyond the range of float16 (largest 65504) would be written as "
+                        "infinity")
+
+
+# --- D13/D14: a symbolic link as the output folder --------------------------------------
+
+def _link_recipe(family, tmp_path):
+    r = tmp_path / "r.merge"
+    r.write_text(_head(family) + "output o = linear(b, m, weight=[0.5, 0.5])\n")
+    real = tmp_path / "disk" / "o"
+    real.mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    os.symlink(real, tmp_path / "out" / "o")
+    return r, real
+
+
+def test_symlinked_empty_output_folder_is_written_through(family, tmp_path):
+    from mergec.api import build
+
+    r, real = _link_recipe(family, tmp_path)
+    build(r, tmp_path / "out")
+    link = tmp_path / "out" / "o"
+    assert link.is_symlink() and os.path.realpath(link) == str(real)
+    assert (real / "model.safetensors").is_file() and (real / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["o"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["o"]
+
+
+def test_symlinked_output_folder_with_force_leaves_nothing_behind(family, tmp_path):
+    from mergec.api import build
+
+    r, real = _link_recipe(family, tmp_path)
+    (real / "old.txt").write_text("previous build")
+    with pytest.raises(MergecError) as e:
+        build(r, tmp_path / "out")
+    assert [d.code for d in e.value.diagnostics] == ["E413"]
+    build(r, tmp_path / "out", force=True)
+    link = tmp_path / "out" / "o"
+    assert link.is_symlink() and os.path.realpath(link) == str(real)
+    assert not (real / "old.txt").exists() and (real / "model.safetensors").is_file()
+    # no renamed-aside or temporary folder remains, beside the link or the folder
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["o"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["o"]

@@ -58,6 +58,8 @@ output dz = linear(math, code, weight=[1, 0], normalize=false)
 let mix = linear(code, chat, weight=[0.3, 0.7])
 output nz = 0.3 * (0.7 * math + 0.3 * code) + 0.7 * (0.1 * chat + 0.9 * base)
 output sh = 0.5 * slerp(math, mix, t=0.3) + 0.5 * mix
+output ec = base + 0.5 * ties(math - base, code - base, density=0.5)
+    + 0.5 * ties(math - base, chat - base, density=0.5)
 """
 
 

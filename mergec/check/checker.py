@@ -22,12 +22,14 @@ from mergec.check.program import ERROR, CExpr, CheckedProgram, Output
 from mergec.check.report import Reporter
 from mergec.check.scope import Const, Scope
 from mergec.check.settings import Params, SetStatements
+from mergec.check.walk import depth
 from mergec.check.wheres import apply_wheres
 from mergec.diagnostics import Label
 from mergec.io import open_input
 from mergec.io.adapter import open_adapter
 from mergec.io.errors import CheckpointError
 from mergec.lang import ast
+from mergec.limits import MAX_VALUE_DEPTH
 
 
 def check_program(program: ast.Program, *, overrides: dict[str, str] | None = None,
@@ -49,6 +51,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
     params = Params(exprs, overrides)
     inputs: dict[str, CExpr] = {}
     outputs: list[Output] = []
+    depths: dict[int, int] = {}  # checked node id -> depth, shared by the statements
     for st in stmts:
         name = st.name.name
         if isinstance(st, ast.SetStmt):
@@ -74,6 +77,14 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                 outputs.append(out)
         else:
             value = _tensor_statement(exprs, st)
+            if isinstance(value, CExpr) and value.kind != ERROR and \
+                    depth(value, depths) > MAX_VALUE_DEPTH:
+                report.error("E109", f"`{name}` nests values more than {MAX_VALUE_DEPTH:,} "
+                             "levels deep (merges, arithmetic and slices, through `let` "
+                             "statements)", st.expr.span,
+                             "build long chains in several recipes, or combine the steps "
+                             "into one merge call")
+                value = CExpr(ERROR, st.expr.span)
             if isinstance(st, ast.OutputStmt):
                 out = check_output(exprs, st, value)
                 if out is not None:

@@ -164,15 +164,22 @@ class Exprs:
         return self._linear(e.span, [(a, coef)], [a_span])
 
     def _linear(self, span: Span, terms, spans) -> CExpr:
-        flat: list[tuple[CExpr, float]] = []
-        flat_spans: list[Span] = []
+        # flattened, with the coefficients of a term written several times added up: a
+        # combination has one entry per distinct operand however it was written (`let a2 =
+        # a1 + a1` does not double its size)
+        coef: dict[int, float] = {}
+        first: dict[int, tuple[CExpr, Span]] = {}
         for (t, c), sp in zip(terms, spans):
-            if isinstance(t, CLinear):
-                flat += [(x, c * k) for x, k in t.terms]
-                flat_spans += list(t.term_spans)
-            else:
-                flat.append((t, c))
-                flat_spans.append(sp)
+            inner = [(x, c * k, s) for (x, k), s in zip(t.terms, t.term_spans)] \
+                if isinstance(t, CLinear) else [(t, c, sp)]
+            for x, k, s in inner:
+                if id(x) in coef:
+                    coef[id(x)] += k
+                else:
+                    coef[id(x)] = k
+                    first[id(x)] = (x, s)
+        flat = [(first[i][0], k) for i, k in coef.items()]
+        flat_spans = [first[i][1] for i in coef]
         kinds = {t.kind for t, _ in flat}
         if ERROR in kinds:
             return CExpr(ERROR, span)

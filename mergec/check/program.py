@@ -213,6 +213,8 @@ class Settings:
     device: str = "auto"
     shard_size: int | None = None
     max_memory: int | None = None
+    #: write NaN and infinite values a merge produces (by default they stop the build: E421)
+    allow_nonfinite: bool = False
 
 
 DEFAULT_SEED = 0x6D657267  # used and recorded in the model card when no `set seed` is given

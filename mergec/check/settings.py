@@ -23,6 +23,7 @@ SETTINGS = {
     "device": '"auto", "cpu", "cuda", "cuda:N" or "gpu"',
     "shard_size": 'a size such as "5GB"',
     "max_memory": 'a size such as "8GB"',
+    "allow_nonfinite": "true or false",
 }
 _SETTING_HELP = {
     "seed": "for example `set seed = 42`; it seeds every random method, per tensor",
@@ -30,6 +31,8 @@ _SETTING_HELP = {
     "device": 'for example `set device = "cpu"`',
     "shard_size": 'for example `set shard_size = "2GB"`',
     "max_memory": 'for example `set max_memory = "8GB"`',
+    "allow_nonfinite": "`set allow_nonfinite = true` writes NaN and infinite values a merge "
+                       "produces instead of stopping",
 }
 
 
@@ -60,6 +63,8 @@ class SetStatements:
         elif name == "device":
             ok = isinstance(val, str) and (val in ("auto", "cpu", "cuda", "gpu") or
                                            re.fullmatch(r"cuda:\d+", val) is not None)
+        elif name == "allow_nonfinite":
+            ok = v.kind == BOOL
         elif name in ("shard_size", "max_memory"):
             try:
                 val = parse_size(str(val)) if v.kind in (STRING, NUMBER) else None
@@ -77,7 +82,8 @@ class SetStatements:
         s = self.values
         return Settings(seed=s.get("seed", DEFAULT_SEED), seed_explicit="seed" in s,
                         backend=s.get("backend", "auto"), device=s.get("device", "auto"),
-                        shard_size=s.get("shard_size"), max_memory=s.get("max_memory"))
+                        shard_size=s.get("shard_size"), max_memory=s.get("max_memory"),
+                        allow_nonfinite=s.get("allow_nonfinite", False))
 
 
 class Params:

@@ -58,6 +58,11 @@ def apply_wheres(calls_checker: Calls, value: CExpr, wheres) -> CExpr:
             for c in takers[1:]:
                 calls_checker.param_value(c.method.name, c.method.param(key), en.value,
                                           len(c.inputs))
+            if first.method.param(key).per_input and isinstance(pv, tuple) and \
+                    not isinstance(en.value, ast.ListExpr):
+                # one value for every input, of every call, whatever its number of inputs
+                # (the lowering repeats it per input)
+                pv = pv[0]
             values.append((key, pv))
         ov = Override(globs, layers, tuple(values), w.span)
         overrides.append(ov)
@@ -94,22 +99,33 @@ def _check_normalized_weights(calls_checker: Calls, calls: list[CCall], ov: Over
             return
 
 
-def _with_overrides(e: CExpr, overrides: tuple[Override, ...]) -> CExpr:
-    """A copy of the expression tree down to (not including) the inputs, with
-    `overrides` added to every call."""
+def _with_overrides(e: CExpr, overrides: tuple[Override, ...],
+                    memo: dict[int, CExpr] | None = None) -> CExpr:
+    """A copy of the expression down to (not including) the inputs, with `overrides`
+    added to every call. A node used twice is copied once (`memo`), so the copy keeps the
+    DAG's sharing and its size."""
+    if memo is None:
+        memo = {}
     if isinstance(e, CInput) or e.kind == ERROR:
         return e
+    done = memo.get(id(e))
+    if done is not None:
+        return done
+
+    def sub(x):
+        return _with_overrides(x, overrides, memo) if x is not None else None
+
     if isinstance(e, CLinear):
-        return replace(e, terms=tuple((_with_overrides(t, overrides), k) for t, k in e.terms))
-    if isinstance(e, CCall):
-        return replace(e, inputs=tuple(_with_overrides(i, overrides) for i in e.inputs),
-                       base=_with_overrides(e.base, overrides) if e.base is not None else None,
-                       overrides=e.overrides + overrides)
-    if isinstance(e, CSlice):
-        return replace(e, target=_with_overrides(e.target, overrides))
-    if isinstance(e, CStack):
-        return replace(e, parts=tuple(_with_overrides(p, overrides) for p in e.parts),
-                       embed=_with_overrides(e.embed, overrides) if e.embed is not None
-                       else None,
-                       head=_with_overrides(e.head, overrides) if e.head is not None else None)
-    return replace(e)
+        new = replace(e, terms=tuple((sub(t), k) for t, k in e.terms))
+    elif isinstance(e, CCall):
+        new = replace(e, inputs=tuple(sub(i) for i in e.inputs), base=sub(e.base),
+                      overrides=e.overrides + overrides)
+    elif isinstance(e, CSlice):
+        new = replace(e, target=sub(e.target))
+    elif isinstance(e, CStack):
+        new = replace(e, parts=tuple(sub(p) for p in e.parts), embed=sub(e.embed),
+                      head=sub(e.head))
+    else:
+        new = replace(e)
+    memo[id(e)] = new
+    return new

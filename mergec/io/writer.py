@@ -58,6 +58,16 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
+def resolve_target(target: Path) -> Path:
+    """The folder an output is written to. A symbolic link to a folder is followed: the
+    output replaces the folder the link points to, and the link stays as it is (the new
+    folder is made beside the one it replaces, so that the final rename is atomic)."""
+    t = Path(os.path.abspath(Path(target).expanduser()))
+    if t.is_symlink() and t.is_dir():
+        return Path(os.path.realpath(t))
+    return t
+
+
 def check_target(target: Path, force: bool = False) -> None:
     """Check that ``target`` can receive an output checkpoint, before anything is computed.
 
@@ -200,7 +210,7 @@ class OutputWriter:
     def __init__(self, target: Path, tensors: list[tuple[str, tuple[int, ...], str]], *,
                  shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
                  metadata: dict[str, str] | None = None, single_file: str | None = None):
-        self.target = Path(os.path.abspath(Path(target).expanduser()))
+        self.target = resolve_target(target)
         #: write every tensor into this one file, whatever its size (a PEFT adapter's
         #: `adapter_model.safetensors`); None: `model.safetensors` or shards
         self.single_file = single_file

@@ -20,7 +20,7 @@ from mergec.check.program import (
     CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CMoe, CSlice, CStack, Output,
     Ramp,
 )
-from mergec.check.walk import part_model, walk
+from mergec.check.walk import call_numbers, part_model
 from mergec.io.dtypes import MERGE_DTYPES
 from mergec.ir.nodes import Graph, Node
 from mergec.ir.passes import RULES, run_passes
@@ -71,11 +71,16 @@ class _Ctx:
         self.g, self.seed, self.out_name = g, seed, out.name
         self.out_tensor = ""
         # calls numbered in the order they are written (a stable identity for seeds)
-        self._calls = {id(c): i for i, c in enumerate(
-            c for c in walk(out.expr) if isinstance(c, CCall))}
+        self._calls = call_numbers(out.expr)
+        #: (checked node id, tensor name) -> IR node, for the current output tensor: a
+        #: value used twice (a `let`) is lowered once
+        self.memo: dict[tuple[int, str], Node] = {}
 
-    def call_index(self, call: CCall) -> int:
-        return self._calls[id(call)]
+    def call_index(self, call: CCall) -> str:
+        i = self._calls[id(call)]
+        # beyond 10**4000 (a value shared through thousands of nested `let`s), `str` of an
+        # int is refused; hexadecimal has no such limit
+        return str(i) if i.bit_length() < 13000 else f"x{i:x}"
 
 
 def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutput:
@@ -83,6 +88,7 @@ def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutp
     tensors: list[OutTensor] = []
     for name, meta in out.expr.tensors.items():
         ctx.out_tensor = name
+        ctx.memo.clear()
         value = _lo(out.expr, name, ctx)
         if meta.dtype in MERGE_DTYPES:
             dtype = out.dtype or _default_dtype(out, meta.dtype)
@@ -100,6 +106,14 @@ def _default_dtype(out: Output, own: str) -> str:
 
 
 def _lo(e: CExpr, name: str, ctx: "_Ctx") -> Node:
+    key = (id(e), name)
+    node = ctx.memo.get(key)
+    if node is None:
+        node = ctx.memo[key] = _lower_node(e, name, ctx)
+    return node
+
+
+def _lower_node(e: CExpr, name: str, ctx: "_Ctx") -> Node:
     g = ctx.g
     if isinstance(e, CInput):
         m = e.tensors[name]
@@ -179,7 +193,7 @@ def _lo_call(e: CCall, name: str, ctx: "_Ctx") -> Node:
           else _lo(i, name, ctx) for i in e.inputs]
     # the seed names the output tensor (not the call's local name: two runs of blocks in a
     # stack differ) and the call (two random calls in one output draw different masks)
-    s = derive_seed(ctx.seed, ctx.out_name, ctx.out_tensor, str(ctx.call_index(e))) \
+    s = derive_seed(ctx.seed, ctx.out_name, ctx.out_tensor, ctx.call_index(e)) \
         if m.random else None
     if params.get("trim") == "model":
         # the threshold is taken over the whole model: a placeholder the executor fills

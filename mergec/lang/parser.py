@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -29,6 +30,7 @@ from lark.exceptions import (
 
 from mergec.diagnostics import Diagnostic, Label, MergecError, Span
 from mergec.lang import ast
+from mergec.limits import paused_gc
 
 KEYWORDS = ("model", "adapter", "param", "set", "let", "output", "where", "and", "true", "false")
 STATEMENT_KEYWORDS = ("model", "adapter", "param", "set", "let", "output")
@@ -467,6 +469,11 @@ _STMT_START = re.compile(r"^[ \t]*(" + "|".join(STATEMENT_KEYWORDS) + r")\b", re
 
 def parse(text: str, file: str = "<recipe>") -> ast.Program:
     """Parse recipe text. Raises MergecError with every syntax error found."""
+    with paused_gc():
+        return _parse(text, file)
+
+
+def _parse(text: str, file: str) -> ast.Program:
     try:
         stmts, comments = _parse_once(text, file)
         return ast.Program(tuple(stmts), tuple(comments), file, text)
@@ -488,12 +495,17 @@ def _diagnose_by_statement(text: str, file: str) -> list[Diagnostic]:
         starts = [0] + starts
     bounds = list(zip(starts, starts[1:] + [len(text)]))
     out: list[Diagnostic] = []
+    line0, counted = 0, 0  # lines before the statement (counted once, as it goes)
     for a, b in bounds:
-        padded = re.sub(r"[^\n]", " ", text[:a]) + text[a:b]
+        line0 += text.count("\n", counted, a)
+        counted = a
+        # each statement is parsed alone (it starts a line), then its spans are moved to
+        # where it is in the file: time linear in the recipe's size
+        chunk = text[a:b]
         try:
-            _parse_once(padded, file)
+            _parse_once(chunk, file)
         except UnexpectedInput as e:
-            d = _diagnose(e, file, padded, a)
+            d = _moved(_diagnose(e, file, chunk, 0), line0, a)
             if d.code == "E103" and b < len(text):
                 # the statement ends where the next one starts: point at that keyword
                 kw = _STMT_START.match(text, b)
@@ -512,8 +524,21 @@ def _diagnose_by_statement(text: str, file: str) -> list[Diagnostic]:
                                    "before it is incomplete", span, d.help)
             out.append(d)
         except _SyntaxProblem as p:
-            out.append(_problem_diag(p, file))
+            out.append(_moved(_problem_diag(p, file), line0, a))
     return out
+
+
+def _moved(d: Diagnostic, lines: int, offset: int) -> Diagnostic:
+    """`d`, found in a statement parsed alone, with its spans moved down `lines` lines and
+    `offset` characters (the statement starts a line, so columns stay)."""
+    def mv(s: Span | None) -> Span | None:
+        if s is None:
+            return None
+        return replace(s, line=s.line + lines, end_line=s.end_line + lines,
+                       start=s.start + offset, end=s.end + offset)
+
+    return replace(d, span=mv(d.span),
+                   labels=tuple(replace(lb, span=mv(lb.span)) for lb in d.labels))
 
 
 def parse_file(path: str | Path) -> ast.Program:

@@ -20,6 +20,7 @@ from typing import Callable
 from mergec import __version__
 from mergec.check.program import CheckedProgram
 from mergec.io.dtypes import itemsize
+from mergec.io.errors import CheckpointError
 from mergec.runtime.output_files import write_files
 from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
 from mergec.ir.lower import LoweredOutput
@@ -78,6 +79,11 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
         path = _write_output(lo, checked, target, backend, steps, stats, pool, ex.workers,
                              force=force, shard_size=shard_size, progress=progress,
                              trace=trace, open_writer=open_writer, executor=executor)
+    except CheckpointError as e:
+        if e.code == "E421":  # raised by a step, which does not know the output's name
+            raise CheckpointError(e.code, f"output `{lo.output.name}`, {e.message}",
+                                  e.help) from None
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -16,7 +16,8 @@ from mergec.check.program import CheckedProgram
 from mergec.io.dtypes import numpy_dtype
 from mergec.ir.linear import linear_coeffs
 from mergec.ir.lower import OutTensor
-from mergec.ir.nodes import Node
+from mergec.io.errors import CheckpointError
+from mergec.ir.nodes import Node, topo
 from mergec.methods import REGISTRY, run_method
 from mergec.runtime.prepass import (Blocks, TensorStats, block_masks, kept_values,
                                     resolve_stats, tensor_stats)
@@ -130,11 +131,28 @@ def merge_call(n: Node, args: list, backend, stats, rows, ctx, block: int):
                       n.attr("seed"))
 
 
+def _converted(t: OutTensor, a, checked, rows=None):
+    """`a` converted to the output's dtype, with E421 where that overflows it."""
+    out = convert(a, t.dtype)
+    if not checked.settings.allow_nonfinite and not all_finite(out) and all_finite(a):
+        import ml_dtypes  # noqa: PLC0415 - only on this error path
+
+        bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        top = float(ml_dtypes.finfo(out.dtype).max)
+        where = f" (rows {rows[0]} to {rows[1] - 1})" if rows is not None else ""
+        raise CheckpointError(
+            "E421", f"tensor `{t.name}`{where}: {bad:,} value{'s' if bad != 1 else ''} "
+            f"beyond the range of {t.dtype} (largest {top:g}) would be written as infinity",
+            _WIDER_HELP)
+    return out
+
+
 def _copy_rows(t: OutTensor, rows, checked, writer) -> None:
     root = t.node
     src = checked.source(root.attr("source"))
     a = src.read_rows(root.attr("tensor"), *rows)
-    writer.write_rows(t.name, rows[0], a if root.op == "copy" else convert(a, t.dtype))
+    writer.write_rows(t.name, rows[0], a if root.op == "copy" else
+                      _converted(t, a, checked, rows))
 
 
 def _write_whole_copy(t: OutTensor, checked, writer) -> None:
@@ -142,7 +160,7 @@ def _write_whole_copy(t: OutTensor, checked, writer) -> None:
     src = checked.source(root.attr("source"))
     name = root.attr("tensor")
     if root.op == "convert":
-        writer.write(t.name, convert(src.read(name), t.dtype))
+        writer.write(t.name, _converted(t, src.read(name), checked))
         return
     read_raw = getattr(src, "read_raw", None)
     if read_raw is None or getattr(src, "format", "") == "bin":  # no raw bytes in a pickle
@@ -172,6 +190,7 @@ def run_step(t: OutTensor, step: TensorStep, checked: CheckedProgram, backend, w
         return evaluate(call, checked, backend, stats, rows=rows, ctx=ctx, block=b,
                         args_of_root=True)
 
+    allow_nonfinite = checked.settings.allow_nonfinite
     ctx = tensor_stats(value, backend, stats, blocks, args_of)
     done["passes"] = list(ctx.passes) if ctx is not None else []
 
@@ -180,6 +199,8 @@ def run_step(t: OutTensor, step: TensorStep, checked: CheckedProgram, backend, w
         v = evaluate(value, checked, backend, stats, rows=rows, ctx=ctx, block=b,
                      given=kept_values(ctx, value, b), seen=seen)
         out = backend.to_numpy(backend.to_float32(v), t.dtype)
+        if not allow_nonfinite and not all_finite(out):
+            nonfinite_problem(t, value, v, out, checked, backend, rows)
         if rows is None:
             writer.write(t.name, out)
         else:
@@ -187,3 +208,47 @@ def run_step(t: OutTensor, step: TensorStep, checked: CheckedProgram, backend, w
 
     blocks.map(one)
     return done
+
+
+_WIDER_HELP = ("store the output in a wider dtype (`dtype = \"bfloat16\"` or `\"float32\"` "
+               "in its options), or `set allow_nonfinite = true` to write them anyway")
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether a computed tensor (in its storage dtype) holds no NaN or infinity."""
+    if a.dtype.kind in "iub":
+        return True
+    return bool(np.isfinite(a).all())
+
+
+def nonfinite_problem(t: OutTensor, value: Node, v, out: np.ndarray, checked: CheckedProgram,
+                      backend, rows) -> None:
+    """Raise E421 for a computed tensor with NaN or infinite values, unless an input it
+    reads has some too (then they are the input's, carried through). Runs only when the
+    tensor has such values, so it may read its inputs again."""
+    for n in topo(value):
+        if n.op != "load":
+            continue
+        src = checked.source(n.attr("source"))
+        name = n.attr("tensor")
+        a = src.read(name) if rows is None or len(n.shape) == 0 else \
+            src.read_rows(name, *rows)
+        if not all_finite(np.asarray(a, dtype=np.float32)):
+            return
+    bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    wide = backend.to_numpy(backend.to_float32(v), "float32")
+    where = f" (rows {rows[0]} to {rows[1] - 1})" if rows is not None else ""
+    if all_finite(wide):
+        import ml_dtypes  # noqa: PLC0415 - only on this error path
+
+        top = float(ml_dtypes.finfo(out.dtype).max)  # numpy's dtypes and bfloat16, float8
+        raise CheckpointError(
+            "E421", f"tensor `{t.name}`{where}: {bad:,} value{'s' if bad != 1 else ''} "
+            f"beyond the range of {t.dtype} (largest {top:g}) would be written as infinity",
+            _WIDER_HELP)
+    raise CheckpointError(
+        "E421", f"tensor `{t.name}`{where}: the merge produced {bad:,} NaN or infinite "
+        f"value{'s' if bad != 1 else ''}, and no input has any",
+        "a method divided by zero or overflowed (weights of a huge magnitude, a slerp "
+        "between a zero and a non-zero tensor, ...): check the weights; `set "
+        "allow_nonfinite = true` writes such values anyway")

@@ -264,8 +264,9 @@ def block_masks(n: Node, params: dict, args, rows, backend, found, block: int) -
             return tuple(np.unpackbits(drawn[(block, i)], count=math.prod(shape)).view(bool)
                          .reshape(shape) if d < 1.0 else np.ones(shape, dtype=bool)
                          for i, d in enumerate(dens))
-        return tuple(keep_mask_rows(n.attr("seed"), i, n.shape, d, *rows) if d < 1.0
-                     else np.ones((rows[1] - rows[0],) + n.shape[1:], dtype=bool)
+        return tuple((keep_mask(n.attr("seed"), i, n.shape, d) if rows is None else
+                      keep_mask_rows(n.attr("seed"), i, n.shape, d, *rows)) if d < 1.0
+                     else np.ones(shape, dtype=bool)
                      for i, d in enumerate(dens))
     if params.get("trim") == "model":  # the model-wide threshold applies as it is
         thr = params["thresholds"]
