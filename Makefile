@@ -24,7 +24,7 @@ DEMO_CKPT ?= recipes/ckpt
 DEMO_OUT  ?= out
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-core demo test test-full test-core fmt-check docs clean distclean
+.PHONY: help venv venv-core demo test test-full test-core parity fmt-check docs clean distclean
 
 help:
 	@echo "make venv       create .venv and install mergec with its torch, jax and test extras"
@@ -33,6 +33,7 @@ help:
 	@echo "make test       run the test suite in .venv, then its torch-free part in .venv-core"
 	@echo "make test-full  run the test suite in .venv (torch and jax installed)"
 	@echo "make test-core  run the tests that need neither torch nor jax in .venv-core"
+	@echo "make parity     compare with mergekit 0.1.5 (needs scripts/parity-venv.sh first)"
 	@echo "make fmt-check  check that recipes/*.merge are formatted"
 	@echo "make docs       regenerate the generated docs"
 	@echo "make clean      remove outputs and build artefacts (keeps .venv and .venv-core)"
@@ -92,6 +93,20 @@ test-core: venv-core
 	@if $(CORE_PY) -c 'import xdist' 2>/dev/null; then n="-n $(JOBS)"; else n=""; fi; \
 	echo "$(CORE_PY) -m pytest -q $$n -m '$(CORE_MARKS)' $(PYTEST_ARGS)"; \
 	$(CORE_PY) -m pytest -q $$n -m '$(CORE_MARKS)' $(PYTEST_ARGS) || test $$? -eq 5
+
+# Not part of `make test`: needs mergekit 0.1.5 in its own venv (scripts/parity-venv.sh,
+# or MERGEKIT_PYTHON). Builds every tests/parity config with mergekit, the hand-written
+# recipes and the `mergec import` of each config with mergec, and compares every tensor.
+MERGEKIT_PYTHON ?= benchmarks/work/mergekit-venv/bin/python
+
+parity: venv
+	@if [ ! -x "$(MERGEKIT_PYTHON)" ]; then \
+	  echo "make parity: no mergekit at $(MERGEKIT_PYTHON); run scripts/parity-venv.sh" \
+	    "or set MERGEKIT_PYTHON" >&2; \
+	  exit 1; \
+	fi
+	MERGEKIT_PYTHON="$(abspath $(MERGEKIT_PYTHON))" PARITY_REPORT=parity-report.jsonl \
+	  $(PY) -m pytest -q -m parity tests/parity $(PYTEST_ARGS)
 
 fmt-check: venv
 	$(MERGEC) fmt --check recipes/*.merge

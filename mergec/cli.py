@@ -454,6 +454,34 @@ def fmt(files: List[Path] = typer.Argument(..., help="Recipes to format."),
             print(f"formatted {c}")
 
 
+@app.command("import")
+@_guard
+def import_(config: Path = typer.Argument(..., help="The mergekit YAML config."),
+            out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                               help="Write the recipe to this file "
+                                               "[default: print it]."),
+            name: Optional[str] = typer.Option(None, "--name",
+                                               help="The output's name [default: merged]."),
+            base_dir: Optional[Path] = typer.Option(
+                None, "--base-dir", help="Where the config's relative model paths are, as "
+                "mergekit reads them from its working folder [default: the current folder]."),
+            output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Convert a mergekit YAML config into a formatted .merge recipe."""
+    from mergec.tools.mergekit_import import import_file
+
+    result = import_file(config, out=out, base_dir=base_dir, name=name)
+    if result.warnings and output_format == Fmt.text:
+        _err(render_all(result.warnings, SourceMap()))
+    elif result.warnings:
+        _err(to_json(result.warnings))
+    if out is None:
+        sys.stdout.write(result.text)
+    else:
+        out.write_text(result.text, encoding="utf-8")
+        print(f"wrote {out} ({len(result.outputs)} output"
+              f"{'s' if len(result.outputs) != 1 else ''}: {', '.join(result.outputs)})")
+
+
 @app.command()
 def explain(code: str = typer.Argument(..., help="A diagnostic code, e.g. E201.")):
     """Explain a diagnostic code."""

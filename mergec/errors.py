@@ -158,6 +158,61 @@ ERRORS: dict[str, tuple[str, str]] = {
              "tensor at once (breadcrumbs, della, sce, nuslerp over columns of a matrix) and "
              "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
+    "E240": ("mergekit config is not valid YAML",
+             "`mergec import` reads a mergekit YAML config and could not parse it; the "
+             "position is where the YAML parser stopped. Example: a tab used for "
+             "indentation, or `models:` followed by an unindented `- model: x`."),
+    "E241": ("mergekit config key that cannot be imported",
+             "`mergec import` found a key it does not know, or one with no mergec "
+             "counterpart: `modules` (per-module merges of multimodal models), a slice's "
+             "`residual_weight`, a LoRA applied to a slice (an adapter cannot be sliced). "
+             "Nothing is dropped silently: remove the key, or merge that part with mergekit. "
+             "Example: `merge_methd: ties` (a typo) is reported at its line."),
+    "E242": ("mergekit merge method without a mergec counterpart",
+             "The config's `merge_method` is not one mergec imports. mergec imports linear, "
+             "task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
+             "della, della_linear, sce, slerp, nuslerp, multislerp, karcher, model_stock, "
+             "nearswap and passthrough. Example: `merge_method: arcee_fusion`."),
+    "E243": ("mergekit parameter that cannot be imported",
+             "A parameter the method does not take (in mergekit or in mergec), or a value "
+             "mergec cannot express: a gradient of strings or true/false values, a value "
+             "that is not a finite number, different values per model of a parameter mergec "
+             "takes once per call (`lambda`), more than 6 filters of one parameter. "
+             "Example: `parameters: {t: [\"a\", \"b\"]}`."),
+    "E244": ("malformed mergekit config",
+             "The config does not have the shape mergekit requires: no `merge_method`, both "
+             "or neither of `models` and `slices`, a model entry without `model:`, a "
+             "`layer_range` that is not `[start, end]`, a method that needs `base_model` "
+             "without one (task_arithmetic, ties, ...), a weight given for some models and "
+             "not for others. Example: `merge_method: ties` with no `base_model`."),
+    "E245": ("mergekit tokenizer setting that cannot be imported",
+             "mergec copies one model's tokenizer files (`tokenizer = NAME` in the output's "
+             "option block). `tokenizer_source: union`, a `tokenizer:` block (merged "
+             "vocabularies, added tokens) and `chat_template` build a new tokenizer, which "
+             "mergec does not. Example: `tokenizer_source: union`; write `tokenizer_source: "
+             "base` or a model instead."),
+    "W330": ("mergekit counts kept entries differently",
+             "mergekit keeps `int(density * n)` entries of a tensor of n entries (TIES, "
+             "breadcrumbs; `select_topk` of sce) and mergec `round_half_up(density * n)`, "
+             "so where the product has a fractional part of 0.5 or more mergec keeps one "
+             "entry more per input. `mergec import` warns where a density below 1 is "
+             "imported; docs/parity.md shows the per-tensor-size `where` that reproduces "
+             "mergekit's count exactly. Also given when the import cannot translate "
+             "breadcrumbs' density-1 and density + gamma > 1 cases because they vary by "
+             "tensor. Example: `density: 0.3` over a 4096-entry tensor keeps 1228 in "
+             "mergekit and 1229 in mergec."),
+    "W331": ("mergekit computes this differently",
+             "The imported recipe runs the same method, but the numbers will differ from "
+             "mergekit's by a known amount: random methods draw other random numbers (the "
+             "same distribution), mergekit computing in bfloat16 or float16 (`dtype:`) where "
+             "mergec computes in float32, nuslerp's threshold for linear interpolation, "
+             "multislerp with more than two inputs, karcher's last step. docs/parity.md "
+             "measures each. Example: `dtype: bfloat16` without `out_dtype`."),
+    "W332": ("mergekit ignores this parameter here",
+             "A parameter that mergekit reads only from the merge's (or a slice's) "
+             "`parameters:` is given for one model, where mergekit does not look; the "
+             "imported recipe ignores it too. Example: `normalize: false` under one model of "
+             "a ties merge."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "
