@@ -482,6 +482,46 @@ def import_(config: Path = typer.Argument(..., help="The mergekit YAML config.")
               f"{'s' if len(result.outputs) != 1 else ''}: {', '.join(result.outputs)})")
 
 
+@app.command("diff")
+@_guard
+def diff_(a: str = typer.Argument(..., help="A checkpoint folder (or hub id), or a .merge recipe."),
+          b: Optional[str] = typer.Argument(None, help="The other one, of the same kind."),
+          git: Optional[str] = typer.Option(None, "--git", help="Recipes: compare recipe A at "
+                                            "this git revision with A as it is now."),
+          tensors: bool = typer.Option(False, "--tensors", help="List every tensor."),
+          as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Compare two checkpoints tensor by tensor, or two recipes by what they compute."""
+    from mergec.tools import diff as d
+
+    recipes = a.endswith(".merge") or git is not None
+    if recipes and git is not None:
+        if b is not None:
+            raise UsageError(Diagnostic("E502", "give one recipe with --git, not two",
+                                        help=f"mergec diff {a} --git REV"))
+        res = d.diff_recipes(a, a, text_a=d.git_text(Path(a), git))
+        res.a = f"{a}@{git}"
+    elif b is None:
+        raise UsageError(Diagnostic("E502", "diff needs two checkpoints or two recipes",
+                                    help="mergec diff A B, or mergec diff RECIPE --git REV"))
+    elif recipes != b.endswith(".merge"):
+        raise UsageError(Diagnostic("E502", "diff compares two checkpoints or two recipes, "
+                                    "not one of each"))
+    elif recipes:
+        for r in (a, b):
+            if not Path(r).is_file():
+                raise UsageError(Diagnostic("E501", f"cannot read recipe `{r}`: no such file"))
+        res = d.diff_recipes(a, b)
+    else:
+        res = d.diff_checkpoints(a, b)
+    if as_json:
+        print(json.dumps(res.to_json(), indent=2))
+    elif isinstance(res, d.RecipeDiff):
+        print(d.recipe_table(res, tensors))
+    else:
+        print(d.checkpoint_table(res, tensors))
+
+
 @app.command()
 def explain(code: str = typer.Argument(..., help="A diagnostic code, e.g. E201.")):
     """Explain a diagnostic code."""
