@@ -40,10 +40,11 @@ def parse(text: str, file: str = "<recipe>") -> ast.Program:
 
 
 def check(recipe: str | Path, *, text: str | None = None,
-          overrides: dict[str, str] | None = None, base_dir: Path | None = None
-          ) -> CheckedProgram:
+          overrides: dict[str, str] | None = None, base_dir: Path | None = None,
+          pins: dict[str, str] | None = None) -> CheckedProgram:
     """Parse and check a recipe file (or `text`, reported as `recipe`). Reads config.json
-    and tensor headers of every input, never tensor data."""
+    and tensor headers of every input, never tensor data. `pins` replaces source texts
+    (a lock file's hub commits: `org/x` -> `org/x@COMMIT`)."""
     if text is None:
         text, file = read_recipe(recipe)
     else:
@@ -51,13 +52,21 @@ def check(recipe: str | Path, *, text: str | None = None,
     program = _parse(text, file)
     if base_dir is None:
         base_dir = Path(file).resolve().parent
-    return check_program(program, overrides=overrides, base_dir=base_dir)
+    loaders = {}
+    if pins:
+        from mergec.io import open_input
+        from mergec.io.adapter import open_adapter
+
+        loaders = {"loader": lambda raw, d: open_input(pins.get(raw, raw), d),
+                   "adapter_loader": lambda raw, d: open_adapter(pins.get(raw, raw), d)}
+    return check_program(program, overrides=overrides, base_dir=base_dir, **loaders)
 
 
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
             overrides: dict[str, str] | None = None, passes: bool = True,
             max_memory: int | None = None, backend: str | None = None,
-            device: str | None = None, jobs: int | None = None) -> Compiled:
+            device: str | None = None, jobs: int | None = None,
+            pins: dict[str, str] | None = None) -> Compiled:
     """Check, lower to per-tensor IR and (unless `passes=False`) optimize, and schedule
     the build: its memory limit (`max_memory` or `set max_memory`), backend, device and
     workers (`jobs`) are those a build with the same arguments gets, so the plan's steps
@@ -66,7 +75,7 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     from mergec.runtime.schedule import execution, make_plan, memory_warnings
 
     _check_size("max_memory", max_memory)
-    checked = check(recipe, text=text, overrides=overrides)
+    checked = check(recipe, text=text, overrides=overrides, pins=pins)
     lowered = lower(checked)
     if passes:
         optimize(lowered)

@@ -331,9 +331,13 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
               None, "--jobs", "-j", min=1, max=256,
               help="Parallel workers on a CPU [default: the CPUs available, at most 8]; "
               "the result is the same for any number."),
+          locked: bool = typer.Option(
+              False, "--locked", help="Stop before computing unless the inputs match "
+              "RECIPE.lock: file contents and hub revisions (`mergec lock`)."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Check, compile and build every output of a recipe."""
     from mergec.api import build as api_build, check_targets, compile as api_compile
+    from mergec.tools import lock as lk
 
     size = _size(shard_size, "--shard-size")
     limit = _size(max_memory, "--max-memory")
@@ -347,8 +351,14 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
             not device.startswith("cuda:"):
         raise UsageError(Diagnostic("E502", f"unknown device `{device}`",
                                     help="use cpu, cuda or auto"))
+    lock_file = lk.lock_path(recipe)
+    lock = lk.load(lock_file) if locked or lock_file.exists() else None
     compiled = api_compile(recipe, overrides=_overrides(set_), max_memory=limit,
-                           backend=backend, device=device, jobs=jobs)
+                           backend=backend, device=device, jobs=jobs,
+                           pins=lk.pins(lock) if lock is not None else None)
+    if lock is not None:  # hub inputs are pinned to the locked commits; the rest is compared
+        compiled.checked.warnings += lk.check_build(compiled.checked, lock, lock_file.name,
+                                                    locked=locked)
     _warn(compiled.checked, output_format)
     check_targets(compiled, out_dir, force)
     if dry_run:
@@ -520,6 +530,35 @@ def diff_(a: str = typer.Argument(..., help="A checkpoint folder (or hub id), or
         print(d.recipe_table(res, tensors))
     else:
         print(d.checkpoint_table(res, tensors))
+
+
+@app.command("lock")
+@_guard
+def lock_(recipe: Path = typer.Argument(..., help="The .merge recipe."),
+          check_: bool = typer.Option(False, "--check", help="Compare the inputs with "
+                                      "RECIPE.lock (contents, hub revisions); write nothing."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Pin every input of a recipe (hub commits, file fingerprints) in RECIPE.lock."""
+    from mergec.api import check as api_check
+    from mergec.tools import lock as lk
+
+    lock_file = lk.lock_path(recipe)
+    if check_:
+        lock = lk.load(lock_file)
+        checked = api_check(recipe, overrides=_overrides(set_), pins=lk.pins(lock))
+        lk.check_build(checked, lock, lock_file.name, locked=True)
+        print(f"{recipe}: every input matches {lock_file.name}")
+        return
+    checked = api_check(recipe, overrides=_overrides(set_))
+    _warn(checked, output_format)
+    lock = lk.make_lock(checked)
+    tmp = lock_file.with_name(lock_file.name + ".tmp")
+    tmp.write_text(lk.dumps(lock), encoding="utf-8")
+    os.replace(tmp, lock_file)
+    n = sum(len(i.files) for i in lock.inputs)
+    print(f"wrote {lock_file} ({len(lock.inputs)} input{'s' if len(lock.inputs) != 1 else ''}, "
+          f"{n} file{'s' if n != 1 else ''})")
 
 
 @app.command()

@@ -213,6 +213,32 @@ ERRORS: dict[str, tuple[str, str]] = {
              "`parameters:` is given for one model, where mergekit does not look; the "
              "imported recipe ignores it too. Example: `normalize: false` under one model of "
              "a ties merge."),
+    "E440": ("input differs from the lock file",
+             "`mergec build --locked` (and `mergec lock --check`) compare every input of the "
+             "recipe with `RECIPE.lock`, written by `mergec lock`, before computing anything, "
+             "and report each difference: a file whose content (sha256), size or "
+             "safetensors header changed, a file that is new or gone, an input whose source "
+             "changed or that the lock does not have, a hub revision that points to another "
+             "commit than the locked one. Nothing is built. Run `mergec lock RECIPE` when the "
+             "change is meant. Example: one byte of `ckpt/math/model.safetensors` changed "
+             "since the lock was written."),
+    "E441": ("lock file missing or unreadable",
+             "`--locked` and `mergec lock --check` need `RECIPE.lock` next to the recipe; "
+             "a lock file that is not valid TOML, or of another version, is refused. Write it "
+             "with `mergec lock RECIPE`. Example: `mergec build r.merge --locked` with no "
+             "`r.merge.lock`."),
+    "E442": ("input cannot be fingerprinted",
+             "`mergec lock` records a sha256 for every file of every input. A hub file is "
+             "fingerprinted from the hub's metadata (the Git LFS object id of the weights) "
+             "or, when it is downloaded, from its bytes; a file that is neither downloaded nor "
+             "described by the hub (offline, unreachable) cannot be locked. Example: a hub "
+             "model checked from remote headers, locked with `HF_HUB_OFFLINE=1`."),
+    "W333": ("input differs from the lock file",
+             "A build of a recipe with a `RECIPE.lock` compares the inputs' file sizes and "
+             "safetensors headers with it, and warns about each difference (the file content "
+             "is compared by `--locked`, which stops instead). Hub inputs are built at the "
+             "locked commit, whatever their revision points to now. Example: a shard added "
+             "to a local model folder since `mergec lock`."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "
