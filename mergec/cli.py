@@ -386,7 +386,15 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
             help_ = "choose another backend with `--backend`"
         raise UsageError(Diagnostic("E503", text, help=help_)) from None
     for r in results:
-        _say(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
+        if getattr(r, "skipped", False):
+            _say(f"{r.output}: up to date ({r.tensors} tensors), nothing written")
+            continue
+        done = f"{r.tensors} tensors"
+        if getattr(r, "recomputed", None) is not None and r.recomputed < r.tensors:
+            done = f"recomputed {r.recomputed} of {r.tensors} tensors"
+            if getattr(r, "resumed", 0):
+                done += f", {r.resumed} from an interrupted build"
+        _say(f"wrote {r.output}: {r.path} ({done}, {_human(r.bytes_written)}, "
              f"{r.seconds:.1f}s)")
 
 

@@ -301,7 +301,8 @@ def pins(lock: Lock) -> dict[str, str]:
 # --- checking --------------------------------------------------------------------------
 
 
-def drift(checked, lock: Lock, lock_file: str, *, strict: bool) -> list[tuple[str, str, Span | None]]:
+def drift(checked, lock: Lock, lock_file: str, *,
+          strict: bool) -> list[tuple[str, str, Span | None]]:
     """Every difference between the inputs of ``checked`` and the lock, as (kind, message,
     span): kind "drift" (an input differs) or "moved" (a hub revision points elsewhere
     now; the build uses the locked commit). ``strict`` also hashes every file and asks
@@ -383,5 +384,6 @@ def check_build(checked, lock: Lock, lock_file: str, *, locked: bool) -> list[Di
             f"`mergec lock {checked.file}` records the inputs as they are now, if the change "
             "is meant") for k, msg, span in found])
     return [Diagnostic("W333", msg, span, help=f"`mergec lock {checked.file}` records the "
-                       "inputs as they are now; `build --locked` refuses to build", severity="warning")
+                       "inputs as they are now; `build --locked` refuses to build",
+                       severity="warning")
             for _, msg, span in found]
