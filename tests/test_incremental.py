@@ -131,3 +131,17 @@ def test_sigkilled_build_resumes_from_its_staging_folder(work, jobs):
     assert [r.resumed for r in results[1:]] == [0, 0]
     assert sorted(p.name for p in (work / "out").iterdir()) == ["a", "b", "c"]
     _same_as_clean(work, work / "out", RECIPE + 'set shard_size = "20KB"\n')
+
+
+def test_model_wide_trim_recomputes_the_whole_output(work):
+    """TIES with trim="model" ranks the tensors of an output together: a change in some of
+    them moves the threshold of the others, so every tensor of that output is computed."""
+    text = RECIPE.replace("density=0.5)", 'density=0.5, trim="model")\n'
+                          '    where "*.mlp.*" { density = 0.3 }')
+    (work / "r.merge").write_text(text)
+    mergec.api.build(work / "r.merge", work / "out")
+    text = text.replace("density = 0.3", "density = 0.4")
+    (work / "r.merge").write_text(text)
+    results = mergec.api.build(work / "r.merge", work / "out")
+    assert [(r.output, r.recomputed) for r in results] == [("a", 0), ("b", 0), ("c", 21)]
+    _same_as_clean(work, work / "out", text)

@@ -14,16 +14,34 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from mergec.ir.nodes import Node, format_value
+from mergec.ir.nodes import Node, format_value, topo
+from mergec.ir.placeholders import ModelTopK
 
 #: bumped when the meaning of a key changes
 KEY_VERSION = "mergec-tensor-key-v1"
 
 
 def tensor_keys(roots: list[Node], source_id: Callable[[str], str]) -> list[str]:
-    """One hex key per root. Shared sub-expressions are hashed once."""
+    """One hex key per root (the tensors of one output). Shared sub-expressions are hashed
+    once. Where a computation depends on the whole output (TIES with `trim="model"`: a
+    threshold over every tensor that shares its call), every key also covers all the
+    others, so that a change anywhere changes them all."""
     memo: dict[int, str] = {}
-    return [_key(r, source_id, memo) for r in roots]
+    keys = [_key(r, source_id, memo) for r in roots]
+    if any(_model_wide(n) for r in roots for n in topo(r)):
+        whole = hashlib.sha256("\0".join(keys).encode()).hexdigest()
+        keys = [hashlib.sha256(f"{k}\0{whole}".encode()).hexdigest() for k in keys]
+    return keys
+
+
+def _model_wide(n: Node) -> bool:
+    def has(v) -> bool:
+        if isinstance(v, ModelTopK):
+            return True
+        if isinstance(v, (tuple, list)):
+            return any(has(x) for x in v)
+        return False
+    return any(has(v) for _, v in n.attrs)
 
 
 def _key(root: Node, source_id: Callable[[str], str], memo: dict[int, str]) -> str:
