@@ -337,9 +337,7 @@ PAIRS = [  # (config, hand-written recipe, its output)
     ("slerp_gradient", "slerp", "slerp_gradient"),
     ("slerp_slices", "slerp", "slerp_slices_last"),
     ("passthrough_slices", "passthrough", "passthrough_slices"),
-    ("nuslerp_rows", "nuslerp", "nuslerp_rows"),
     ("breadcrumbs_density1", "breadcrumbs", "breadcrumbs_density1_gamma0"),
-    ("breadcrumbs_overlap", "breadcrumbs", "breadcrumbs_overlap_gamma"),
     ("model_stock", "model_stock", "model_stock"),
     ("dare_ties", "random", "dare_ties"),
 ]
@@ -353,9 +351,26 @@ def parity_ckpt(tmp_path_factory):
     sizes = dict(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=128,
                  dtype="float32")
     make_family(root / "ckpt", names=("base", "a", "b", "c"), seed=0, noise=0.02, **sizes)
-    make_llama(root / "ckpt" / "tiny1", base=root / "ckpt" / "base", seed=11, noise=0.0002,
-               **sizes)
+    for i, name in enumerate(("tiny1", "tiny2", "half1", "half2", "half3")):
+        make_llama(root / "ckpt" / name, base=root / "ckpt" / "base", seed=11 + i,
+                   noise=0.0002, **sizes)
     return root
+
+
+def test_every_parity_config_imports_to_a_recipe_that_checks(parity_ckpt):
+    import mergec.api
+    from mergec.lang.fmt import format_text
+
+    configs = sorted((PARITY / "configs").glob("*.yml"))
+    assert len(configs) == 41
+    for cfg in configs:
+        got = import_text(cfg.read_text(), cfg.name, out_dir=parity_ckpt,
+                          base_dir=parity_ckpt)
+        assert format_text(got.text) == got.text, cfg.name  # canonical
+        path = parity_ckpt / f"check_{cfg.stem}.merge"
+        path.write_text(got.text)
+        checked = mergec.api.check(path)
+        assert [o.name for o in checked.outputs] == ["merged"], cfg.name
 
 
 def _one_output(recipe: str, output: str) -> str:
