@@ -188,7 +188,7 @@ def check(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     """Check a recipe and its inputs (config.json and tensor headers only)."""
     from mergec.api import check as api_check
 
-    checked = api_check(recipe, overrides=_overrides(set_))
+    checked = api_check(recipe, overrides=_overrides(set_), pins=_lock_pins(recipe))
     _warn(checked, output_format)
     if output_format == Fmt.json:
         print(json.dumps({"diagnostics": [d.to_dict() for d in checked.warnings],
@@ -197,6 +197,15 @@ def check(recipe: Path = typer.Argument(..., help="The .merge recipe."),
         n = len(checked.outputs)
         print(f"{recipe}: ok ({len(checked.inputs)} input{'s' if len(checked.inputs) != 1 else ''}"
               f", {n} output{'s' if n != 1 else ''})")
+
+
+def _lock_pins(recipe: Path) -> Optional[dict]:
+    """The hub commits of RECIPE.lock, when the recipe has one: check, plan and build
+    open hub models at them."""
+    from mergec.tools.lock import load, lock_path, pins
+
+    path = lock_path(recipe)
+    return pins(load(path)) if path.is_file() else None
 
 
 def _warn(checked, fmt: Fmt) -> None:
@@ -299,6 +308,7 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     from mergec.api import compile as api_compile
 
     compiled = api_compile(recipe, overrides=_overrides(set_), jobs=jobs,
+                           pins=_lock_pins(recipe),
                            max_memory=_size(max_memory, "--max-memory"))
     _warn(compiled.checked, output_format)
     if as_json:
