@@ -134,10 +134,14 @@ def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, 
                       metadata={"mergec_version": __version__}) as writer:
         if keys is not None:
             journal[0] = Journal(writer.temp_dir, keys[0])
-        for name, read in (reuse or {}).items():
-            writer.write_raw(name, read())
+        for t in (t for t in lo.tensors if t.name in (reuse or {})):  # copies, first
+            writer.write_raw(t.name, reuse[t.name]())
             if journal[0] is not None:
-                journal[0].done(name)
+                journal[0].done(t.name)
+            done["tensors"] += 1
+            done["bytes"] += t.node.numel * itemsize(t.dtype)
+            if progress:
+                progress(out.name, done["tensors"], done["bytes"])
 
         def run(i: int, blocks_pool=None) -> dict:
             return run_step(tensors[i], steps[i], checked, backend, writer, stats, blocks_pool)
