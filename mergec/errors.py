@@ -192,15 +192,14 @@ ERRORS: dict[str, tuple[str, str]] = {
              "mergec does not. Example: `tokenizer_source: union`; write `tokenizer_source: "
              "base` or a model instead."),
     "W330": ("mergekit counts kept entries differently",
-             "mergekit keeps `int(density * n)` entries of a tensor of n entries (TIES, "
-             "breadcrumbs; `select_topk` of sce) and mergec `round_half_up(density * n)`, "
-             "so where the product has a fractional part of 0.5 or more mergec keeps one "
-             "entry more per input. `mergec import` warns where a density below 1 is "
-             "imported; docs/parity.md shows the per-tensor-size `where` that reproduces "
-             "mergekit's count exactly. Also given when the import cannot translate "
-             "breadcrumbs' density-1 and density + gamma > 1 cases because they vary by "
-             "tensor. Example: `density: 0.3` over a 4096-entry tensor keeps 1228 in "
-             "mergekit and 1229 in mergec."),
+             "`mergec import` writes `count=\"floor\"` for TIES and breadcrumbs, which "
+             "counts kept entries as mergekit does (`int(density * n)`). Two cases remain "
+             "that it warns about: sce's `select_topk`, which mergekit counts over the "
+             "entries whose variance across the inputs is not zero (mergec: over all "
+             "entries), and breadcrumbs whose density or gamma vary by tensor (gradients, "
+             "filters), where the import cannot write mergec's `gamma` for mergekit's "
+             "density-1 and density + gamma > 1 cases. Example: `merge_method: sce` with "
+             "`select_topk: 0.5`."),
     "W331": ("mergekit computes this differently",
              "The imported recipe runs the same method, but the numbers will differ from "
              "mergekit's by a known amount: random methods draw other random numbers (the "

@@ -68,8 +68,8 @@ METHODS: dict[str, MethodMap] = {
     "linear": MethodMap("linear", "none", {"weight": "weight"}, {"normalize": "normalize"}),
     "task_arithmetic": MethodMap("task_arithmetic", "required", {"weight": "weight"}, _GTA),
     "ties": MethodMap("ties", "required", {"weight": "weight", "density": "density"}, _GTA,
-                      fixed={"weighted_elect": True}, defaults={"density": 1.0},
-                      counts=True),
+                      fixed={"weighted_elect": True, "count": "floor"},
+                      defaults={"density": 1.0}),
     "dare_ties": MethodMap("dare_ties", "required", {"weight": "weight", "density": "density"},
                            _GTA_R, fixed={"weighted_elect": True},
                            defaults={"normalize": False, "rescale": "l1"}, random=True),
@@ -78,12 +78,12 @@ METHODS: dict[str, MethodMap] = {
                              defaults={"normalize": False, "rescale": "l1"}, random=True),
     "breadcrumbs": MethodMap("breadcrumbs", "required",
                              {"weight": "weight", "density": "density", "gamma": "gamma"},
-                             _GTA, defaults={"normalize": False}, counts=True),
+                             _GTA, fixed={"count": "floor"}, defaults={"normalize": False}),
     "breadcrumbs_ties": MethodMap("breadcrumbs_ties", "required",
                                   {"weight": "weight", "density": "density",
                                    "gamma": "gamma"}, _GTA,
-                                  fixed={"weighted_elect": True},
-                                  defaults={"normalize": False}, counts=True),
+                                  fixed={"weighted_elect": True, "count": "floor"},
+                                  defaults={"normalize": False}),
     "della": MethodMap("della", "required", {"weight": "weight", "density": "density",
                                              "epsilon": "epsilon", "lambda": "lambda"},
                        _GTA_R, fixed={"weighted_elect": True},
@@ -829,14 +829,13 @@ class _Doc:
 
     def numerics_warnings(self, method: str) -> None:
         imp, spec = self.imp, self.spec
-        if spec.counts:
-            key = "select_topk" if spec.name == "sce" else "density"
-            for node in self.value_nodes(key):
-                imp.warn("W330", f"mergekit keeps `int({key} * n)` entries of a tensor of n, "
-                         f"mergec `round_half_up({key} * n)`: where the product has a "
-                         "fractional part of 0.5 or more, mergec keeps one entry more",
-                         node, help="docs/parity.md shows a `where` per tensor size that "
-                         "reproduces mergekit's count exactly")
+        if spec.counts:  # sce: TIES and breadcrumbs take count="floor"
+            for node in self.value_nodes("select_topk"):
+                imp.warn("W330", "mergekit keeps `int(select_topk * m)` entries, m the entries "
+                         "whose variance across the inputs is not 0; mergec "
+                         "`round_half_up(select_topk * n)` of all n", node,
+                         help="they agree where every entry changed; docs/parity.md has the "
+                         "case of fine-tunes that leave entries unchanged")
                 break
         if method == "nuslerp":
             imp.warn("W331", "mergekit's nuslerp interpolates linearly only for exactly "
