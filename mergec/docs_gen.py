@@ -215,9 +215,9 @@ _PARITY: tuple[tuple[str, str, str], ...] = (
      "mergec a ramp at its first: write that block's `t=` out"),
     ("nuslerp", "`flatten=false, row_wise=true` for `nuslerp_flatten: false` with "
      "`nuslerp_row_wise: false`, and `row_wise=false` for `nuslerp_row_wise: true`: the "
-     "two flags name opposite axes",
-     "nearly parallel tensors (cosine above 0.9995) are interpolated linearly by mergec and "
-     "spherically by mergekit: below 1e-4 relative"),
+     "two flags name opposite axes; `lerp_threshold=1`",
+     "with mergec's default `lerp_threshold` (0.9995), nearly parallel tensors are "
+     "interpolated linearly by mergec and spherically by mergekit: below 1e-4 relative"),
     ("multislerp", "the same parameters",
      "the same result for two inputs of equal weight only; otherwise mergekit 0.1.5 gives "
      "the normalized weighted mean direction, and no mergec parameter reproduces it"),

@@ -204,7 +204,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "The imported recipe runs the same method, but the numbers will differ from "
              "mergekit's by a known amount: random methods draw other random numbers (the "
              "same distribution), mergekit computing in bfloat16 or float16 (`dtype:`) where "
-             "mergec computes in float32, nuslerp's threshold for linear interpolation, "
+             "mergec computes in float32, "
              "multislerp with more than two inputs, karcher's last step. docs/parity.md "
              "measures each. Example: `dtype: bfloat16` without `out_dtype`."),
     "W332": ("mergekit ignores this parameter here",

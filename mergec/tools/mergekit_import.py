@@ -97,7 +97,8 @@ METHODS: dict[str, MethodMap] = {
                      counts=True),
     "slerp": MethodMap("slerp", "first", {}, {"t": "t"}),
     "nuslerp": MethodMap("nuslerp", "optional", {"weight": "weight"},
-                         {"nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}),
+                         {"nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"},
+                         fixed={"lerp_threshold": 1.0}),
     "multislerp": MethodMap("multislerp", "optional", {"weight": "weight"},
                             {"eps": "epsilon"}),
     "karcher": MethodMap("karcher", "none", {}, {"max_iter": "max_iter", "tol": "tol"}),
@@ -837,10 +838,6 @@ class _Doc:
                          help="they agree where every entry changed; docs/parity.md has the "
                          "case of fine-tunes that leave entries unchanged")
                 break
-        if method == "nuslerp":
-            imp.warn("W331", "mergekit's nuslerp interpolates linearly only for exactly "
-                     "parallel tensors, mergec's when |cos| > 0.9995: nearly parallel "
-                     "tensors differ below 1e-4 relative", self.method_span)
         if method == "multislerp" and self.unequal:
             imp.warn("W331", "mergekit 0.1.5's multislerp gives the normalized weighted mean "
                      "direction; mergec's takes a tangent-space step, the same only for two "

@@ -1,5 +1,6 @@
-"""`count="floor"` of ties, breadcrumbs and breadcrumbs_ties: kept entries counted as
-mergekit counts them, int(fraction * n)."""
+"""The options that reproduce mergekit: `count="floor"` of ties, breadcrumbs and
+breadcrumbs_ties (kept entries counted as int(fraction * n)) and nuslerp's
+`lerp_threshold` (1: spherical interpolation unless the inputs are exactly parallel)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,35 @@ def test_floor_is_per_tensor_only(tmp_path, family_f32, run_cli):
     r = run_cli("check", tmp_path / "r.merge")
     assert r.exit_code == 1
     assert 'count="floor" counts per tensor: it cannot be used with trim="model"' in r.stderr
+
+
+def _slerp_ref(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    cos = a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64))
+    w = np.arccos(cos)
+    return ((np.sin((1 - t) * w) * a64 + np.sin(t * w) * b64) / np.sin(w)).reshape(a.shape)
+
+
+def test_nuslerp_lerp_threshold():
+    rng = np.random.default_rng(2)
+    a = (1 + 0.02 * rng.standard_normal(64)).astype(np.float32)  # norm weights: cos ~ 0.9996
+    b = (1 + 0.02 * rng.standard_normal(64)).astype(np.float32)
+    cos = float(a.astype(np.float64) @ b / (np.linalg.norm(a.astype(np.float64)) *
+                                            np.linalg.norm(b.astype(np.float64))))
+    assert 0.9995 < cos < 1.0
+    default = _run2("nuslerp", a, b, weight=(1.0, 3.0))
+    np.testing.assert_allclose(default, 0.25 * a.astype(np.float64) + 0.75 * b, rtol=1e-6)
+    exact = _run2("nuslerp", a, b, weight=(1.0, 3.0), lerp_threshold=1.0)
+    np.testing.assert_allclose(exact, _slerp_ref(a, b, 0.75), rtol=1e-6)
+    assert np.abs(exact - default).max() > 1e-6  # the two rules differ here
+    # exactly parallel inputs: a linear interpolation either way, never NaN
+    same = _run2("nuslerp", a, 2 * a, weight=(1.0, 1.0), lerp_threshold=1.0)
+    np.testing.assert_allclose(same, 1.5 * a, rtol=1e-6)
+
+
+def _run2(method: str, a: np.ndarray, b: np.ndarray, **given) -> np.ndarray:
+    bk = get_backend("reference", device="cpu")
+    m = REGISTRY[method]
+    p = {q.name: ((q.default,) * 2 if q.per_input else q.default) for q in m.params}
+    p.update(given)
+    return bk.to_numpy(run_method(bk, method, [bk.asarray(a), bk.asarray(b)], p), "float32")
