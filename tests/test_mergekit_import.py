@@ -415,3 +415,28 @@ def test_imported_parity_configs_build_like_the_checked_recipes(parity_ckpt, con
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
     shutil.rmtree(root / "imp" / config)
     shutil.rmtree(root / "hand" / config)
+
+
+def test_slices_of_a_merge_with_a_base_slice_the_whole_merge(tmp_path):
+    src = """
+        merge_method: ties
+        base_model: org/base
+        slices:
+          - sources:
+              - {model: org/base, layer_range: [0, 2]}
+              - {model: org/a, layer_range: [0, 2], parameters: {weight: 1.0, density: 0.5}}
+          - sources:
+              - {model: org/base, layer_range: [2, 4]}
+              - {model: org/a, layer_range: [2, 4], parameters: {weight: 1.0, density: 0.7}}
+        """
+    r = imp(tmp_path, src)
+    assert r.text.endswith(textwrap.dedent("""\
+        output merged = stack(
+            ties(a, base=base, weight=1.0, density=0.5, weighted_elect=true, count="floor").layers[0:2],
+            ties(a, base=base, weight=1.0, density=0.7, weighted_elect=true, count="floor").layers[2:4],
+        )
+        """))
+    text = errors(tmp_path, src.replace("[2, 4], parameters", "[1, 3], parameters")
+                  .replace("density: 0.5}", "density: [0.5, 1]}"))
+    assert [line.split(" ", 2)[:2] for line in text.splitlines() if ": E" in line] == [
+        ["config.yml:5:5:", "E243"], ["config.yml:9:7:", "E241"]]

@@ -499,7 +499,7 @@ class _Doc:
             if srcs.kind != "seq" or not srcs.children:
                 imp.error("E244", "`sources` is a list of `- model: ...` entries", srcs.span)
                 continue
-            inputs, lengths, n0 = [], set(), len(imp.errors)
+            inputs, lengths, ranges, n0 = [], set(), set(), len(imp.errors)
             for src in srcs.children:
                 if src.kind != "map" or src.get("model") is None:
                     imp.error("E244", "each source needs `model:`", src.span)
@@ -518,6 +518,7 @@ class _Doc:
                               "(an adapter cannot be sliced)", m.span)
                     continue
                 lengths.add(rng[1] - rng[0])
+                ranges.add(rng)
                 inputs.append(_Input(f"{name}.layers[{rng[0]}:{rng[1]}]",
                                      str(m.value).strip(), src.get("parameters"), src.span))
             if len(lengths) > 1:
@@ -532,6 +533,25 @@ class _Doc:
                 imp.model(base_node)
                 base_ref = str(base_node.value).strip()
             slice_params = self.params_of(sl.get("parameters"), "slice")
+            whole = None  # a merge with base=: of whole models, then sliced
+            if spec.base in ("required", "optional") and (base_ref or self.base_ref):
+                if len(ranges) != 1:
+                    imp.error("E241", f"the sources of a `{self.spec_key()}` slice cover "
+                              "different blocks: mergec takes `base=` as a whole model and "
+                              "slices the merge (`ties(...).layers[a:b]`), so every source of "
+                              "the slice needs the same `layer_range`", srcs.span)
+                    continue
+                if _has_gradient(sl.get("parameters")) or any(
+                        _has_gradient(i.params) for i in inputs):
+                    imp.error("E243", f"a gradient in a slice of `{self.spec_key()}`: mergec "
+                              "merges the whole models and slices the result, so a ramp "
+                              "would run over the model's blocks, not the slice's",
+                              sl.span, help="give the slice constant values, or one slice "
+                              "per value")
+                    continue
+                whole = next(iter(ranges))
+                inputs = [_Input(i.expr.split(".layers[", 1)[0], i.ref, i.params, i.span)
+                          for i in inputs]
             if spec.name == "passthrough" and len(inputs) == 1 and not any(
                     _has_params(i.params) for i in inputs) and not slice_params and not \
                     self.glob:
@@ -541,6 +561,8 @@ class _Doc:
                                      level="slice", base_ref=base_ref)
             if expr is None:
                 continue
+            if whole is not None:
+                expr = f"{expr}.layers[{whole[0]}:{whole[1]}]"
             if wheres:
                 let = imp.fresh(f"{self.out_name}_slice_{si}")
                 text = f"let {let} = {expr}"
@@ -889,6 +911,17 @@ def _transform(spec: MethodMap, mk: str):
     if spec.name == "nuslerp" and mk == "nuslerp_row_wise":
         return lambda v: v if not isinstance(v, bool) else not v
     return lambda v: v
+
+
+def _has_gradient(node: _Y | None) -> bool:
+    """Whether a parameters node holds a gradient (a list of numbers) anywhere."""
+    if node is None or node.kind == "scalar":
+        return False
+    if node.kind == "seq":
+        if node.children and all(c.kind == "scalar" for c in node.children):
+            return True
+        return any(_has_gradient(c) for c in node.children)
+    return any(_has_gradient(v) for _, _, v in node.items)
 
 
 def _has_params(node: _Y | None) -> bool:
