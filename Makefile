@@ -24,7 +24,7 @@ DEMO_CKPT ?= recipes/ckpt
 DEMO_OUT  ?= out
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-core demo test test-full test-core fuzz fmt-check docs clean distclean
+.PHONY: help venv venv-core demo test test-full test-core fuzz parity fmt-check docs clean distclean
 
 help:
 	@echo "make venv       create .venv and install mergec with its torch, jax and test extras"
@@ -34,6 +34,7 @@ help:
 	@echo "make test-full  run the test suite in .venv (torch and jax installed)"
 	@echo "make test-core  run the tests that need neither torch nor jax in .venv-core"
 	@echo "make fuzz       10,000 generated recipes and 1,000 corrupted checkpoints (make test runs 1,000 and 100)"
+	@echo "make parity     compare with mergekit 0.1.5 (needs scripts/parity-venv.sh first)"
 	@echo "make fmt-check  check that recipes/*.merge are formatted"
 	@echo "make docs       regenerate the generated docs"
 	@echo "make clean      remove outputs and build artefacts (keeps .venv and .venv-core)"
@@ -98,6 +99,19 @@ test-core: venv-core
 # error (E599) or an exception that is not a diagnostic, and every build must be readable.
 fuzz: venv
 	FUZZ_RECIPES=10000 FUZZ_CHECKPOINTS=1000 $(PY) -m pytest -q -n $(JOBS) tests/test_fuzz.py
+# Not part of `make test`: needs mergekit 0.1.5 in its own venv (scripts/parity-venv.sh,
+# or MERGEKIT_PYTHON). Builds every tests/parity config with mergekit, the hand-written
+# recipes and the `mergec import` of each config with mergec, and compares every tensor.
+MERGEKIT_PYTHON ?= benchmarks/work/mergekit-venv/bin/python
+
+parity: venv
+	@if [ ! -x "$(MERGEKIT_PYTHON)" ]; then \
+	  echo "make parity: no mergekit at $(MERGEKIT_PYTHON); run scripts/parity-venv.sh" \
+	    "or set MERGEKIT_PYTHON" >&2; \
+	  exit 1; \
+	fi
+	MERGEKIT_PYTHON="$(abspath $(MERGEKIT_PYTHON))" PARITY_REPORT=parity-report.jsonl \
+	  $(PY) -m pytest -q -m parity tests/parity $(PYTEST_ARGS)
 
 fmt-check: venv
 	$(MERGEC) fmt --check recipes/*.merge

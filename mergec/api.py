@@ -45,26 +45,28 @@ def parse(text: str, file: str = "<recipe>") -> ast.Program:
 
 
 def check(recipe: str | Path, *, text: str | None = None,
-          overrides: dict[str, str] | None = None, base_dir: Path | None = None
-          ) -> CheckedProgram:
+          overrides: dict[str, str] | None = None, base_dir: Path | None = None,
+          pins: dict[str, str] | None = None) -> CheckedProgram:
     """Parse and check a recipe file (or `text`, reported as `recipe`). Reads config.json
     and tensor headers of every input, never tensor data. A recipe with a sweep is checked
     at every point; the program of the first point is returned (its `point` says which,
-    and how many there are)."""
-    return check_points(recipe, text=text, overrides=overrides, base_dir=base_dir)[0]
+    and how many there are). `pins` replaces source texts (a lock file's hub commits:
+    `org/x` -> `org/x@COMMIT`)."""
+    return check_points(recipe, text=text, overrides=overrides, base_dir=base_dir,
+                        pins=pins)[0]
 
 
 def check_points(recipe: str | Path, *, text: str | None = None,
-                 overrides: dict[str, str] | None = None, base_dir: Path | None = None
-                 ) -> list[CheckedProgram]:
+                 overrides: dict[str, str] | None = None, base_dir: Path | None = None,
+                 pins: dict[str, str] | None = None) -> list[CheckedProgram]:
     """The recipe checked at every point of its sweep (one program, whose `point` is
     None, when nothing is swept; see :mod:`mergec.check.sweeps`). Each input is opened
     once; a problem found at some points only names them."""
     with paused_gc(), deep_recursion():
-        return _check_points(recipe, text, overrides, base_dir)
+        return _check_points(recipe, text, overrides, base_dir, pins)
 
 
-def _check_points(recipe, text, overrides, base_dir) -> list[CheckedProgram]:
+def _check_points(recipe, text, overrides, base_dir, pins) -> list[CheckedProgram]:
     from mergec.check.sweeps import Sweeps, check_folders
 
     if text is None:
@@ -75,9 +77,15 @@ def _check_points(recipe, text, overrides, base_dir) -> list[CheckedProgram]:
     if base_dir is None:
         base_dir = Path(file).resolve().parent
     overrides = dict(overrides or {})
+    from mergec.io import open_input
+    from mergec.io.adapter import open_adapter
+
+    pins = pins or {}
+    loaders = {"loader": lambda raw, d: open_input(pins.get(raw, raw), d),
+               "adapter_loader": lambda raw, d: open_adapter(pins.get(raw, raw), d)}
     sweeps = Sweeps(program, overrides)
     if not sweeps.swept and not sweeps.diagnostics:
-        return [check_program(program, overrides=overrides, base_dir=base_dir)]
+        return [check_program(program, overrides=overrides, base_dir=base_dir, **loaders)]
     outputs = [(st.name.name, st.name.span) for st in program.statements
                if isinstance(st, ast.OutputStmt)]
     problems = sweeps.errors
@@ -85,16 +93,16 @@ def _check_points(recipe, text, overrides, base_dir) -> list[CheckedProgram]:
         problems = check_folders(sweeps.points(), outputs)
     if problems:  # the other problems of the recipe too, checked without the sweep
         try:
-            check_program(program, overrides=sweeps.fixed, base_dir=base_dir)
+            check_program(program, overrides=sweeps.fixed, base_dir=base_dir, **loaders)
         except MergecError as e:
             problems = problems + [d for d in e.diagnostics if d not in problems]
         raise MergecError(problems)
-    return _check_each_point(program, sweeps, base_dir)
+    return _check_each_point(program, sweeps, base_dir, loaders)
 
 
-def _check_each_point(program: ast.Program, sweeps, base_dir: Path) -> list[CheckedProgram]:
-    from mergec.io import CheckpointError, open_input
-    from mergec.io.adapter import open_adapter
+def _check_each_point(program: ast.Program, sweeps, base_dir: Path,
+                      loaders: dict) -> list[CheckedProgram]:
+    from mergec.io import CheckpointError
 
     opened: dict = {}
 
@@ -118,8 +126,8 @@ def _check_each_point(program: ast.Program, sweeps, base_dir: Path) -> list[Chec
     for i, point in enumerate(points):
         try:
             checked = check_program(program, overrides={**sweeps.fixed, **point.overrides()},
-                                    base_dir=base_dir, loader=once(open_input),
-                                    adapter_loader=once(open_adapter))
+                                    base_dir=base_dir, loader=once(loaders["loader"]),
+                                    adapter_loader=once(loaders["adapter_loader"]))
         except MergecError as e:
             found += [(d, i) for d in e.diagnostics]
             continue
@@ -177,7 +185,8 @@ def _at_points(found: list[tuple[Diagnostic, int]], points) -> list[Diagnostic]:
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
             overrides: dict[str, str] | None = None, passes: bool = True,
             max_memory: int | None = None, backend: str | None = None,
-            device: str | None = None, jobs: int | None = None) -> Compiled:
+            device: str | None = None, jobs: int | None = None,
+            pins: dict[str, str] | None = None) -> Compiled:
     """Check, lower to per-tensor IR and (unless `passes=False`) optimize, and schedule
     the build: its memory limit (`max_memory` or `set max_memory`), backend, device and
     workers (`jobs`) are those a build with the same arguments gets, so the plan's steps
@@ -186,7 +195,7 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
     from mergec.runtime.schedule import execution, make_plan, memory_warnings
 
     _check_size("max_memory", max_memory)
-    programs = check_points(recipe, text=text, overrides=overrides)
+    programs = check_points(recipe, text=text, overrides=overrides, pins=pins)
     checked = programs[0]
     sweep = None
     with deep_recursion(), paused_gc():
@@ -245,14 +254,19 @@ def check_targets(compiled: Compiled, out_dir: Path, force: bool) -> None:
     """Refuse non-empty output folders before any tensor is read."""
     from mergec.io.errors import CheckpointError
     from mergec.io.writer import check_target
+    from mergec.runtime.incremental import written_by_mergec
 
     diags = []
     for o in compiled.checked.outputs:
         names = [o.name] if compiled.sweep is None else \
             [p.folder(o.name) for p in compiled.sweep.points]
+        # a folder mergec wrote is rebuilt incrementally (not E413); sweep points and
+        # outputs written in another form are rebuilt whole
+        incremental = compiled.sweep is None and o.form is None
         for name in names:
+            target = Path(out_dir) / name
             try:
-                check_target(Path(out_dir) / name, force)
+                check_target(target, force or (incremental and written_by_mergec(target)))
             except CheckpointError as e:
                 diags.append(e.to_diagnostic(o.span))
     if diags:
@@ -323,10 +337,10 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
                     build_adapter(lo, compiled.checked, target, be, force=force,
                                   progress=progress))
                 continue
-            results.append(build_output(lo, compiled.checked, out_dir / lo.output.name, be,
-                                        force=force, shard_size=size, progress=progress,
-                                        max_memory=limit, jobs=jobs, trace=trace,
-                                        executor=runner))
+            results.append(_build_one(lo, compiled.checked, out_dir / lo.output.name, be,
+                                      force=force, shard_size=size, progress=progress,
+                                      max_memory=limit, jobs=jobs, trace=trace,
+                                      executor=runner))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under stop.sigterm_raises
         from mergec.runtime.stop import Interrupted
 
@@ -351,3 +365,30 @@ class BuildResults(list):
     :class:`mergec.runtime.sweep.SweepReport` of a sweep (None otherwise)."""
 
     sweep = None
+
+
+def _build_one(lo, checked, target: Path, be, *, force: bool, **kw):
+    """One output, incrementally: skipped when its key is the one recorded in `target`;
+    otherwise the tensors whose keys are unchanged are copied from the previous output
+    (not with `force`) or from a killed build's staging folder, and the rest computed
+    (:mod:`mergec.runtime.incremental`)."""
+    from mergec.runtime import incremental as inc
+    from mergec.runtime.build import BuildResult, build_output
+
+    keys = inc.tensor_keys(lo, checked, getattr(be, "name", ""))
+    whole = inc.output_key(keys, lo, checked)
+    reuse: dict = {}
+    ours = inc.written_by_mergec(target)
+    if ours and not force:
+        if (inc.recorded(target) or {}).get("output") == whole:
+            return BuildResult(lo.output.name, target, len(lo.tensors), 0, 0.0, recomputed=0,
+                               skipped=True)
+        reuse = inc.reusable_from_output(target, keys, lo)
+    staging = inc.claim_resumable(target, keys)
+    staged = inc.reusable_from_staging(staging, keys, lo) if staging is not None else {}
+    resumed = [n for n in staged if n not in reuse]
+    result = build_output(lo, checked, target, be, force=force or ours,
+                          reuse={**staged, **reuse}, keys=(keys, whole), **kw)
+    inc.discard(staging)
+    result.resumed = len(resumed)
+    return result

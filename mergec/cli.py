@@ -188,7 +188,7 @@ def check(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     """Check a recipe and its inputs (config.json and tensor headers only)."""
     from mergec.api import check as api_check
 
-    checked = api_check(recipe, overrides=_overrides(set_))
+    checked = api_check(recipe, overrides=_overrides(set_), pins=_lock_pins(recipe))
     _warn(checked, output_format)
     if output_format == Fmt.json:
         print(json.dumps({"diagnostics": [d.to_dict() for d in checked.warnings],
@@ -199,6 +199,15 @@ def check(recipe: Path = typer.Argument(..., help="The .merge recipe."),
         print(f"{recipe}: ok ({len(checked.inputs)} input{'s' if len(checked.inputs) != 1 else ''}"
               f", {n} output{'s' if n != 1 else ''}"
               + (f", {points} sweep point{'s' if points != 1 else ''}" if points else "") + ")")
+
+
+def _lock_pins(recipe: Path) -> Optional[dict]:
+    """The hub commits of RECIPE.lock, when the recipe has one: check, plan and build
+    open hub models at them."""
+    from mergec.tools.lock import load, lock_path, pins
+
+    path = lock_path(recipe)
+    return pins(load(path)) if path.is_file() else None
 
 
 def _warn(checked, fmt: Fmt) -> None:
@@ -326,6 +335,7 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     from mergec.api import compile as api_compile
 
     compiled = api_compile(recipe, overrides=_overrides(set_), jobs=jobs,
+                           pins=_lock_pins(recipe),
                            max_memory=_size(max_memory, "--max-memory"))
     _warn(compiled.checked, output_format)
     if as_json:
@@ -364,9 +374,13 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
           address: Optional[str] = typer.Option(
               None, "--address", help="With --executor ray: the Ray cluster to join "
               "(e.g. ray://head:10001, or auto); without it a local Ray instance starts."),
+          locked: bool = typer.Option(
+              False, "--locked", help="Stop before computing unless the inputs match "
+              "RECIPE.lock: file contents and hub revisions (`mergec lock`)."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Check, compile and build every output of a recipe (every point of a sweep)."""
     from mergec.api import build as api_build, check_targets, compile as api_compile
+    from mergec.tools import lock as lk
 
     if executor not in (None, "local", "ray"):
         raise UsageError(Diagnostic("E473", f"unknown executor `{executor}`",
@@ -388,8 +402,14 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
             not device.startswith("cuda:"):
         raise UsageError(Diagnostic("E502", f"unknown device `{device}`",
                                     help="use cpu, cuda or auto"))
+    lock_file = lk.lock_path(recipe)
+    lock = lk.load(lock_file) if locked or lock_file.exists() else None
     compiled = api_compile(recipe, overrides=_overrides(set_), max_memory=limit,
-                           backend=backend, device=device, jobs=jobs)
+                           backend=backend, device=device, jobs=jobs,
+                           pins=lk.pins(lock) if lock is not None else None)
+    if lock is not None:  # hub inputs are pinned to the locked commits; the rest is compared
+        compiled.checked.warnings += lk.check_build(compiled.checked, lock, lock_file.name,
+                                                    locked=locked)
     _warn(compiled.checked, output_format)
     check_targets(compiled, out_dir, force)
     if dry_run:
@@ -417,7 +437,15 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
             help_ = "choose another backend with `--backend`"
         raise UsageError(Diagnostic("E503", text, help=help_)) from None
     for r in results:
-        _say(f"wrote {r.output}: {r.path} ({r.tensors} tensors, {_human(r.bytes_written)}, "
+        if getattr(r, "skipped", False):
+            _say(f"{r.output}: up to date ({r.tensors} tensors), nothing written")
+            continue
+        done = f"{r.tensors} tensors"
+        if getattr(r, "recomputed", None) is not None and r.recomputed < r.tensors:
+            done = f"recomputed {r.recomputed} of {r.tensors} tensors"
+            if getattr(r, "resumed", 0):
+                done += f", {r.resumed} from an interrupted build"
+        _say(f"wrote {r.output}: {r.path} ({done}, {_human(r.bytes_written)}, "
              f"{r.seconds:.1f}s)")
         for line in getattr(r, "notes", ()):  # an adapter's ranks and errors
             _say("  " + line)
@@ -498,6 +526,103 @@ def fmt(files: List[Path] = typer.Argument(..., help="Recipes to format."),
     elif not stdout:
         for c in changed:
             print(f"formatted {c}")
+
+
+@app.command("import")
+@_guard
+def import_(config: Path = typer.Argument(..., help="The mergekit YAML config."),
+            out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                               help="Write the recipe to this file "
+                                               "[default: print it]."),
+            name: Optional[str] = typer.Option(None, "--name",
+                                               help="The output's name [default: merged]."),
+            base_dir: Optional[Path] = typer.Option(
+                None, "--base-dir", help="Where the config's relative model paths are, as "
+                "mergekit reads them from its working folder [default: the current folder]."),
+            output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Convert a mergekit YAML config into a formatted .merge recipe."""
+    from mergec.tools.mergekit_import import import_file
+
+    result = import_file(config, out=out, base_dir=base_dir, name=name)
+    if result.warnings and output_format == Fmt.text:
+        _err(render_all(result.warnings, SourceMap()))
+    elif result.warnings:
+        _err(to_json(result.warnings))
+    if out is None:
+        sys.stdout.write(result.text)
+    else:
+        out.write_text(result.text, encoding="utf-8")
+        print(f"wrote {out} ({len(result.outputs)} output"
+              f"{'s' if len(result.outputs) != 1 else ''}: {', '.join(result.outputs)})")
+
+
+@app.command("diff")
+@_guard
+def diff_(a: str = typer.Argument(..., help="A checkpoint folder (or hub id), or a .merge recipe."),
+          b: Optional[str] = typer.Argument(None, help="The other one, of the same kind."),
+          git: Optional[str] = typer.Option(None, "--git", help="Recipes: compare recipe A at "
+                                            "this git revision with A as it is now."),
+          tensors: bool = typer.Option(False, "--tensors", help="List every tensor."),
+          as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Compare two checkpoints tensor by tensor, or two recipes by what they compute."""
+    from mergec.tools import diff as d
+
+    recipes = a.endswith(".merge") or git is not None
+    if recipes and git is not None:
+        if b is not None:
+            raise UsageError(Diagnostic("E502", "give one recipe with --git, not two",
+                                        help=f"mergec diff {a} --git REV"))
+        res = d.diff_recipes(a, a, text_a=d.git_text(Path(a), git))
+        res.a = f"{a}@{git}"
+    elif b is None:
+        raise UsageError(Diagnostic("E502", "diff needs two checkpoints or two recipes",
+                                    help="mergec diff A B, or mergec diff RECIPE --git REV"))
+    elif recipes != b.endswith(".merge"):
+        raise UsageError(Diagnostic("E502", "diff compares two checkpoints or two recipes, "
+                                    "not one of each"))
+    elif recipes:
+        for r in (a, b):
+            if not Path(r).is_file():
+                raise UsageError(Diagnostic("E501", f"cannot read recipe `{r}`: no such file"))
+        res = d.diff_recipes(a, b)
+    else:
+        res = d.diff_checkpoints(a, b)
+    if as_json:
+        print(json.dumps(res.to_json(), indent=2))
+    elif isinstance(res, d.RecipeDiff):
+        print(d.recipe_table(res, tensors))
+    else:
+        print(d.checkpoint_table(res, tensors))
+
+
+@app.command("lock")
+@_guard
+def lock_(recipe: Path = typer.Argument(..., help="The .merge recipe."),
+          check_: bool = typer.Option(False, "--check", help="Compare the inputs with "
+                                      "RECIPE.lock (contents, hub revisions); write nothing."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
+    """Pin every input of a recipe (hub commits, file fingerprints) in RECIPE.lock."""
+    from mergec.api import check as api_check
+    from mergec.tools import lock as lk
+
+    lock_file = lk.lock_path(recipe)
+    if check_:
+        lock = lk.load(lock_file)
+        checked = api_check(recipe, overrides=_overrides(set_), pins=lk.pins(lock))
+        lk.check_build(checked, lock, lock_file.name, locked=True)
+        print(f"{recipe}: every input matches {lock_file.name}")
+        return
+    checked = api_check(recipe, overrides=_overrides(set_))
+    _warn(checked, output_format)
+    lock = lk.make_lock(checked)
+    tmp = lock_file.with_name(lock_file.name + ".tmp")
+    tmp.write_text(lk.dumps(lock), encoding="utf-8")
+    os.replace(tmp, lock_file)
+    n = sum(len(i.files) for i in lock.inputs)
+    print(f"wrote {lock_file} ({len(lock.inputs)} input{'s' if len(lock.inputs) != 1 else ''}, "
+          f"{n} file{'s' if n != 1 else ''})")
 
 
 @app.command()

@@ -145,7 +145,9 @@ _COMPUTE = [
     "chains into a single weighted sum (`mergec plan` shows it; see "
     "[the CLI reference](cli.md#mergec-plan)).",
     "- **Counts.** A method that keeps a fraction `f` of a tensor's `n` entries keeps "
-    "`round_half_up(f * n)` of them, and at least one (`density=1` keeps all).",
+    "`round_half_up(f * n)` of them, and at least one (`density=1` keeps all). `ties`, "
+    "`breadcrumbs` and `breadcrumbs_ties` take `count=\"floor\"` to keep `int(f * n)`, "
+    "as mergekit does.",
     "- **Ties in a ranking.** Top-k keeps the largest magnitudes; among equal magnitudes "
     "the lower flat index comes first. The same rule orders breadcrumbs and DELLA ranks.",
     "- **Task vectors.** With `base=`, each input `x` becomes `x - base` before the method "
@@ -213,28 +215,28 @@ _PARITY: tuple[tuple[str, str, str], ...] = (
      "mergec a ramp at its first: write that block's `t=` out"),
     ("nuslerp", "`flatten=false, row_wise=true` for `nuslerp_flatten: false` with "
      "`nuslerp_row_wise: false`, and `row_wise=false` for `nuslerp_row_wise: true`: the "
-     "two flags name opposite axes",
-     "nearly parallel tensors (cosine above 0.9995) are interpolated linearly by mergec and "
-     "spherically by mergekit: below 1e-4 relative"),
+     "two flags name opposite axes; `lerp_threshold=1`",
+     "with mergec's default `lerp_threshold` (0.9995), nearly parallel tensors are "
+     "interpolated linearly by mergec and spherically by mergekit: below 1e-4 relative"),
     ("multislerp", "the same parameters",
      "the same result for two inputs of equal weight only; otherwise mergekit 0.1.5 gives "
      "the normalized weighted mean direction, and no mergec parameter reproduces it"),
     ("karcher", "the same parameters (`max_iter`, `tol`; equal weights)",
      "mergec takes the last step shorter than `tol`, mergekit stops before it: less than "
      "`tol` of the norm"),
-    ("ties", "`weighted_elect=true`, and write `density=` out (mergekit's default is 1, "
-     "mergec's 0.2)",
-     "mergekit keeps `int(density * n)` entries, mergec rounds half up; a `where` per "
-     "tensor size with mergekit's count over `n` matches exactly"),
+    ("ties", "`weighted_elect=true, count=\"floor\"`, and write `density=` out "
+     "(mergekit's default is 1, mergec's 0.2)",
+     "nothing beyond float32 rounding (`count=\"floor\"`: mergekit keeps "
+     "`int(density * n)` entries, mergec's default rounds half up)"),
     ("dare_linear", "`rescale=\"l1\"` (mergekit's `rescale: false` is `rescale=\"none\"`)",
      "random: other random numbers, the same distribution"),
     ("dare_ties", "`rescale=\"l1\", normalize=false, weighted_elect=true`",
      "random: other random numbers, the same distribution"),
     ("breadcrumbs", "at `density=1` (mergekit's default) write `gamma=0.0`; where "
-     "density + gamma > 1, write `gamma=` with the value 1 - density",
-     "counts: mergekit rounds down, mergec half up"),
+     "density + gamma > 1, write `gamma=` with the value 1 - density; `count=\"floor\"`",
+     "nothing beyond float32 rounding"),
     ("breadcrumbs_ties", "`normalize=false, weighted_elect=true`, and as for breadcrumbs",
-     "counts: mergekit rounds down, mergec half up"),
+     "nothing beyond float32 rounding"),
     ("della", "`rescale=\"l1\", weighted_elect=true`",
      "random: other random numbers, the same distribution"),
     ("della_linear", "`rescale=\"l1\"`", "random: other random numbers, the same distribution"),

@@ -329,6 +329,86 @@ ERRORS: dict[str, tuple[str, str]] = {
              "task that asks for more memory than the whole cluster offers could never be "
              "placed: the build stops before it starts. Give a smaller `--max-memory` (the "
              "steps are then computed in smaller row blocks), or add nodes."),
+    "E240": ("mergekit config is not valid YAML",
+             "`mergec import` reads a mergekit YAML config and could not parse it; the "
+             "position is where the YAML parser stopped. Example: a tab used for "
+             "indentation, or `models:` followed by an unindented `- model: x`."),
+    "E241": ("mergekit config key that cannot be imported",
+             "`mergec import` found a key it does not know, or one with no mergec "
+             "counterpart: `modules` (per-module merges of multimodal models), a slice's "
+             "`residual_weight`, a LoRA applied to a slice (an adapter cannot be sliced). "
+             "Nothing is dropped silently: remove the key, or merge that part with mergekit. "
+             "Example: `merge_methd: ties` (a typo) is reported at its line."),
+    "E242": ("mergekit merge method without a mergec counterpart",
+             "The config's `merge_method` is not one mergec imports. mergec imports linear, "
+             "task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
+             "della, della_linear, sce, slerp, nuslerp, multislerp, karcher, model_stock, "
+             "nearswap and passthrough. Example: `merge_method: arcee_fusion`."),
+    "E243": ("mergekit parameter that cannot be imported",
+             "A parameter the method does not take (in mergekit or in mergec), or a value "
+             "mergec cannot express: a gradient of strings or true/false values, a value "
+             "that is not a finite number, different values per model of a parameter mergec "
+             "takes once per call (`lambda`), more than 6 filters of one parameter. "
+             "Example: `parameters: {t: [\"a\", \"b\"]}`."),
+    "E244": ("malformed mergekit config",
+             "The config does not have the shape mergekit requires: no `merge_method`, both "
+             "or neither of `models` and `slices`, a model entry without `model:`, a "
+             "`layer_range` that is not `[start, end]`, a method that needs `base_model` "
+             "without one (task_arithmetic, ties, ...), a weight given for some models and "
+             "not for others. Example: `merge_method: ties` with no `base_model`."),
+    "E245": ("mergekit tokenizer setting that cannot be imported",
+             "mergec copies one model's tokenizer files (`tokenizer = NAME` in the output's "
+             "option block). `tokenizer_source: union`, a `tokenizer:` block (merged "
+             "vocabularies, added tokens) and `chat_template` build a new tokenizer, which "
+             "mergec does not. Example: `tokenizer_source: union`; write `tokenizer_source: "
+             "base` or a model instead."),
+    "W330": ("mergekit counts kept entries differently",
+             "`mergec import` writes `count=\"floor\"` for TIES and breadcrumbs, which "
+             "counts kept entries as mergekit does (`int(density * n)`). Two cases remain "
+             "that it warns about: sce's `select_topk`, which mergekit counts over the "
+             "entries whose variance across the inputs is not zero (mergec: over all "
+             "entries), and breadcrumbs whose density or gamma vary by tensor (gradients, "
+             "filters), where the import cannot write mergec's `gamma` for mergekit's "
+             "density-1 and density + gamma > 1 cases. Example: `merge_method: sce` with "
+             "`select_topk: 0.5`."),
+    "W331": ("mergekit computes this differently",
+             "The imported recipe runs the same method, but the numbers will differ from "
+             "mergekit's by a known amount: random methods draw other random numbers (the "
+             "same distribution), mergekit computing in bfloat16 or float16 (`dtype:`) where "
+             "mergec computes in float32, "
+             "multislerp with more than two inputs, karcher's last step. docs/parity.md "
+             "measures each. Example: `dtype: bfloat16` without `out_dtype`."),
+    "W332": ("mergekit ignores this parameter here",
+             "A parameter that mergekit reads only from the merge's (or a slice's) "
+             "`parameters:` is given for one model, where mergekit does not look; the "
+             "imported recipe ignores it too. Example: `normalize: false` under one model of "
+             "a ties merge."),
+    "E440": ("input differs from the lock file",
+             "`mergec build --locked` (and `mergec lock --check`) compare every input of the "
+             "recipe with `RECIPE.lock`, written by `mergec lock`, before computing anything, "
+             "and report each difference: a file whose content (sha256), size or "
+             "safetensors header changed, a file that is new or gone, an input whose source "
+             "changed or that the lock does not have, a hub revision that points to another "
+             "commit than the locked one. Nothing is built. Run `mergec lock RECIPE` when the "
+             "change is meant. Example: one byte of `ckpt/math/model.safetensors` changed "
+             "since the lock was written."),
+    "E441": ("lock file missing or unreadable",
+             "`--locked` and `mergec lock --check` need `RECIPE.lock` next to the recipe; "
+             "a lock file that is not valid TOML, or of another version, is refused. Write it "
+             "with `mergec lock RECIPE`. Example: `mergec build r.merge --locked` with no "
+             "`r.merge.lock`."),
+    "E442": ("input cannot be fingerprinted",
+             "`mergec lock` records a sha256 for every file of every input. A hub file is "
+             "fingerprinted from the hub's metadata (the Git LFS object id of the weights) "
+             "or, when it is downloaded, from its bytes; a file that is neither downloaded nor "
+             "described by the hub (offline, unreachable) cannot be locked. Example: a hub "
+             "model checked from remote headers, locked with `HF_HUB_OFFLINE=1`."),
+    "W333": ("input differs from the lock file",
+             "A build of a recipe with a `RECIPE.lock` compares the inputs' file sizes and "
+             "safetensors headers with it, and warns about each difference (the file content "
+             "is compared by `--locked`, which stops instead). Hub inputs are built at the "
+             "locked commit, whatever their revision points to now. Example: a shard added "
+             "to a local model folder since `mergec lock`."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "

@@ -155,6 +155,10 @@ class Calls:
                                       else p.default)
         if not ok:
             return CExpr(ERROR, e.span)
+        problem = method.check(params, n) if method.check is not None else None
+        if problem:  # the method's own rule on its parameters together
+            err("E208", f"`{fname}`: {problem}", e.span, f"see `mergec methods {fname}`")
+            return CExpr(ERROR, e.span)
         result = self._result_kind(e, method, inputs, base)
         if result is None:
             return CExpr(ERROR, e.span)

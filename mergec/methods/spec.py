@@ -105,7 +105,13 @@ class Args:
         self._values: dict[str, Any] = {}
         for prm in method.params:
             if prm.name not in params:
-                raise ValueError(f"method {method.name}: missing parameter {prm.name!r}")
+                if prm.required:
+                    raise ValueError(f"method {method.name}: missing parameter {prm.name!r}")
+                # an optional parameter not given: its default (direct callers of a method
+                # need not spell out parameters added since)
+                value = (prm.default,) * n if prm.per_input else prm.default
+                self._values[prm.name] = _typed(method.name, prm, value, n)
+                continue
             self._values[prm.name] = _typed(method.name, prm, params[prm.name], n)
         for extra in ("masks", "l1_scales"):
             self._values[extra] = params.get(extra)
@@ -265,23 +271,32 @@ def need_seed(method: str, seed: int | None) -> int:
 # Counting rules shared by the sparsifying methods ------------------------------------------
 
 
-def count_of(frac: float, n: int) -> int:
+#: how a fraction of a tensor's entries is counted (the `count` parameter): rounded half
+#: up, or rounded down as mergekit does (``int(frac * n)``)
+COUNTS = ("round", "floor")
+
+
+def count_of(frac: float, n: int, count: str = "round") -> int:
     """round_half_up(frac * n), clamped to [0, n]: ``floor(frac * n + 0.5 + 1e-9)`` (the
-    1e-9 absorbs binary representation error, so ``0.35 * 10`` counts 4)."""
+    1e-9 absorbs binary representation error, so ``0.35 * 10`` counts 4). With
+    ``count="floor"``: ``int(frac * n)``, as mergekit computes it."""
     if n <= 0:
         return 0
-    k = int(math.floor(float(frac) * n + 0.5 + 1e-9))
+    if count == "floor":
+        k = int(float(frac) * n)
+    else:
+        k = int(math.floor(float(frac) * n + 0.5 + 1e-9))
     return min(max(k, 0), n)
 
 
-def keep_count(density: float, n: int) -> int:
+def keep_count(density: float, n: int, count: str = "round") -> int:
     """Entries a top-k with ``density`` in (0, 1] keeps out of ``n``: count_of, at least 1,
     so a positive density never zeroes a whole tensor; density 1 keeps all ``n``."""
     if n <= 0:
         return 0
     if density >= 1.0:
         return n
-    return max(1, count_of(density, n))
+    return max(1, count_of(density, n, count))
 
 
 def sum_of_weights(weights: Sequence[float], method: str) -> float:

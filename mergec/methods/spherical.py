@@ -32,13 +32,15 @@ ANTIPODAL = 1e-6
 EPSILON = Param("epsilon", "number", 1e-8, "norms below this count as zero", min=0.0)
 
 
-def slerp_coefficients(g00: Any, g11: Any, g01: Any, t: float, epsilon: float
+def slerp_coefficients(g00: Any, g11: Any, g01: Any, t: float, epsilon: float,
+                       threshold: float = SLERP_DOT_THRESHOLD
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(c0, c1) with ``slerp(v0, v1, t) = c0 v0 + c1 v1``, elementwise over arrays of rows.
 
     ``g00 = |v0|^2``, ``g11 = |v1|^2``, ``g01 = <v0, v1>``. Linear interpolation
     ``(1 - t, t)`` is used when a norm is below ``epsilon`` (or zero) or when
-    ``|cos| > 0.9995`` (parallel and antiparallel vectors alike, so no NaN); otherwise
+    ``|cos| > threshold`` (0.9995; parallel and antiparallel vectors alike) or
+    ``1 - cos^2 <= 1e-16`` (so no NaN, whatever the threshold); otherwise
     ``sin((1 - t) W) / sin W`` and ``sin(t W) / sin W`` with ``W = arccos cos``.
     """
     g00 = np.atleast_1d(np.asarray(g00, dtype=np.float64))
@@ -49,7 +51,7 @@ def slerp_coefficients(g00: Any, g11: Any, g01: Any, t: float, epsilon: float
     small = (n0 < epsilon) | (n0 == 0) | (n1 < epsilon) | (n1 == 0)
     denom = np.where(small, 1.0, n0 * n1)
     cos = np.clip(np.where(small, 1.0, g01 / denom), -1.0, 1.0)
-    lerp = small | (np.abs(cos) > SLERP_DOT_THRESHOLD) | ~np.isfinite(cos)
+    lerp = small | (np.abs(cos) > threshold) | (1.0 - cos * cos <= 1e-16) | ~np.isfinite(cos)
     omega = np.arccos(np.where(lerp, 0.0, cos))
     so = np.where(lerp, 1.0, np.sin(omega))
     c0 = np.where(lerp, 1.0 - t, np.sin((1.0 - t) * omega) / so)
@@ -124,8 +126,9 @@ def nuslerp_t(weight: Sequence[float]) -> float:
     return weight[1] / (weight[0] + weight[1])
 
 
-def _pair(t: float, eps: float, gram: np.ndarray) -> list[float]:
-    c0, c1 = slerp_coefficients(gram[0, 0], gram[1, 1], gram[0, 1], t, eps)
+def _pair(t: float, eps: float, gram: np.ndarray,
+          threshold: float = SLERP_DOT_THRESHOLD) -> list[float]:
+    c0, c1 = slerp_coefficients(gram[0, 0], gram[1, 1], gram[0, 1], t, eps, threshold)
     return [float(c0[0]), float(c1[0])]
 
 
@@ -135,7 +138,8 @@ def _slerp_gram(params: Mapping[str, Any], gram: np.ndarray) -> list[float]:
 
 def _nuslerp_gram(params: Mapping[str, Any], gram: np.ndarray) -> list[float]:
     w = _weights(params, 2)
-    return _pair(nuslerp_t(w), float(params["epsilon"]), gram)
+    return _pair(nuslerp_t(w), float(params["epsilon"]), gram,
+                 float(params.get("lerp_threshold", SLERP_DOT_THRESHOLD)))
 
 
 def _weights(params: Mapping[str, Any], n: int) -> tuple[float, ...]:
@@ -172,11 +176,11 @@ def _nuslerp(ops, xs, p, seed):
     t = nuslerp_t(p.weight)
     a, b = xs
     if p.flatten or len(ops.shape(a)) < 2:
-        return from_gram(ops, xs, _pair(t, p.epsilon, ops.gram(xs)))
+        return from_gram(ops, xs, _pair(t, p.epsilon, ops.gram(xs), p.lerp_threshold))
     if not p.row_wise:  # columns: the vectors along axis -2
         a, b = ops.swapaxes(a), ops.swapaxes(b)
     c0, c1 = slerp_coefficients(ops.row_dots(a, a), ops.row_dots(b, b), ops.row_dots(a, b),
-                                t, p.epsilon)
+                                t, p.epsilon, p.lerp_threshold)
     out = ops.add(ops.scale_rows(a, c0.astype(np.float32)),
                   ops.scale_rows(b, c1.astype(np.float32)))
     return ops.swapaxes(out) if not p.row_wise else out
@@ -216,7 +220,10 @@ METHODS = (
         "t = w_2 / (w_1 + w_2); slerp(x_1, x_2, t) over the whole tensor (flatten) or per row",
         (WEIGHT, Param("flatten", "bool", True, "treat the tensor as one vector"),
          Param("row_wise", "bool", False, "with flatten=false: rows (true) or columns (false)"),
-         EPSILON),
+         EPSILON,
+         Param("lerp_threshold", "number", SLERP_DOT_THRESHOLD,
+               "|cos| above which the inputs are interpolated linearly; 1: only exactly "
+               "parallel inputs, as mergekit's nuslerp", min=0.0, max=1.0)),
         _nuslerp, base="delta", min_inputs=2, max_inputs=2, models_without_base=True,
         references=("Shoemake 1985",),
         notes="Without base= the inputs are interpolated as they are (Models or Deltas).",

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from .consensus import ELECT, WEIGHTED_ELECT, consensus, f32
 from .linear import LAMBDA, NORMALIZE, WEIGHT
-from .spec import Method, Param, Traits, keep_count
+from .spec import COUNTS, Method, Param, Traits, keep_count
 
 TRIM = Param("trim", "string", "tensor",
              "where the top-k threshold is taken: per tensor or over the whole model",
              choices=("tensor", "model"))
+COUNT = Param("count", "string", "round",
+              "entries kept of n: round_half_up(density * n), or int(density * n) as "
+              "mergekit counts (floor); at least 1 either way", choices=COUNTS)
+
+
+def _check(params, n: int) -> str | None:
+    if params.get("count") == "floor" and params.get("trim") == "model":
+        return 'count="floor" counts per tensor: it cannot be used with trim="model"'
+    return None
 
 
 def _ties(ops, xs, p, seed):
@@ -20,7 +29,7 @@ def _ties(ops, xs, p, seed):
     if p.masks is not None:
         taus = [ops.keep(x, ops.host(m)) for x, m in zip(xs, p.masks)]
     elif p.trim == "tensor":
-        taus = [ops.keep(x, ops.topk_mask(ops.abs(x), keep_count(d, ops.size(x))))
+        taus = [ops.keep(x, ops.topk_mask(ops.abs(x), keep_count(d, ops.size(x), p.count)))
                 for x, d in zip(xs, p.density)]
     elif p.trim == "model":
         if p.thresholds is None:
@@ -40,8 +49,8 @@ METHODS = (
         "sum_{i agrees} w_i; base + lambda * merged",
         (WEIGHT, Param("density", "number", 0.2, "fraction of entries kept per input",
                        per_input=True, min=0.0, max=1.0, min_open=True),
-         LAMBDA, NORMALIZE, ELECT, WEIGHTED_ELECT, TRIM),
-        _ties, base="delta", min_inputs=1,
+         LAMBDA, NORMALIZE, ELECT, WEIGHTED_ELECT, TRIM, COUNT),
+        _ties, base="delta", min_inputs=1, check=_check,
         references=("Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",),
         traits=Traits(split=lambda params, ndim: "masks", masks="topk"),
     ),

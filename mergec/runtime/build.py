@@ -39,6 +39,9 @@ class BuildResult:
     tensors: int
     bytes_written: int
     seconds: float
+    recomputed: int | None = None  # tensors computed (the rest copied); None: all of them
+    resumed: int = 0  # tensors copied from a killed build's staging folder
+    skipped: bool = False  # up to date: nothing written
 
 
 ProgressFn = Callable[[str, int, int], None]  # (output name, tensors done, bytes done)
@@ -49,7 +52,9 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
                  force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
                  progress: ProgressFn | None = None, max_memory: int | None = None,
                  jobs: int | None = None, trace: TraceFn | None = None,
-                 open_writer: Callable | None = None, executor=None) -> BuildResult:
+                 open_writer: Callable | None = None, executor=None,
+                 reuse: dict | None = None, keys: tuple[dict, str] | None = None
+                 ) -> BuildResult:
     """Compute and write one output. On a CPU every tensor of two or more dimensions whose
     computation allows it is split into blocks of rows that stay in the processor's cache,
     computed by `jobs` workers; on an accelerator tensors are split only to fit
@@ -59,7 +64,10 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     :class:`OutputWriter` at `target` (it then writes the files beside the tensors itself,
     in its `commit`: a sweep's :class:`mergec.runtime.sweep.SweepWriter`); `executor`
     runs the steps instead of this process's workers (its `run(...)`, see
-    :mod:`mergec.runtime.ray_executor`)."""
+    :mod:`mergec.runtime.ray_executor`). `reuse` (tensor name -> its bytes) copies tensors
+    instead of computing them; `keys` ((tensor keys, output key),
+    :mod:`mergec.runtime.incremental`) are recorded in the output and in a journal of
+    finished tensors while it is written."""
     t0 = time.perf_counter()
     parallel.tune_allocator()
     sources = [checked.source(n) for n in checked.inputs]
@@ -78,7 +86,8 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     try:
         path = _write_output(lo, checked, target, backend, steps, stats, pool, ex.workers,
                              force=force, shard_size=shard_size, progress=progress,
-                             trace=trace, open_writer=open_writer, executor=executor)
+                             trace=trace, open_writer=open_writer, executor=executor,
+                             reuse=reuse or {}, keys=keys)
     except CheckpointError as e:
         if e.code == "E421":  # raised by a step, which does not know the output's name
             raise CheckpointError(e.code, f"output `{lo.output.name}`, {e.message}",
@@ -89,7 +98,8 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
             pool.shutdown(wait=True, cancel_futures=True)
     done_bytes = sum(t.node.numel * itemsize(t.dtype) for t in lo.tensors)
     return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0,
+                       recomputed=len(lo.tensors) - len(reuse or {}) if keys else None)
 
 
 def _chunks_of(node: Node, checked, backend, budget):
@@ -106,18 +116,27 @@ def _chunks_of(node: Node, checked, backend, budget):
 
 def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, pool,
                   workers: int, *, force, shard_size, progress, trace, open_writer=None,
-                  executor=None) -> Path:
+                  executor=None, reuse=None, keys=None) -> Path:
     """Run every step, then write the files beside the tensors. Writes go to
-    precomputed offsets, so the order in which steps finish does not matter."""
+    precomputed offsets, so the order in which steps finish does not matter. The tensors
+    of `reuse` are copied first, and their steps not run."""
+    from mergec.runtime.incremental import KEYS_FILE, Journal, keys_document
+
     out = lo.output
     order = dispatch_order(lo)
     tensors = [lo.tensors[i] for i in order]
+    if reuse:
+        kept = [i for i, t in enumerate(tensors) if t.name not in reuse]
+        tensors, steps = [tensors[i] for i in kept], [steps[i] for i in kept]
     done = {"tensors": 0, "bytes": 0}
     lock = threading.Lock()
+    journal: list = [None]
 
     def finished(i: int, record: dict) -> None:
         t, step = tensors[i], steps[i]
         with lock:
+            if journal[0] is not None:
+                journal[0].done(t.name)
             done["tensors"] += 1
             done["bytes"] += t.node.numel * itemsize(t.dtype)
             if trace is not None:
@@ -132,6 +151,16 @@ def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, 
         opened = OutputWriter(target, decl, shard_size=shard_size, force=force,
                               metadata={"mergec_version": __version__})
     with opened as writer:
+        if keys is not None:
+            journal[0] = Journal(writer.temp_dir, keys[0])
+        for t in (t for t in lo.tensors if t.name in (reuse or {})):  # copies, first
+            writer.write_raw(t.name, reuse[t.name]())
+            if journal[0] is not None:
+                journal[0].done(t.name)
+            done["tensors"] += 1
+            done["bytes"] += t.node.numel * itemsize(t.dtype)
+            if progress:
+                progress(out.name, done["tensors"], done["bytes"])
 
         def run(i: int, blocks_pool=None) -> dict:
             return run_step(tensors[i], steps[i], checked, backend, writer, stats, blocks_pool)
@@ -144,6 +173,9 @@ def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, 
             _in_threads(steps, tensors, checked, pool, run, finished)
         if open_writer is None:
             write_files(writer, lo, checked)
+        if keys is not None:
+            journal[0].close()
+            writer.add_file(KEYS_FILE, keys_document(*keys))
         return writer.commit()
 
 

@@ -171,7 +171,7 @@ def ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
     (the k-th is outside the bracket), a histogram pass and a pass over one bucket find it.
     """
 
-    ks = [keep_count(d, n.numel) for d in params["density"]]
+    ks = [keep_count(d, n.numel, params.get("count", "round")) for d in params["density"]]
     live = [i for i, k in enumerate(ks) if k < n.numel]
     trims: list = [None] * len(ks)
     if not live:
