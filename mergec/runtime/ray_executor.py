@@ -130,7 +130,8 @@ class RayExecutor:
                     help="give a smaller --max-memory (the steps are split into row blocks "
                     "to fit it), or add nodes to the cluster"))
             opts["memory"] = int(self.max_memory)
-        shared = ray.put({"inputs": _input_specs(checked), "stats": stats,
+        shared = ray.put({"inputs": _input_specs(checked), "settings": checked.settings,
+                          "stats": stats,
                           "backend": (getattr(backend, "name", "reference"),
                                       str(getattr(backend, "device", "cpu"))),
                           "before": self.before_task})
@@ -217,8 +218,12 @@ def _remote(ray):
 class WorkerInputs:
     """The inputs as a worker sees them: opened on first use, kept for the next task."""
 
-    def __init__(self, specs: dict):
+    def __init__(self, specs: dict, settings=None):
+        from mergec.check.program import Settings
+
         self.specs = specs
+        #: the recipe's settings, which steps read (allow_nonfinite)
+        self.settings = settings if settings is not None else Settings()
 
     def source(self, name: str):
         kind, root, ref, fingerprint = self.specs[name]
@@ -246,6 +251,6 @@ def run_group(shared: dict, work: list, sink) -> list[dict]:
         shared["before"]()
     name, device = shared["backend"]
     backend = get_backend(name, device)
-    inputs = WorkerInputs(shared["inputs"])
+    inputs = WorkerInputs(shared["inputs"], shared.get("settings"))
     return [run_step(t, step, inputs, backend, sink, shared["stats"], None)
             for t, step in work]
