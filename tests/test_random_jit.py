@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mergec.ops import compiled
 from mergec.ops import random as rnd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,8 @@ CASES = [(s, stream, start, n) for s in SEEDS for stream in (0, 1, 5)
 @pytest.fixture(scope="module")
 def jit():
     pytest.importorskip("numba")
-    from mergec.ops import philox_jit
-    return philox_jit
+    from mergec.ops import jit
+    return jit
 
 
 @pytest.mark.parametrize("seed,stream,start,n", CASES)
@@ -71,14 +72,14 @@ SHAPES = [(), (0,), (1,), (3,), (7, 5), (4, 0), (0, 4), (3, 1, 9), (2, 3, 4, 5),
 def force_jit(jit, monkeypatch):
     """Every draw goes through the compiled kernel (no size threshold)."""
     monkeypatch.delenv("MERGEC_NO_JIT", raising=False)
-    monkeypatch.setattr(rnd, "JIT_MIN_VALUES", 0)
-    assert rnd.compiled_kernels(0) is jit
+    monkeypatch.setattr(compiled, "JIT_MIN_VALUES", 0)
+    assert compiled.kernels(0) is jit
 
 
 def numpy_path(monkeypatch, fn, *args):
     with monkeypatch.context() as m:
         m.setenv("MERGEC_NO_JIT", "1")
-        assert rnd.compiled_kernels(1 << 40) is None
+        assert compiled.kernels(1 << 40) is None
         return fn(*args)
 
 
@@ -134,11 +135,12 @@ def _run(code: str, env: dict) -> dict:
 
 
 DRAW = """import json, sys
+from mergec.ops import compiled
 from mergec.ops import random as rnd
 small = rnd.keep_mask(1, 0, (1000,), 0.5)
 after_small = "numba" in sys.modules
-m = rnd.keep_mask(1, 0, (rnd.JIT_MIN_VALUES,), 0.5)
-k = rnd.compiled_kernels()
+m = rnd.keep_mask(1, 0, (compiled.JIT_MIN_VALUES,), 0.5)
+k = compiled.kernels()
 stats = k._fill_mask.stats if k is not None else None
 print(json.dumps({"after_small": after_small, "numba": "numba" in sys.modules,
                   "jit": k is not None, "kept": int(m.sum()), "small": int(small.sum()),
@@ -152,7 +154,7 @@ def test_compiled_code_is_cached_in_mergecs_cache_dir(jit, tmp_path):
     cold = _run(DRAW, env)
     assert cold["jit"] and not cold["after_small"]  # a small draw does not load numba
     assert cold["misses"] == 1 and cold["hits"] == 0
-    cached = list((tmp_path / "cache" / "numba").rglob("philox_jit._fill_mask-*.nbi"))
+    cached = list((tmp_path / "cache" / "numba").rglob("jit._fill_mask-*.nbi"))
     assert len(cached) == 1
     warm = _run(DRAW, env)
     assert warm["hits"] == 1 and warm["misses"] == 0

@@ -24,6 +24,7 @@ from mergec.runtime.output_files import write_files
 from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
 from mergec.ir.lower import LoweredOutput
 from mergec.ir.nodes import Node, topo
+from mergec.ops.compiled import kernels as compiled_kernels
 from mergec.runtime import parallel
 from mergec.runtime.interpreter import evaluate, run_step
 from mergec.runtime.prepass import compute_model_stats, host_f32
@@ -63,6 +64,8 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     stats = compute_model_stats(lo, lambda node: _chunks_of(node, checked, backend, budget))
     if trace is not None and stats:
         trace({"model_stats": [repr(k) for k in stats]})
+    if ex.pool == "processes":  # forked workers inherit the compiled kernels, not each load them
+        compiled_kernels(_largest_draw(lo))
     pool = parallel.process_pool(ex.workers) if ex.pool == "processes" else None
     if pool is None and ex.workers > 1:
         pool = ThreadPoolExecutor(ex.workers, thread_name_prefix="mergec")
@@ -76,6 +79,13 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     done_bytes = sum(t.node.numel * itemsize(t.dtype) for t in lo.tensors)
     return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
                        time.perf_counter() - t0)
+
+
+def _largest_draw(lo: LoweredOutput) -> int:
+    """Values in the largest tensor of a random merge (DARE's masks, DELLA's ranks and
+    draws) in the output, 0 if none."""
+    return max((n.numel for t in lo.tensors for n in topo(t.node)
+                if n.op == "merge" and n.attr("seed") is not None), default=0)
 
 
 def _chunks_of(node: Node, checked, backend, budget):

@@ -1,13 +1,19 @@
-"""Compiled Philox-4x64-10 kernels for :mod:`mergec.ops.random` (needs numba).
+"""Compiled kernels (needs numba): Philox-4x64-10 words for :mod:`mergec.ops.random` and
+per-row ranks for :mod:`mergec.ops.rank`.
 
-The kernels produce the raw words of ``numpy.random.Philox(key=[seed, stream])`` in
+The Philox kernels produce the raw words of ``numpy.random.Philox(key=[seed, stream])`` in
 ``random_raw`` order and turn them straight into the output (a keep mask, or float32
 uniforms) without the 8-byte intermediate array the NumPy path makes: word ``j`` comes from
 the counter block ``j // 4 + 1`` (numpy increments the counter before each block), lane
 ``j % 4``. :func:`mergec.ops.random` checks the words bit for bit against numpy.
 
-This module imports numba at the top; :mod:`mergec.ops.random` imports it only when a
-large enough draw is made and falls back to NumPy when it is missing or fails. The machine
+The rank kernel sorts each row's unique keys (see :mod:`mergec.ops.rank`) by a radix sort of
+the 32-bit order keys, starting from the entries in descending index order (a stable sort
+keeps that order among equal keys), one byte per pass, skipping a byte all keys share.
+
+This module imports numba at the top; :mod:`mergec.ops.compiled` imports it only when
+enough work is asked for and falls back to NumPy when it is missing, fails or disagrees
+with NumPy (:func:`self_check`). The machine
 code is cached on disk (``$MERGEC_CACHE_DIR/numba``, else ``~/.cache/mergec/numba``, the
 directory of the parser tables), so only the first run on a machine pays for compiling.
 """
@@ -23,7 +29,7 @@ from numba import types
 from numba.core import caching
 from numba.extending import intrinsic
 
-__all__ = ["fill_mask", "fill_uniform", "cache_dir"]
+__all__ = ["fill_mask", "fill_uniform", "rank_rows", "cache_dir", "self_check"]
 
 # Philox-4x64 round multipliers and Weyl key increments (Salmon et al. 2011, Random123)
 _M0 = np.uint64(0xD2E7470EE14C6C93)
@@ -191,3 +197,65 @@ def fill_mask(seed: int, stream: int, start: int, limit: int, out: np.ndarray) -
 def fill_uniform(seed: int, stream: int, start: int, out: np.ndarray) -> np.ndarray:
     """``out[i] = (word(start + i) >> 40) * 2**-24`` as float32; ``out`` flat float32."""
     return _fill_uniform(np.uint64(seed), np.uint64(stream), np.int64(start), out)
+
+
+@_jit
+def _rank_rows(keys, out):
+    m, n = keys.shape
+    idx = np.empty(n, np.int64)
+    tmp = np.empty(n, np.int64)
+    count = np.empty(256, np.int64)
+    for r in range(m):
+        k = keys[r]
+        for i in range(n):
+            idx[i] = n - 1 - i
+        for shift in range(0, 32, 8):
+            count[:] = 0
+            for i in range(n):
+                count[(k[i] >> shift) & 255] += 1
+            if count[(k[0] >> shift) & 255] == n:  # every key has this byte: order unchanged
+                continue
+            total = 0
+            for d in range(256):
+                c = count[d]
+                count[d] = total
+                total += c
+            for i in range(n):
+                j = idx[i]
+                d = (k[j] >> shift) & 255
+                tmp[count[d]] = j
+                count[d] += 1
+            idx, tmp = tmp, idx
+        row = out[r]
+        for i in range(n):
+            row[idx[i]] = i
+    return out
+
+
+def rank_rows(keys: np.ndarray) -> np.ndarray:
+    """int64 ranks per row of a 2-D array of uint32 order keys: the position of each entry
+    in the ascending order of keys, equal keys by descending index. Releases the GIL."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint32)
+    if keys.shape[0] == 0 or keys.shape[1] == 0:
+        return np.zeros(keys.shape, dtype=np.int64)
+    return _rank_rows(keys, np.empty(keys.shape, dtype=np.int64))
+
+
+def self_check() -> bool:
+    """Do the compiled kernels reproduce NumPy? (Philox words against
+    ``numpy.random.Philox.random_raw`` across counter blocks from an offset that is not a
+    multiple of four, as masks and as floats; ranks against a stable argsort.)"""
+    seed, stream, start, n = 0x9E3779B97F4A7C15, 3, 4 * 1000 + 3, 37
+    bg = np.random.Philox(key=np.array([seed, stream], dtype=np.uint64))
+    words = bg.random_raw(start + n)[start:]
+    limit = 1 << 63
+    mask = fill_mask(seed, stream, start, limit, np.empty(n, dtype=bool))
+    unit = fill_uniform(seed, stream, start, np.empty(n, dtype=np.float32))
+    want = (words >> _SHIFT).astype(np.float32) * _SCALE
+    keys = np.array([[5, 1, 5, 0, 300, 70000, 1 << 24, 5]], dtype=np.uint32)
+    order = np.argsort(-keys.astype(np.int64), axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[0, order[0]] = np.arange(keys.shape[1] - 1, -1, -1)
+    return (np.array_equal(mask, words < np.uint64(limit))
+            and np.array_equal(unit.view(np.uint32), want.view(np.uint32))
+            and np.array_equal(rank_rows(keys), ranks))

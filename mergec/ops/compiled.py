@@ -1,0 +1,43 @@
+"""Whether the compiled kernels (:mod:`mergec.ops.jit`, numba) are used, loading them once.
+
+They are optional (``pip install 'mergec[fast]'``) and make exactly the numbers the NumPy
+code makes, only faster. Loading them imports numba and reads their cached machine code,
+a few tenths of a second, so they are loaded by the first call that has at least
+:data:`JIT_MIN_VALUES` values of work and used by every call after that. Where numba is
+missing, fails, or the kernels do not reproduce NumPy on a short check, NumPy is used.
+``MERGEC_NO_JIT=1`` in the environment forces NumPy (tests of the fallback use it).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["JIT_MIN_VALUES", "kernels"]
+
+#: the smallest amount of work (values) that loads the compiled kernels
+JIT_MIN_VALUES = 1 << 20
+
+_loaded: list = []  # [the kernel module, or None where it is unavailable], once tried
+
+
+def kernels(count: int = JIT_MIN_VALUES):
+    """The compiled kernel module for a call with ``count`` values of work, or None: NumPy
+    is used (forced by ``MERGEC_NO_JIT``, numba not installed or failing, or too little
+    work to be worth loading numba for while it is not loaded yet)."""
+    if os.environ.get("MERGEC_NO_JIT", "") not in ("", "0"):
+        return None
+    if not _loaded:
+        if count < JIT_MIN_VALUES:
+            return None
+        _loaded.append(_load())
+    return _loaded[0]
+
+
+def _load():
+    try:
+        from mergec.ops import jit  # optional and heavy (numba): only when work asks for it
+        if jit.self_check():
+            return jit
+    except Exception:  # noqa: BLE001 - not installed, cannot compile: NumPy does the work
+        pass
+    return None
