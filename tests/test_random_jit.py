@@ -137,6 +137,7 @@ def _run(code: str, env: dict) -> dict:
 DRAW = """import json, sys
 from mergec.ops import compiled
 from mergec.ops import random as rnd
+compiled.JIT_MIN_VALUES = 1 << 16
 small = rnd.keep_mask(1, 0, (1000,), 0.5)
 after_small = "numba" in sys.modules
 m = rnd.keep_mask(1, 0, (compiled.JIT_MIN_VALUES,), 0.5)
@@ -172,5 +173,5 @@ def test_numpy_fallback_without_numba(tmp_path):
     code = DRAW.replace("import json, sys", f"import json, sys; sys.path.insert(0, {str(tmp_path)!r})")
     got = _run(code, {"MERGEC_NO_JIT": ""})
     assert not got["jit"]
-    words = numpy_words(1, 0, 0, 1 << 20)
+    words = numpy_words(1, 0, 0, 1 << 16)
     assert got["kept"] == int(np.count_nonzero(words < np.uint64(limit_of(0.5))))

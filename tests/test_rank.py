@@ -100,3 +100,57 @@ def test_large_rows_on_both_paths(path):
 def test_not_two_dimensional_is_refused():
     with pytest.raises(ValueError, match="2-D"):
         ops_rank.rank_ascending(np.zeros(4, dtype=np.float32))
+
+
+# --- the magnitude histogram of top-k selection (TIES, breadcrumbs, SCE) ---------------------
+
+from mergec.backends.reference import topk_mask  # noqa: E402
+from mergec.ops import select  # noqa: E402
+
+
+def sorted_topk(mag: np.ndarray, k: int) -> np.ndarray:
+    """The definition: the first k of a stable sort by descending magnitude."""
+    flat = mag.reshape(-1)
+    order = np.argsort(-flat, kind="stable")
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[order[:max(k, 0)]] = True
+    return mask.reshape(mag.shape)
+
+
+def magnitudes(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = 70_000  # above the size where selection replaces numpy.partition
+    g = rng.standard_normal(n).astype(np.float32)
+    bf16 = np.abs((g.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)) * 1e-3
+    few = rng.integers(0, 4, n).astype(np.float32)
+    zeros = np.zeros(n, dtype=np.float32)
+    tiny = rng.integers(0, 3, n).astype(np.uint32).view(np.float32)
+    inf = np.abs(g).copy()
+    inf[rng.integers(0, n, 50)] = np.inf
+    return [np.abs(g).reshape(350, 200), bf16, few, zeros, tiny, inf, np.abs(g) + 0.0]
+
+
+def test_histogram_and_bucket_equal_numpys(path):
+    for x in magnitudes(0):
+        bits = select.magnitude_bits(x)
+        hist = np.bincount(bits >> 18, minlength=1 << 14)
+        np.testing.assert_array_equal(select.histogram(bits), hist)
+        for bucket in (0, int(np.argmax(hist)), (1 << 14) - 1, int(bits[-1] >> 18)):
+            np.testing.assert_array_equal(select.bucket_entries(bits, bucket),
+                                          bits[(bits >> 18) == bucket])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_topk_masks_equal_a_stable_sort(path, seed):
+    for x in magnitudes(seed):
+        n = x.size
+        for k in (1, 2, n // 10, n // 2, n - 1, n, 0):
+            np.testing.assert_array_equal(topk_mask(x, k), sorted_topk(x, k))
+        bits = select.magnitude_bits(x)
+        for k in (1, n // 3, n):
+            want = np.sort(bits)[::-1][k - 1]
+            assert select.kth_largest(bits, k) == want
+            chunks = lambda: [x.reshape(-1)[:n // 3], x.reshape(-1)[n // 3:]]  # noqa: E731
+            kth, larger = select.exact_kth_largest(chunks, k)
+            assert np.float32(kth).view(np.uint32) == want
+            assert larger == int(np.count_nonzero(bits > want))

@@ -2,7 +2,7 @@
 
 They are optional (``pip install 'mergec[fast]'``) and make exactly the numbers the NumPy
 code makes, only faster. Loading them imports numba and reads their cached machine code,
-a few tenths of a second, so they are loaded by the first call that has at least
+about 0.8 s (numba's own start-up) and 50 MiB, so they are loaded by the first call that has at least
 :data:`JIT_MIN_VALUES` values of work and used by every call after that. Where numba is
 missing, fails, or the kernels do not reproduce NumPy on a short check, NumPy is used.
 ``MERGEC_NO_JIT=1`` in the environment forces NumPy (tests of the fallback use it).
@@ -14,20 +14,23 @@ import os
 
 __all__ = ["JIT_MIN_VALUES", "kernels"]
 
-#: the smallest amount of work (values) that loads the compiled kernels
-JIT_MIN_VALUES = 1 << 20
+#: the smallest amount of work (values) that loads the compiled kernels: loading costs about
+#: what NumPy takes to draw a mask of 2**26 values, so a model whose largest tensor is
+#: smaller (under about 100M parameters) keeps to NumPy
+JIT_MIN_VALUES = 1 << 24
 
 _loaded: list = []  # [the kernel module, or None where it is unavailable], once tried
 
 
-def kernels(count: int = JIT_MIN_VALUES):
-    """The compiled kernel module for a call with ``count`` values of work, or None: NumPy
+def kernels(count: int | None = None):
+    """The compiled kernel module for a call with ``count`` values of work (None: load them
+    whatever the work), or None: NumPy
     is used (forced by ``MERGEC_NO_JIT``, numba not installed or failing, or too little
     work to be worth loading numba for while it is not loaded yet)."""
     if os.environ.get("MERGEC_NO_JIT", "") not in ("", "0"):
         return None
     if not _loaded:
-        if count < JIT_MIN_VALUES:
+        if count is not None and count < JIT_MIN_VALUES:
             return None
         _loaded.append(_load())
     return _loaded[0]

@@ -29,7 +29,7 @@ from numba import types
 from numba.core import caching
 from numba.extending import intrinsic
 
-__all__ = ["fill_mask", "fill_uniform", "rank_rows", "cache_dir", "self_check"]
+__all__ = ["fill_mask", "fill_uniform", "rank_rows", "histogram", "bucket_entries", "cache_dir", "self_check"]
 
 # Philox-4x64 round multipliers and Weyl key increments (Salmon et al. 2011, Random123)
 _M0 = np.uint64(0xD2E7470EE14C6C93)
@@ -241,10 +241,47 @@ def rank_rows(keys: np.ndarray) -> np.ndarray:
     return _rank_rows(keys, np.empty(keys.shape, dtype=np.int64))
 
 
+@_jit
+def _histogram(bits, shift, out):
+    for i in range(bits.size):
+        out[bits[i] >> shift] += 1
+    return out
+
+
+def histogram(bits: np.ndarray, shift: int) -> np.ndarray:
+    """``numpy.bincount(bits >> shift, minlength=2**(32 - shift))`` of flat uint32 bit
+    patterns, in one pass. Releases the GIL."""
+    out = np.zeros(1 << (32 - shift), dtype=np.int64)
+    return _histogram(np.ascontiguousarray(bits, dtype=np.uint32).reshape(-1), np.uint32(shift),
+                      out)
+
+
+@_jit
+def _bucket_entries(bits, shift, bucket):
+    n = 0
+    for i in range(bits.size):
+        if bits[i] >> shift == bucket:
+            n += 1
+    out = np.empty(n, np.uint32)
+    j = 0
+    for i in range(bits.size):
+        if bits[i] >> shift == bucket:
+            out[j] = bits[i]
+            j += 1
+    return out
+
+
+def bucket_entries(bits: np.ndarray, shift: int, bucket: int) -> np.ndarray:
+    """``bits[(bits >> shift) == bucket]`` of flat uint32 bit patterns, in order."""
+    return _bucket_entries(np.ascontiguousarray(bits, dtype=np.uint32).reshape(-1),
+                           np.uint32(shift), np.uint32(bucket))
+
+
 def self_check() -> bool:
     """Do the compiled kernels reproduce NumPy? (Philox words against
     ``numpy.random.Philox.random_raw`` across counter blocks from an offset that is not a
-    multiple of four, as masks and as floats; ranks against a stable argsort.)"""
+    multiple of four, as masks and as floats; ranks against a stable argsort; a histogram
+    and a bucket's entries against numpy.)"""
     seed, stream, start, n = 0x9E3779B97F4A7C15, 3, 4 * 1000 + 3, 37
     bg = np.random.Philox(key=np.array([seed, stream], dtype=np.uint64))
     words = bg.random_raw(start + n)[start:]
@@ -256,6 +293,12 @@ def self_check() -> bool:
     order = np.argsort(-keys.astype(np.int64), axis=-1, kind="stable")
     ranks = np.empty_like(order)
     ranks[0, order[0]] = np.arange(keys.shape[1] - 1, -1, -1)
-    return (np.array_equal(mask, words < np.uint64(limit))
+    bits = (words >> np.uint64(32)).astype(np.uint32)
+    hist = np.bincount(bits >> np.uint32(18), minlength=1 << 14)
+    top = int(bits[5] >> np.uint32(18))
+    return (np.array_equal(histogram(bits, 18), hist)
+            and np.array_equal(bucket_entries(bits, 18, top),
+                               bits[(bits >> np.uint32(18)) == top])
+            and np.array_equal(mask, words < np.uint64(limit))
             and np.array_equal(unit.view(np.uint32), want.view(np.uint32))
             and np.array_equal(rank_rows(keys), ranks))

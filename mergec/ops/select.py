@@ -13,6 +13,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from mergec.ops import compiled
+
 #: histogram buckets of a magnitude's bit pattern: its top 14 bits (sign, exponent and the
 #: top 5 mantissa bits)
 KEY_SHIFT = 18
@@ -30,13 +32,31 @@ def bucket_pass(map_bits: Callable[[Callable], list], k: int) -> tuple[int, list
     that holds the k-th. `map_bits(fn)` applies `fn` to the bit patterns of every chunk,
     in order, and returns the results. Returns (how many entries lie above the bucket,
     the bucket's entries chunk by chunk)."""
-    nb = 1 << (32 - KEY_SHIFT)
-    hist = np.sum(map_bits(lambda b: np.bincount(b >> KEY_SHIFT, minlength=nb)), axis=0)
+    hist = np.sum(map_bits(histogram), axis=0)
+    nb = hist.size
     above = np.cumsum(hist[::-1])
     pos = int(np.searchsorted(above, k))
     bucket = nb - 1 - pos
     return (int(above[pos - 1]) if pos > 0 else 0,
-            map_bits(lambda b: b[(b >> KEY_SHIFT) == bucket]))
+            map_bits(lambda b: bucket_entries(b, bucket)))
+
+
+def histogram(bits: np.ndarray) -> np.ndarray:
+    """Counts of the buckets (top bits) of magnitude bit patterns: ``numpy.bincount``, or
+    the compiled kernel's one pass (:mod:`mergec.ops.compiled`) for large arrays."""
+    kern = compiled.kernels(bits.size)
+    if kern is not None:
+        return kern.histogram(bits, KEY_SHIFT)
+    return np.bincount(bits >> KEY_SHIFT, minlength=1 << (32 - KEY_SHIFT))
+
+
+def bucket_entries(bits: np.ndarray, bucket: int) -> np.ndarray:
+    """The bit patterns in one bucket, in order (compiled for large arrays, as
+    :func:`histogram`)."""
+    kern = compiled.kernels(bits.size)
+    if kern is not None:
+        return kern.bucket_entries(bits, KEY_SHIFT, bucket)
+    return bits[(bits >> KEY_SHIFT) == bucket]
 
 
 def kth_of(vals: np.ndarray, r: int):
