@@ -154,3 +154,15 @@ def test_topk_masks_equal_a_stable_sort(path, seed):
             kth, larger = select.exact_kth_largest(chunks, k)
             assert np.float32(kth).view(np.uint32) == want
             assert larger == int(np.count_nonzero(bits > want))
+
+
+def test_a_misleading_sample_falls_back_to_the_histogram(path):
+    n = 140_000  # the sample takes every second entry: all the large ones
+    x = np.where(np.arange(n) % 2 == 0, np.float32(1.0), np.float32(0.5))
+    x[1::4] = np.float32(0.25)
+    for k in (n // 4, n // 2 + 7, 3 * n // 4, n - 3):
+        np.testing.assert_array_equal(topk_mask(x, k), sorted_topk(x, k))
+        bits = select.magnitude_bits(x)
+        assert select.kth_largest(bits, k) == np.sort(bits)[::-1][k - 1]
+    hi, lo = select.bracket(select.magnitude_bits(x)[::2], 0.75)
+    assert hi == lo == np.float32(1.0).view(np.uint32)  # the bracket the sample gives

@@ -82,8 +82,8 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
 
 
 def _largest_draw(lo: LoweredOutput) -> int:
-    """Values in the largest tensor of a random merge (DARE's masks, DELLA's ranks and
-    draws) in the output, 0 if none."""
+    """Values in the largest tensor of a random merge (DARE's and DELLA's draws, DELLA's
+    ranks) in the output, 0 if none: the bulk of the compiled kernels' work."""
     return max((n.numel for t in lo.tensors for n in topo(t.node)
                 if n.op == "merge" and n.attr("seed") is not None), default=0)
 
