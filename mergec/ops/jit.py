@@ -7,8 +7,8 @@ uniforms) without the 8-byte intermediate array the NumPy path makes: word ``j``
 the counter block ``j // 4 + 1`` (numpy increments the counter before each block), lane
 ``j % 4``. :func:`mergec.ops.random` checks the words bit for bit against numpy.
 
-The rank kernel sorts each row's unique keys (see :mod:`mergec.ops.rank`) by a radix sort of
-the 32-bit order keys, starting from the entries in descending index order (a stable sort
+The rank kernel sorts each row by a radix sort of the 32-bit order keys of its floats (see
+:mod:`mergec.ops.rank`), starting from the entries in descending index order (a stable sort
 keeps that order among equal keys), one byte per pass, skipping a byte all keys share.
 
 This module imports numba at the top; :mod:`mergec.ops.compiled` imports it only when
@@ -199,21 +199,35 @@ def fill_uniform(seed: int, stream: int, start: int, out: np.ndarray) -> np.ndar
     return _fill_uniform(np.uint64(seed), np.uint64(stream), np.int64(start), out)
 
 
+@numba.njit(inline="always")
+def _order_key(b):
+    """The order key of a float32 bit pattern (see mergec.ops.rank.order_keys): NaN 0,
+    -0.0 as 0.0, then the floats in order from 1."""
+    if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint32(0)
+    if b == np.uint32(0x80000000):
+        b = np.uint32(0)
+    if b >> np.uint32(31):
+        return ~b + np.uint32(1)
+    return (b | np.uint32(0x80000000)) + np.uint32(1)
+
+
 @_jit
-def _rank_rows(keys, out):
-    m, n = keys.shape
+def _rank_rows(bits, out):
+    m, n = bits.shape
+    keys = np.empty(n, np.uint32)
     idx = np.empty(n, np.int64)
     tmp = np.empty(n, np.int64)
     count = np.empty(256, np.int64)
     for r in range(m):
-        k = keys[r]
         for i in range(n):
+            keys[i] = _order_key(bits[r, i])
             idx[i] = n - 1 - i
         for shift in range(0, 32, 8):
             count[:] = 0
             for i in range(n):
-                count[(k[i] >> shift) & 255] += 1
-            if count[(k[0] >> shift) & 255] == n:  # every key has this byte: order unchanged
+                count[(keys[i] >> shift) & 255] += 1
+            if count[(keys[0] >> shift) & 255] == n:  # every key has this byte: order unchanged
                 continue
             total = 0
             for d in range(256):
@@ -222,7 +236,7 @@ def _rank_rows(keys, out):
                 total += c
             for i in range(n):
                 j = idx[i]
-                d = (k[j] >> shift) & 255
+                d = (keys[j] >> shift) & 255
                 tmp[count[d]] = j
                 count[d] += 1
             idx, tmp = tmp, idx
@@ -232,13 +246,14 @@ def _rank_rows(keys, out):
     return out
 
 
-def rank_rows(keys: np.ndarray) -> np.ndarray:
-    """int64 ranks per row of a 2-D array of uint32 order keys: the position of each entry
-    in the ascending order of keys, equal keys by descending index. Releases the GIL."""
-    keys = np.ascontiguousarray(keys, dtype=np.uint32)
-    if keys.shape[0] == 0 or keys.shape[1] == 0:
-        return np.zeros(keys.shape, dtype=np.int64)
-    return _rank_rows(keys, np.empty(keys.shape, dtype=np.int64))
+def rank_rows(x: np.ndarray) -> np.ndarray:
+    """int64 ranks per row of a 2-D float32 array, by the order keys of
+    :func:`mergec.ops.rank.order_keys`: the position of each entry in the ascending order
+    of keys, equal keys by descending index. Releases the GIL."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    if bits.shape[0] == 0 or bits.shape[1] == 0:
+        return np.zeros(bits.shape, dtype=np.int64)
+    return _rank_rows(bits, np.empty(bits.shape, dtype=np.int64))
 
 
 @_jit
@@ -289,10 +304,11 @@ def self_check() -> bool:
     mask = fill_mask(seed, stream, start, limit, np.empty(n, dtype=bool))
     unit = fill_uniform(seed, stream, start, np.empty(n, dtype=np.float32))
     want = (words >> _SHIFT).astype(np.float32) * _SCALE
-    keys = np.array([[5, 1, 5, 0, 300, 70000, 1 << 24, 5]], dtype=np.uint32)
-    order = np.argsort(-keys.astype(np.int64), axis=-1, kind="stable")
+    vals = np.array([[5, 1, 5, 0, -0.0, np.nan, 300, -7, np.inf, 1e-40, 5, -np.inf, np.nan]],
+                    dtype=np.float32)
+    order = np.argsort(-vals, axis=-1, kind="stable")  # descending, NaN last, ties by index
     ranks = np.empty_like(order)
-    ranks[0, order[0]] = np.arange(keys.shape[1] - 1, -1, -1)
+    ranks[0, order[0]] = np.arange(vals.shape[1] - 1, -1, -1)
     bits = (words >> np.uint64(32)).astype(np.uint32)
     hist = np.bincount(bits >> np.uint32(18), minlength=1 << 14)
     top = int(bits[5] >> np.uint32(18))
@@ -301,4 +317,4 @@ def self_check() -> bool:
                                bits[(bits >> np.uint32(18)) == top])
             and np.array_equal(mask, words < np.uint64(limit))
             and np.array_equal(unit.view(np.uint32), want.view(np.uint32))
-            and np.array_equal(rank_rows(keys), ranks))
+            and np.array_equal(rank_rows(vals), ranks))

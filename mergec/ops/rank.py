@@ -52,7 +52,7 @@ def rank_ascending(rows: np.ndarray) -> np.ndarray:
     m, n = rows.shape
     kern = compiled.kernels(rows.size)
     if kern is not None:
-        return kern.rank_rows(order_keys(rows))
+        return kern.rank_rows(rows)
     if n >= 1 << 32:  # the index does not fit the low half of a key
         return _argsort_ranks(rows)
     keys = order_keys(rows).astype(np.uint64) << _HALF
