@@ -175,3 +175,46 @@ def test_numpy_fallback_without_numba(tmp_path):
     assert not got["jit"]
     words = numpy_words(1, 0, 0, 1 << 16)
     assert got["kept"] == int(np.count_nonzero(words < np.uint64(limit_of(0.5))))
+
+
+BUILD = """import hashlib, json, sys
+from pathlib import Path
+from mergec.ops import compiled
+compiled.JIT_MIN_VALUES = 1  # every draw and rank counts as large
+from mergec.cli import app
+try:
+    app(["build", "r.merge", "--out-dir", sys.argv[1], "--jobs", "2", "--quiet"])
+except SystemExit as e:
+    assert not e.code, e.code
+files = sorted(Path(sys.argv[1]).rglob("*.safetensors"))
+print(json.dumps({"numba": "numba" in sys.modules,
+                  "sha": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}))
+"""
+
+RECIPE = """model base = "{base}"
+model math = "{math}"
+model code = "{code}"
+
+set seed = 3
+
+output dare = dare_ties(math, code, base=base, density=0.4)
+output della = della(math, code, base=base, density=0.6, epsilon=0.2)
+output crumbs = breadcrumbs(math, code, base=base, density=0.5, gamma=0.1)
+"""
+
+
+def test_builds_are_the_same_bytes_with_and_without_the_kernels(jit, family, tmp_path):
+    (tmp_path / "r.merge").write_text(RECIPE.format(**{k: family[k] for k in
+                                                       ("base", "math", "code")}))
+
+    def build(name: str, env: dict) -> dict:
+        r = subprocess.run([sys.executable, "-c", BUILD, str(tmp_path / name)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    fast = build("fast", {"MERGEC_NO_JIT": ""})
+    slow = build("slow", {"MERGEC_NO_JIT": "1"})
+    assert fast["numba"] and not slow["numba"]  # the first build ran the compiled kernels
+    assert len(fast["sha"]) == 3 and fast["sha"] == slow["sha"]
