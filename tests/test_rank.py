@@ -69,6 +69,10 @@ def test_ranks_equal_the_stable_argsort(path):
         assert got.dtype == np.int64 and got.shape == x.shape
         np.testing.assert_array_equal(got, argsort_ranks(x), err_msg=f"{x!r}")
         np.testing.assert_array_equal(reference.rank_ascending(x), got)
+        as_f32 = ops_rank.rank_ascending(x, np.float32)
+        assert as_f32.dtype == np.float32
+        np.testing.assert_array_equal(as_f32.view(np.uint32),
+                                      got.astype(np.float32).view(np.uint32))
 
 
 def test_ranks_spelled_out(path):
@@ -95,6 +99,8 @@ def test_large_rows_on_both_paths(path):
     x = np.abs(rng.standard_normal((300, 769)).astype(np.float32))
     x = (x.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)  # bf16: many ties
     np.testing.assert_array_equal(ops_rank.rank_ascending(x), argsort_ranks(x))
+    np.testing.assert_array_equal(reference.ReferenceBackend().rank_ascending(x),
+                                  argsort_ranks(x).astype(np.float32))
 
 
 def test_not_two_dimensional_is_refused():

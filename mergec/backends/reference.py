@@ -216,7 +216,7 @@ class ReferenceBackend:
         return topk_mask(mag, k)
 
     def rank_ascending(self, rows):
-        return rank_ascending(rows).astype(np.float32)
+        return ops_rank.rank_ascending(rows, np.float32)
 
     def keep_mask(self, seed: int, stream: int, shape, density: float):
         return rnd.keep_mask(seed, stream, tuple(shape), density)

@@ -246,14 +246,15 @@ def _rank_rows(bits, out):
     return out
 
 
-def rank_rows(x: np.ndarray) -> np.ndarray:
-    """int64 ranks per row of a 2-D float32 array, by the order keys of
+def rank_rows(x: np.ndarray, dtype=np.int64) -> np.ndarray:
+    """Ranks per row of a 2-D float32 array, by the order keys of
     :func:`mergec.ops.rank.order_keys`: the position of each entry in the ascending order
-    of keys, equal keys by descending index. Releases the GIL."""
+    of keys, equal keys by descending index; as ``dtype`` (int64 or float32: converted as
+    ``astype`` converts). Releases the GIL."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     if bits.shape[0] == 0 or bits.shape[1] == 0:
-        return np.zeros(bits.shape, dtype=np.int64)
-    return _rank_rows(bits, np.empty(bits.shape, dtype=np.int64))
+        return np.zeros(bits.shape, dtype=dtype)
+    return _rank_rows(bits, np.empty(bits.shape, dtype=dtype))
 
 
 @_jit

@@ -43,25 +43,27 @@ def order_keys(x: np.ndarray) -> np.ndarray:
     return keys
 
 
-def rank_ascending(rows: np.ndarray) -> np.ndarray:
-    """int64 ranks of a 2-D float32 array, per row (see the module's rule): 0 for the
-    smallest, ``n - 1`` for the largest; of equal values the lower index ranks higher."""
+def rank_ascending(rows: np.ndarray, dtype=np.int64) -> np.ndarray:
+    """Ranks of a 2-D float32 array, per row (see the module's rule): 0 for the smallest,
+    ``n - 1`` for the largest; of equal values the lower index ranks higher. ``dtype``:
+    the ranks' type (float32 for DELLA's probabilities: the int64 ranks converted, written
+    without the int64 array)."""
     rows = np.asarray(rows)
     if rows.ndim != 2:
         raise ValueError(f"rank_ascending takes a 2-D array, got shape {rows.shape}")
     m, n = rows.shape
     kern = compiled.kernels(rows.size)
     if kern is not None:
-        return kern.rank_rows(rows)
+        return kern.rank_rows(rows, dtype)
     if n >= 1 << 32:  # the index does not fit the low half of a key
-        return _argsort_ranks(rows)
+        return _argsort_ranks(rows).astype(dtype, copy=False)
     keys = order_keys(rows).astype(np.uint64) << _HALF
     keys |= np.arange(n - 1, -1, -1, dtype=np.uint64)  # n - 1 - index
     keys.sort(axis=-1)
     keys &= _LOW  # now n - 1 - (the index of the entry at each rank)
     where = (n - 1) - keys.view(np.int64)
-    out = np.empty((m, n), dtype=np.int64)
-    np.put_along_axis(out, where, np.arange(n, dtype=np.int64)[None, :], axis=-1)
+    out = np.empty((m, n), dtype=dtype)
+    np.put_along_axis(out, where, np.arange(n, dtype=np.int64).astype(dtype)[None, :], axis=-1)
     return out
 
 
