@@ -61,11 +61,12 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     steps = schedule(lo, max_memory=max_memory, on_cpu=ex.on_cpu, workers=ex.workers,
                      pool=ex.pool)
     budget = block_budget(max_memory) if ex.on_cpu else max_memory
+    # a random merge of large tensors: the compiled kernels are loaded now (the row blocks
+    # that draw the masks are each too small to load them, and forked workers inherit them)
+    compiled_kernels(_largest_draw(lo))
     stats = compute_model_stats(lo, lambda node: _chunks_of(node, checked, backend, budget))
     if trace is not None and stats:
         trace({"model_stats": [repr(k) for k in stats]})
-    if ex.pool == "processes":  # forked workers inherit the compiled kernels, not each load them
-        compiled_kernels(_largest_draw(lo))
     pool = parallel.process_pool(ex.workers) if ex.pool == "processes" else None
     if pool is None and ex.workers > 1:
         pool = ThreadPoolExecutor(ex.workers, thread_name_prefix="mergec")
