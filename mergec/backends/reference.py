@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mergec.ops import random as rnd
+from mergec.ops import rank as ops_rank
 from mergec.ops.select import kth_largest
 
 from . import base as B
@@ -46,12 +47,9 @@ def topk_mask(mag: Array, k: int) -> Array:
 
 
 def rank_ascending(mag_rows: Array) -> Array:
-    """Per row rank of the magnitude, 0 smallest; equal values: the lower index ranks higher."""
-    order = np.argsort(-mag_rows, axis=-1, kind="stable")  # descending, ties by index
-    n = mag_rows.shape[-1]
-    pos = np.empty_like(order)
-    np.put_along_axis(pos, order, np.arange(n)[None, :].repeat(mag_rows.shape[0], 0), axis=-1)
-    return (n - 1) - pos
+    """Per row rank of the magnitude, 0 smallest; equal values: the lower index ranks higher
+    (by a sort of unique integer keys, :func:`mergec.ops.rank.rank_ascending`)."""
+    return ops_rank.rank_ascending(mag_rows)
 
 
 def _f32(x) -> Array:
@@ -224,7 +222,7 @@ class ReferenceBackend:
         return topk_mask(mag, k)
 
     def rank_ascending(self, rows):
-        return rank_ascending(rows).astype(np.float32)
+        return ops_rank.rank_ascending(rows, np.float32)
 
     def keep_mask(self, seed: int, stream: int, shape, density: float):
         return rnd.keep_mask(seed, stream, tuple(shape), density)

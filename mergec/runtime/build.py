@@ -25,6 +25,7 @@ from mergec.runtime.output_files import write_files
 from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
 from mergec.ir.lower import LoweredOutput
 from mergec.ir.nodes import Node, topo
+from mergec.ops.compiled import kernels as compiled_kernels
 from mergec.runtime import parallel
 from mergec.runtime.interpreter import evaluate, run_step
 from mergec.runtime.prepass import compute_model_stats, host_f32
@@ -76,6 +77,9 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     steps = schedule(lo, max_memory=max_memory, on_cpu=ex.on_cpu, workers=ex.workers,
                      pool=ex.pool)
     budget = block_budget(max_memory) if ex.on_cpu else max_memory
+    # a random merge of large tensors: the compiled kernels are loaded now (the row blocks
+    # that draw the masks are each too small to load them, and forked workers inherit them)
+    compiled_kernels(_largest_draw(lo))
     stats = compute_model_stats(lo, lambda node: _chunks_of(node, checked, backend, budget))
     if trace is not None and stats:
         trace({"model_stats": [repr(k) for k in stats]})
@@ -100,6 +104,13 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     return BuildResult(lo.output.name, path, len(lo.tensors), done_bytes,
                        time.perf_counter() - t0,
                        recomputed=len(lo.tensors) - len(reuse or {}) if keys else None)
+
+
+def _largest_draw(lo: LoweredOutput) -> int:
+    """Values in the largest tensor of a random merge (DARE's and DELLA's draws, DELLA's
+    ranks) in the output, 0 if none: the bulk of the compiled kernels' work."""
+    return max((n.numel for t in lo.tensors for n in topo(t.node)
+                if n.op == "merge" and n.attr("seed") is not None), default=0)
 
 
 def _chunks_of(node: Node, checked, backend, budget):
