@@ -27,6 +27,7 @@ def kind_text(kind: str) -> str:
     """A value kind with its article in messages: a Model, a Delta, a run of Layers."""
     return "a run of Layers" if kind == LAYERS else f"a {kind}"
 NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
+STATS = "Stats"  # a `stats` declaration: statistics of a model's data
 SCALED = "scaled model"  # an operand inside a linear combination, weight not 0 or 1
 ERROR = "<error>"
 
@@ -112,6 +113,15 @@ class CAdapter(CExpr):
 
 
 @dataclass(eq=False)
+class CStats:
+    """A `stats` declaration: an opened statistics folder (docs/stats.md)."""
+
+    name: str
+    span: Span
+    folder: Any = None  # mergec.io.stats_files.StatsFolder
+
+
+@dataclass(eq=False)
 class CLinear(CExpr):
     """sum_i c_i x_i over tensor-valued terms (arithmetic, folded)."""
 
@@ -127,6 +137,10 @@ class CCall(CExpr):
     base: CExpr | None = None
     params: dict[str, ParamValue] = field(default_factory=dict)  # every param, defaults filled
     overrides: tuple[Override, ...] = ()
+    #: for a method with statistics: one per input, and what the tensors the statistics do
+    #: not cover are
+    stats: tuple[CStats, ...] = ()
+    fallback: CExpr | None = None
 
 
 @dataclass(eq=False)
@@ -177,8 +191,11 @@ class CheckedProgram:
     program: Any = None  # the ast.Program
     overrides: dict[str, str] = field(default_factory=dict)  # --set name=value given
     warnings: list = field(default_factory=list)  # Diagnostics with severity "warning"
+    stats: dict[str, CStats] = field(default_factory=dict)  # name -> `stats` declaration
 
     def source(self, name: str):
-        """The opened checkpoint (or adapter) of input `name`."""
+        """The opened checkpoint (or adapter, or statistics folder) of input `name`."""
+        if name not in self.inputs and name in self.stats:
+            return self.stats[name].folder
         inp = self.inputs[name]
         return inp.checkpoint if hasattr(inp, "checkpoint") else inp.adapter

@@ -9,7 +9,7 @@ from mergec.check.program import CCall, CExpr, CInput, CLinear, CSlice, CStack
 
 def walk(e: CExpr) -> Iterator[CExpr]:
     """Every node of the expression, `e` first, then its operands in the order they are
-    written (a call's inputs, then its base; a stack's parts, then `embed`, `head`). A
+    written (a call's inputs, then its base and its fallback; a stack's parts, then `embed`, `head`). A
     node used twice is visited twice."""
     yield e
     if isinstance(e, CLinear):
@@ -20,6 +20,8 @@ def walk(e: CExpr) -> Iterator[CExpr]:
             yield from walk(i)
         if e.base is not None:
             yield from walk(e.base)
+        if e.fallback is not None:
+            yield from walk(e.fallback)
     elif isinstance(e, CSlice):
         yield from walk(e.target)
     elif isinstance(e, CStack):
