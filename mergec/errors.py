@@ -186,6 +186,23 @@ ERRORS: dict[str, tuple[str, str]] = {
              "\"gram\", `examples` a whole number >= 1, `model` a fingerprint of 64 hex "
              "digits), or whose tensors are not float32 safetensors. docs/stats.md has the "
              "format; `mergec stats` writes it."),
+    "E451": ("data file for statistics that cannot be used",
+             "`mergec stats --data` reads a .jsonl file (one JSON object per line) or a .csv "
+             "file with a header row. Each example needs a non-empty text (the field `text`, "
+             "or `--text-field`); `--fisher empirical` on a classifier needs a label for "
+             "every example (`label`, or `--label-field`): a class number or one of the "
+             "model's label names. Example line: `{\"text\": \"the cat sat\", "
+             "\"label\": 1}`."),
+    "E452": ("model that cannot give these statistics",
+             "`mergec stats` loads the model with transformers (torch), which must be "
+             "installed (`pip install 'mergec[data]'`) and able to load the folder (config, "
+             "weights and tokenizer files). Fisher statistics need a model with a head "
+             "that makes predictions (logits): a classifier or a language model; for an "
+             "encoder without one, compute Gram statistics."),
+    "E453": ("invalid option of `mergec stats`",
+             "`--kind` is fisher or gram, `--fisher` sampled or empirical, `--max-examples`, "
+             "`--batch-size` and `--max-length` are at least 1, and `--device` is cpu, "
+             "cuda, cuda:N or auto (a CUDA device must be present)."),
     "W340": ("the same statistics for two inputs",
              "A statistics folder is given for two inputs of one call. Each model needs the "
              "statistics of its own data; with the same statistics, Fisher merging and "
