@@ -293,9 +293,13 @@ def compute(model_source: str, data: Path, kind: str, out: Path, *,
         tensors = _fisher(torch, model, tokenizer, examples, names, fisher, limit, dev, gen,
                           progress, total, Path(data))
         rows = 0
+    if not tensors and kind == "gram":
+        raise StatsError(E_MODEL, f"the model has no `nn.Linear` layer whose weight is a tensor "
+                         f"of {ckpt.name}",
+                         "GPT-2's Conv1D layers are not `nn.Linear` and get no Gram matrix "
+                         "(docs/stats.md); a tied head has no weight of its own")
     if not tensors:
-        raise StatsError(E_MODEL, f"no {'linear layer' if kind == 'gram' else 'parameter'} of "
-                         f"the model matches a tensor of {ckpt.name}",
+        raise StatsError(E_MODEL, f"no parameter of the model matches a tensor of {ckpt.name}",
                          "the module's parameter names and the checkpoint's tensor names "
                          "differ beyond a prefix")
     for name, t in tensors.items():
