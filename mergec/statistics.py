@@ -5,8 +5,8 @@ statistics folder (docs/stats.md, :mod:`mergec.io.stats_files`):
 
 * ``kind="gram"`` — a forward pre-hook on every ``nn.Linear`` sums ``x^T x`` over the
   rows of its inputs (one row per token that is not padding, or per example for a layer
-  that sees one vector per example, such as a classifier) in float64; the Gram matrix is
-  that sum divided by the number of rows.
+  that sees one vector per example, such as a classifier): each batch's in float32, their
+  sum in float64; the Gram matrix is that sum divided by the number of rows.
 * ``kind="fisher"`` — the diagonal Fisher information: for each example, the gradient of
   the log-likelihood ``log p(y | x)`` of its targets, squared, averaged over the examples.
   The targets are drawn from the model's own predictive distribution (``"sampled"``, the
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,12 +285,13 @@ def compute(model_source: str, data: Path, kind: str, out: Path, *,
     total = len(examples)
     if progress:
         progress(0, total)
+    used = total  # examples the statistics average over
     if kind == "gram":
         tensors, rows = _gram(torch, model, tokenizer, examples, names, batch_size, limit,
                               dev, progress, total)
     else:
-        tensors = _fisher(torch, model, tokenizer, examples, names, fisher, limit, dev, gen,
-                          progress, total, Path(data))
+        tensors, used = _fisher(torch, model, tokenizer, examples, names, fisher, limit, dev,
+                                gen, progress, total, Path(data))
         rows = 0
     if not tensors and kind == "gram":
         raise StatsError(E_MODEL, f"the model has no `nn.Linear` layer whose weight is a tensor "
@@ -313,8 +313,8 @@ def compute(model_source: str, data: Path, kind: str, out: Path, *,
         extra["rows"] = rows
     else:
         extra["fisher"] = fisher
-    written = write_stats(Path(out), kind, total, fingerprint, tensors, extra, force=force)
-    return StatsResult(written, kind, total, len(tensors), rows,
+    written = write_stats(Path(out), kind, used, fingerprint, tensors, extra, force=force)
+    return StatsResult(written, kind, used, len(tensors), rows,
                        time.perf_counter() - start)
 
 
@@ -341,8 +341,8 @@ def _gram(torch, model, tokenizer, examples, names, batch_size, limit, dev, prog
             mask = state["mask"]
             if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
                 x = x[mask.bool()]
-            x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-            g = x.T @ x
+            x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+            g = (x.T @ x).to(torch.float64)  # a batch in float32, the sum over batches in 64
             sums[wname] = g if wname not in sums else sums[wname] + g
             counts[wname] = counts.get(wname, 0) + x.shape[0]
         return hook
@@ -405,7 +405,7 @@ def _fisher(torch, model, tokenizer, examples, names, mode, limit, dev, gen, pro
             total, path):
     params = [(names[n], p) for n, p in model.named_parameters()
               if n in names and p.requires_grad]
-    sums = {t: torch.zeros_like(p, dtype=torch.float64) for t, p in params}
+    sums = {t: torch.zeros_like(p, dtype=torch.float32) for t, p in params}
     used = 0
     for done, ex in enumerate(examples, 1):
         enc = _encode(tokenizer, [ex.text], limit, dev)
@@ -415,12 +415,11 @@ def _fisher(torch, model, tokenizer, examples, names, mode, limit, dev, gen, pro
             grads = torch.autograd.grad(ll, [p for _, p in params], allow_unused=True)
             for (t, _), g in zip(params, grads):
                 if g is not None:
-                    sums[t] += g.detach().to(torch.float64) ** 2
+                    sums[t].addcmul_(g, g)  # in place: no temporaries of the model's size
             used += 1
         if progress:
             progress(done, total)
     if used == 0:
         raise StatsError(E_DATA, f"data file {path}: no example has a prediction to score",
                          "a causal LM needs texts of at least two tokens")
-    return {t: (s / used).to(torch.float32).cpu().numpy() for t, s in sums.items()
-            if not math.isnan(float(s.sum()))}
+    return {t: (s / used).cpu().numpy() for t, s in sums.items()}, used
