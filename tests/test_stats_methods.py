@@ -241,10 +241,12 @@ def test_broken_statistics_folders(tmp_path, monkeypatch):
 def test_methods_without_statistics_take_no_stats(tmp_path, monkeypatch):
     fisher_folders(tmp_path)
     got = diagnostics(tmp_path, FISHER_HEAD + "output m = linear(a, b, stats=[fa, fb])\n"
-                      "output n = fisher(a, b, stats=[fa, fb], fallback=fa)\n", monkeypatch)
+                      "output n = fisher(a, b, stats=[fa, fb], fallback=fa)\n"
+                      "output o = a + fisher(a - b, b - a, stats=[fa, fb])\n", monkeypatch)
     assert got.splitlines() == [
         "5:25 E250 `linear` does not take `stats=`",
         "6:50 E253 `fallback=` expects a Model, found a Stats",
+        "7:16 E250 `fisher` merges whole models, not a Delta",
     ]
 
 

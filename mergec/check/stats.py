@@ -75,9 +75,9 @@ def check_call(exprs: "Exprs", e: ast.Call, method, inputs: list[CExpr], kind: s
     err = report.error
     ok = True
     if kind != MODEL:
-        err("E250", f"`{fname}` merges whole models, found {kind_text(kind)}s", e.span,
+        err("E250", f"`{fname}` merges whole models, not {kind_text(kind)}", e.span,
             "statistics describe a whole model: pass the models themselves")
-        ok = False
+        return None
     fb_kw = kwargs.get("fallback")
     fallback = None
     if fb_kw is not None:
