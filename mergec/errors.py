@@ -207,6 +207,11 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A statistics folder is given for two inputs of one call. Each model needs the "
              "statistics of its own data; with the same statistics, Fisher merging and "
              "RegMean weigh the models alike where they should not."),
+    "W342": ("statistics for some inputs only",
+             "A tensor has statistics in some of a call's folders but not in all, so the "
+             "method cannot use them and the tensor takes `fallback=`. The folders were "
+             "probably computed with other settings (another model class, a head left "
+             "out); compute every input's statistics the same way."),
     "W341": ("a fallback that is never used",
              "Every tensor of the merge has statistics, so `fallback=` computes nothing. It "
              "is harmless; remove it or keep it for other statistics."),

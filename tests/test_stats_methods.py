@@ -259,3 +259,35 @@ def test_check_and_fmt_of_a_recipe_with_statistics(tmp_path, run_cli):
     assert code == 0, out + err
     checked = check(tmp_path / "r.merge")
     assert sorted(checked.stats) == ["ga", "gb"]
+
+
+def test_stats_is_a_statement_but_not_a_reserved_word():
+    from mergec.lang import ast
+    from mergec.lang.fmt import format_text
+    from mergec.lang.parser import parse
+
+    text = ('model a = "./a"\nstats fa = "./fa"\nlet stats = a\n'
+            "output m = fisher(a, stats, stats=[fa, fa], fallback=stats)\n")
+    prog = parse(text, "r.merge")
+    assert [type(s).__name__ for s in prog.statements] == [
+        "ModelStmt", "StatsStmt", "LetStmt", "OutputStmt"]
+    assert isinstance(prog.statements[1], ast.StatsStmt)
+    assert format_text(text, "r.merge") == text
+    # a broken statement elsewhere: `stats=` at the start of a line is not a statement
+    with pytest.raises(MergecError) as info:
+        parse('model a = "./a"\noutput m = fisher(a, a,\n  stats=[a, a])\nlet x = = 1\n', "r.merge")
+    assert [(d.code, d.span.line) for d in info.value.diagnostics] == [("E101", 4)]
+
+
+def test_statistics_for_some_inputs_only_take_the_fallback(tmp_path, monkeypatch):
+    models, f = fisher_folders(tmp_path, stats_b={"lin.weight": np.ones((2, 4))})
+    (tmp_path / "r.merge").write_text(
+        FISHER_HEAD + "output m = fisher(a, b, stats=[fa, fb], fallback=linear(a, b))\n")
+    checked = check(tmp_path / "r.merge")
+    assert [(d.code, d.message) for d in checked.warnings] == [
+        ("W342", "1 tensor has statistics for some inputs only and takes the fallback: "
+                 "`lin.bias`")]
+    got = load_tensors(Path(build(tmp_path / "r.merge", tmp_path / "out")[0].path))
+    a, b = load_tensors(tmp_path / "a"), load_tensors(tmp_path / "b")
+    np.testing.assert_allclose(got["lin.bias"], (a["lin.bias"] + b["lin.bias"]) / 2,
+                               rtol=1e-6)

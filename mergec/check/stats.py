@@ -132,6 +132,13 @@ def check_call(exprs: "Exprs", e: ast.Call, method, inputs: list[CExpr], kind: s
         return None if not ok else (tuple(stats), fallback)
     call = CCall(kind, e.span, tensors, method=method, stats=tuple(stats))
     missing = [n for n in tensors if not covered(call, n)]
+    partial = [n for n in missing if any(n in s.folder.tensors for s in stats)]
+    if partial:
+        report.warn("W342", f"{len(partial)} tensor{'s' if len(partial) != 1 else ''} "
+                    f"{'have' if len(partial) != 1 else 'has'} statistics for some inputs "
+                    f"only and {'take' if len(partial) != 1 else 'takes'} the fallback: "
+                    f"{_names_text(partial)}", kw.value.span,
+                    "compute every input's statistics over the same tensors")
     if missing and fallback is None:
         what = ("tensor that is not a linear weight with a Gram matrix"
                 if method.stats == "gram" else "tensor without Fisher statistics")
