@@ -201,3 +201,36 @@ def test_examples_from_csv_and_jsonl(tmp_path):
     with pytest.raises(StatsError) as info:
         read_examples(tmp_path / "d.txt")
     assert info.value.code == "E451"
+
+
+def test_a_causal_lm_gram_and_fisher(tiny, tmp_path):
+    """A 2-layer Llama (hidden 32): the Gram matrix of layer 0's q_proj is that of the
+    normalized embeddings of the real tokens; Fisher covers every parameter, head
+    included, with the checkpoint's names and shapes."""
+    import torch
+    import transformers
+
+    tok = tokenizer(str(tiny / "a"))
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32,
+                                   intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1,
+                                   max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    compute(str(tmp_path / "llama"), tiny / "data.jsonl", "gram", tmp_path / "g",
+            batch_size=4)
+    compute(str(tmp_path / "llama"), tiny / "data.jsonl", "fisher", tmp_path / "f",
+            fisher="empirical", max_examples=3)
+    g, f = load(tmp_path / "g"), load(tmp_path / "f")
+    ckpt = load(tmp_path / "llama")
+    model = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "llama"))
+    enc = encode(tiny, [e.text for e in read_examples(tiny / "data.jsonl")])
+    with torch.no_grad():
+        h = model.model.layers[0].input_layernorm(model.model.embed_tokens(enc["input_ids"]))
+    x = h[enc["attention_mask"].bool()].double().numpy()
+    np.testing.assert_allclose(g["model.layers.0.self_attn.q_proj.weight"], x.T @ x / len(x),
+                               rtol=1e-5, atol=1e-6)
+    assert "lm_head.weight" in g and g["lm_head.weight"].shape == (32, 32)
+    assert set(f) == set(ckpt) and all(f[k].shape == ckpt[k].shape for k in f)
+    assert float(f["lm_head.weight"].sum()) > 0
