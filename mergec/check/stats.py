@@ -86,7 +86,7 @@ def check_call(exprs: "Exprs", e: ast.Call, method, inputs: list[CExpr], kind: s
             ok = False
         elif isinstance(fv, Const) or fv.kind != MODEL:
             err("E253", f"`fallback=` expects a Model, found a {fv.kind}", fb_kw.value.span,
-                f"a merge of the same models, e.g. `fallback=linear(...)`")
+                "a merge of the same models, e.g. `fallback=linear(...)`")
             ok = False
         else:
             fallback = fv

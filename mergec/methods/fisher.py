@@ -14,7 +14,6 @@ float64, rounded once to float32. Tensors without statistics are what `fallback=
 
 from __future__ import annotations
 
-from .linear import WEIGHT
 from .spec import Method, Param, Traits
 
 EPS = Param("eps", "number", 1e-8, "added to every Fisher value (the floor where all are 0)",
@@ -53,4 +52,4 @@ METHODS = (
     ),
 )
 
-__all__ = ["METHODS", "WEIGHT"]
+__all__ = ["METHODS"]
