@@ -484,6 +484,58 @@ def _run_build(api_build, recipe, compiled, out_dir, force, size, backend, devic
 
 @app.command()
 @_guard
+def stats(model: str = typer.Argument(..., help="The model: a folder or a hub id, as in a "
+                                      "recipe."),
+          data: Path = typer.Option(..., "--data", help="Texts (and labels): .jsonl or .csv."),
+          kind: str = typer.Option(..., "--kind", help="fisher | gram."),
+          out: Path = typer.Option(..., "--out", help="The statistics folder to write."),
+          fisher: str = typer.Option("sampled", "--fisher",
+                                     help="sampled (targets drawn from the model) | "
+                                     "empirical (the data's labels or tokens)."),
+          max_examples: Optional[int] = typer.Option(None, "--max-examples",
+                                                     help="Use at most N examples."),
+          batch_size: int = typer.Option(8, "--batch-size", help="Examples per forward pass "
+                                         "(Gram; Fisher takes one example at a time)."),
+          device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto."),
+          max_length: int = typer.Option(512, "--max-length", help="Tokens per example."),
+          text_field: str = typer.Option("text", "--text-field", help="Field of the text."),
+          label_field: str = typer.Option("label", "--label-field",
+                                          help="Field of the label."),
+          seed: int = typer.Option(0, "--seed", help="Seed of the sampled targets."),
+          force: bool = typer.Option(False, "--force", help="Replace a non-empty folder."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")):
+    """Compute Fisher or Gram statistics of a model on data (for `fisher` and `regmean`)."""
+    from mergec.statistics import compute
+
+    kw = dict(fisher=fisher, max_examples=max_examples, batch_size=batch_size, device=device,
+              max_length=max_length, text_field=text_field, label_field=label_field,
+              seed=seed, force=force)
+    if quiet:
+        res = compute(model, data, kind, out, **kw)
+    else:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        prog = Progress(TextColumn(f"[bold]{kind}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("examples"), TimeRemainingColumn(),
+                        console=Console(stderr=True))
+        task = prog.add_task(kind, total=None)
+
+        def progress(done: int, total: int) -> None:  # shown once the model runs
+            prog.start()
+            prog.update(task, completed=done, total=total)
+
+        try:
+            res = compute(model, data, kind, out, **kw, progress=progress)
+        finally:
+            prog.stop()
+    _say(f"wrote {res.kind} statistics: {res.out} ({res.tensors} tensors, {res.examples} "
+         f"examples{f', {res.rows} rows' if res.rows else ''}, {res.seconds:.1f}s)")
+
+
+@app.command()
+@_guard
 def fmt(files: List[Path] = typer.Argument(..., help="Recipes to format."),
         check_: bool = typer.Option(False, "--check",
                                     help="Exit 1 if a file is not canonical; change nothing."),

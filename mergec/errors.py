@@ -229,6 +229,79 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E308": ("model without numbered blocks",
              "`.layers[a:b]` and `stack` need tensor names with a block index such as "
              "`model.layers.3.`; this model has none."),
+    "E250": ("statistics given the wrong way",
+             "The methods that read statistics (`fisher`, `regmean`) take `stats=[...]`: a "
+             "list with one `stats` value per input, in the order of the inputs, each "
+             "declared with `stats NAME = \"folder\"`, and merge whole models. Other "
+             "methods take no `stats=` or `fallback=`. Example: `stats fa = \"stats/a\"` "
+             "... `fisher(a, b, stats=[fa, fb], fallback=linear(a, b))`."),
+    "E251": ("statistics of the wrong kind",
+             "Fisher merging needs Fisher statistics (`mergec stats MODEL --kind fisher`) "
+             "and RegMean needs Gram matrices (`--kind gram`). The `kind` in the folder's "
+             "stats.json says which it holds."),
+    "E252": ("tensors without statistics and no fallback",
+             "Some tensors of the merge have no statistics in every folder: RegMean computes "
+             "only linear weights [out, in] from their Gram matrices (biases, norms and "
+             "embeddings have none), and Fisher statistics may leave tensors out. Say how to "
+             "merge them with `fallback=`, a Model made from the same inputs, for example "
+             "`regmean(a, b, stats=[ga, gb], fallback=linear(a, b))`."),
+    "E253": ("fallback that does not fit",
+             "`fallback=` is a Model (a merge of the same inputs, such as `linear(a, b)` or "
+             "`ties(a, b, base=base)`) that has every tensor the statistics do not cover, "
+             "with the same shape."),
+    "E340": ("statistics computed on another model",
+             "A statistics folder's stats.json names the model it was computed on by a "
+             "fingerprint of its tensor names and shapes (docs/stats.md). The input it is "
+             "paired with has another fingerprint: another architecture or size. Compute "
+             "the statistics on this model with `mergec stats`, or pair each input with its "
+             "own statistics. The fingerprint cannot tell apart fine-tunes of one base "
+             "model, which share every name and shape: keep the order of `stats=[...]` "
+             "that of the inputs."),
+    "E341": ("statistics of tensors the model does not have",
+             "A statistics folder holds tensors whose names are not tensors of the input "
+             "it is paired with. Statistics are named after the model's own tensors "
+             "(`model.layers.0.mlp.up_proj.weight`); they were computed on another model, "
+             "or under other names."),
+    "E342": ("statistics of the wrong shape",
+             "Fisher statistics have the shape of their tensor; the Gram matrix of a linear "
+             "weight of shape [out, in] has shape [in, in], and only 2-D weights have one. "
+             "Example: for `lin.weight` of shape [3, 8] the Gram matrix is [8, 8]. The "
+             "statistics were computed on another model, or written in another layout."),
+    "E450": ("statistics folder that cannot be read",
+             "A `stats` statement names a folder that does not exist, has no stats.json, or "
+             "whose stats.json is not the documented format (`kind` \"fisher\" or "
+             "\"gram\", `examples` a whole number >= 1, `model` a fingerprint of 64 hex "
+             "digits), or whose tensors are not float32 safetensors. docs/stats.md has the "
+             "format; `mergec stats` writes it."),
+    "E451": ("data file for statistics that cannot be used",
+             "`mergec stats --data` reads a .jsonl file (one JSON object per line) or a .csv "
+             "file with a header row. Each example needs a non-empty text (the field `text`, "
+             "or `--text-field`); `--fisher empirical` on a classifier needs a label for "
+             "every example (`label`, or `--label-field`): a class number or one of the "
+             "model's label names. Example line: `{\"text\": \"the cat sat\", "
+             "\"label\": 1}`."),
+    "E452": ("model that cannot give these statistics",
+             "`mergec stats` loads the model with transformers (torch), which must be "
+             "installed (`pip install 'mergec[data]'`) and able to load the folder (config, "
+             "weights and tokenizer files). Fisher statistics need a model with a head "
+             "that makes predictions (logits): a classifier or a language model; for an "
+             "encoder without one, compute Gram statistics."),
+    "E453": ("invalid option of `mergec stats`",
+             "`--kind` is fisher or gram, `--fisher` sampled or empirical, `--max-examples`, "
+             "`--batch-size` and `--max-length` are at least 1, and `--device` is cpu, "
+             "cuda, cuda:N or auto (a CUDA device must be present)."),
+    "W340": ("the same statistics for two inputs",
+             "A statistics folder is given for two inputs of one call. Each model needs the "
+             "statistics of its own data; with the same statistics, Fisher merging and "
+             "RegMean weigh the models alike where they should not."),
+    "W342": ("statistics for some inputs only",
+             "A tensor has statistics in some of a call's folders but not in all, so the "
+             "method cannot use them and the tensor takes `fallback=`. The folders were "
+             "probably computed with other settings (another model class, a head left "
+             "out); compute every input's statistics the same way."),
+    "W341": ("a fallback that is never used",
+             "Every tensor of the merge has statistics, so `fallback=` computes nothing. It "
+             "is harmless; remove it or keep it for other statistics."),
     "W301": ("`where` selector matches no tensor",
              "No tensor of the merge calls a `where` block applies to matches its selector, "
              "so the block changes nothing. Check the glob against the tensor names "

@@ -60,10 +60,12 @@ _RECORDED: dict = {}
 
 
 def setup_dir(tmp_path: Path, fam: dict, recipe: Path) -> Path:
+    from stats_helpers import make_family_stats
     from test_lora import MODS, make_adapter
 
     (tmp_path / "ckpt").symlink_to(Path(fam["base"]).parent, target_is_directory=True)
     make_adapter(tmp_path / "lora", MODS, r=4, alpha=8, seed=3)
+    make_family_stats(tmp_path / "stats", fam)
     shutil.copy(recipe, tmp_path / recipe.name)
     return tmp_path / recipe.name
 

@@ -253,11 +253,13 @@ def _local(m: re.Match) -> str:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, family):
+    from stats_helpers import make_family_stats
     from test_lora import MODS, make_adapter
 
     d = tmp_path_factory.mktemp("ir-text")
     (d / "ckpt").symlink_to(Path(family["base"]).parent, target_is_directory=True)
     make_adapter(d / "lora", MODS, r=4, alpha=8, seed=3, embed={"model.embed_tokens": (128, 64)})
+    make_family_stats(d / "stats", family)
     return d
 
 

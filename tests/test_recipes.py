@@ -18,6 +18,7 @@ from mergec.diagnostics import Span
 from mergec.lang import ast
 from mergec.lang.fmt import format_program, format_text
 from mergec.lang.parser import parse
+from stats_helpers import make_family_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.merge"))
@@ -25,7 +26,8 @@ IDS = [p.stem for p in RECIPES]
 
 #: the recipes the documentation links to; each must exist
 EXPECTED = {"demo", "linear", "task_arithmetic", "slerp", "arithmetic", "where_ramp", "stack",
-            "params", "options", "lowrank", "moe"}
+            "params", "options", "lowrank", "moe",
+            "data_aware"}
 
 
 def shape(node):
@@ -52,6 +54,7 @@ def workdir(tmp_path_factory, family) -> Path:
         shutil.copytree(family_dir, d / "ckpt")
     for r in RECIPES:
         shutil.copy(r, d / r.name)
+    make_family_stats(d / "stats", family)  # for data_aware.merge
     return d
 
 

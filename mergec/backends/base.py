@@ -27,7 +27,8 @@ backend reaches the same decisions; float64 arrays compute in float64):
 * randomness (:mod:`mergec.ops.random`, the same bits on every backend):
   ``keep_mask(seed, stream, shape, density)``, ``uniform(seed, stream, shape)``;
 * linear algebra: ``matmul(a, b)`` (in the inputs' dtype), ``svd(x) -> (u, s, vt)`` (thin,
-  computed and returned in float64).
+  computed and returned in float64), ``solve(a, b)`` (``a^-1 b`` for a square, non-singular
+  ``a``, computed and returned in float64).
 
 A backend may add a fused form of a hot step (the NumPy backend's ``disjoint_merge``) under
 the same contract; the shared code uses it when present, and a test holds it to the shared
@@ -116,6 +117,7 @@ class ArrayOps(Protocol[T]):
     def uniform(self, seed: int, stream: int, shape: tuple[int, ...]) -> T: ...
     def matmul(self, a: T, b: T) -> T: ...
     def svd(self, x: T) -> tuple[T, T, T]: ...
+    def solve(self, a: T, b: T) -> T: ...
 
 
 class BackendUnavailable(RuntimeError):

@@ -477,3 +477,6 @@ class JaxBackend:
     def svd(self, x):
         u, s, vt = jnp.linalg.svd(x.astype(jnp.float64), full_matrices=False)
         return u, s, vt
+
+    def solve(self, a, b):
+        return jnp.linalg.solve(a.astype(jnp.float64), b.astype(jnp.float64))

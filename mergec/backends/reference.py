@@ -236,6 +236,9 @@ class ReferenceBackend:
     def svd(self, x):
         return tuple(np.linalg.svd(np.asarray(x, dtype=np.float64), full_matrices=False))
 
+    def solve(self, a, b):
+        return np.linalg.solve(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+
     # fused ---------------------------------------------------------------------------------
 
     def disjoint_merge(self, taus, weights, elect: str, weighted_elect: bool,

@@ -285,3 +285,6 @@ class TorchBackend:
     def svd(self, x):
         u, s, vt = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
         return u, s, vt
+
+    def solve(self, a, b):
+        return torch.linalg.solve(a.to(torch.float64), b.to(torch.float64))

@@ -20,6 +20,7 @@ from mergec.check.program import (
     kind_text, kinds_text,
 )
 from mergec.check.scope import Const, is_error
+from mergec.check.stats import check_call as check_stats_call
 from mergec.check.suggest import did_you_mean
 from mergec.diagnostics import Label, Span
 from mergec.lang import ast
@@ -106,6 +107,7 @@ class Calls:
         params: dict[str, Any] = {}
         base = None
         seen: dict[str, Span] = {}
+        stats_kw: dict[str, ast.Kwarg] = {}  # `stats=` and `fallback=` (mergec.check.stats)
         for kw in e.kwargs:
             key = kw.name.name
             if key in seen:
@@ -114,6 +116,15 @@ class Calls:
                 ok = False
                 continue
             seen[key] = kw.name.span
+            if key in ("stats", "fallback"):
+                if method.stats is None:
+                    err("E250", f"`{fname}` does not take `{key}=`", kw.name.span,
+                        "statistics are read by " + ", ".join(
+                            f"`{m.name}`" for m in REGISTRY.values() if m.stats))
+                    ok = False
+                else:
+                    stats_kw[key] = kw
+                continue
             if key == "base":
                 if method.base != "delta":
                     err("E216", f"`{fname}` does not take `base=`", kw.name.span,
@@ -173,8 +184,16 @@ class Calls:
                     "so they cannot be "
                     "normalized", e.kwarg("weight").value.span, zero_sum_help(method))
                 return CExpr(ERROR, e.span)
+        stats, fallback = (), None
+        if method.stats is not None:
+            got = check_stats_call(self.exprs, e, method, inputs, result, table.tensors,
+                                   stats_kw)
+            if got is None:
+                return CExpr(ERROR, e.span)
+            stats, fallback = got
         return CCall(result, e.span, table.tensors, table.n_layers, table.sparse,
-                     method=method, inputs=tuple(inputs), base=base, params=params)
+                     method=method, inputs=tuple(inputs), base=base, params=params,
+                     stats=stats, fallback=fallback)
 
     def _result_kind(self, e: ast.Call, method: Method, inputs: list[CExpr],
                      base: CExpr | None) -> str | None:

@@ -18,29 +18,35 @@ from mergec.check.output_config import derive_output_config
 from mergec.check.lowrank import check_lowrank_output, is_lowrank
 from mergec.check.moe import check_moe_output, is_moe
 from mergec.check.outputs import check_output
-from mergec.check.program import ERROR, CExpr, CheckedProgram, Output
+from mergec.check.program import ERROR, CExpr, CheckedProgram, CStats, Output
 from mergec.check.report import Reporter
 from mergec.check.scope import Const, Scope
 from mergec.check.settings import Params, SetStatements
 from mergec.check.walk import depth
+from mergec.check.stats import StatsLoader, read_stats
 from mergec.check.wheres import apply_wheres
 from mergec.diagnostics import Label
 from mergec.io import open_input
 from mergec.io.adapter import open_adapter
 from mergec.io.errors import CheckpointError
+from mergec.io.stats_files import open_stats
 from mergec.lang import ast
 from mergec.limits import MAX_VALUE_DEPTH
 
 
 def check_program(program: ast.Program, *, overrides: dict[str, str] | None = None,
                   loader: InputLoader | None = None, base_dir: Path | None = None,
-                  adapter_loader: InputLoader | None = None) -> CheckedProgram:
+                  adapter_loader: InputLoader | None = None,
+                  stats_loader: StatsLoader | None = None) -> CheckedProgram:
     """Check a parsed recipe; raises MergecError with every problem found. `overrides`
-    are the `--set name=value` given; `loader` and `adapter_loader` open the inputs
-    (`mergec.io.open_input`, `open_adapter`) from the recipe's folder, `base_dir`."""
+    are the `--set name=value` given; `loader`, `adapter_loader` and `stats_loader` open
+    the inputs (`mergec.io.open_input`, `open_adapter`, `open_stats`) from the recipe's
+    folder, `base_dir`."""
     overrides = dict(overrides or {})
     loader = loader or open_input
     adapter_loader = adapter_loader or open_adapter
+    stats_loader = stats_loader or open_stats
+    stats: dict[str, CStats] = {}
     if base_dir is None:
         base_dir = Path(program.file).resolve().parent
     stmts = program.statements
@@ -68,6 +74,10 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                      else read_adapter(report, st, adapter_loader, base_dir))
             if value.kind != ERROR:
                 inputs[name] = value
+        elif isinstance(st, ast.StatsStmt):
+            value = read_stats(report, st, stats_loader, base_dir)
+            if value.kind != ERROR:
+                stats[name] = value.value
         elif isinstance(st, ast.ParamStmt):
             value = params.add(st)
         elif isinstance(st, ast.OutputStmt) and (is_lowrank(st.expr) or is_moe(st.expr)):
@@ -103,7 +113,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
     report.raise_errors()
     return CheckedProgram(program.file, program.text, inputs, params.values,
                           settings.settings(), outputs, program, overrides=overrides,
-                          warnings=list(report.warnings))
+                          warnings=list(report.warnings), stats=stats)
 
 
 def _tensor_statement(exprs: Exprs, st):

@@ -30,6 +30,7 @@ NUMBER, BOOL, STRING, LIST, RAMP = "Number", "Bool", "String", "List", "Ramp"
 #: the value of an output written in another form than a dense model (`lowrank(...)`,
 #: `moe(...)`); such an output is not a value later statements can use
 FORM = "output form"
+STATS = "Stats"  # a `stats` declaration: statistics of a model's data
 SCALED = "scaled model"  # an operand inside a linear combination, weight not 0 or 1
 ERROR = "<error>"
 
@@ -115,6 +116,15 @@ class CAdapter(CExpr):
 
 
 @dataclass(eq=False)
+class CStats:
+    """A `stats` declaration: an opened statistics folder (docs/stats.md)."""
+
+    name: str
+    span: Span
+    folder: Any = None  # mergec.io.stats_files.StatsFolder
+
+
+@dataclass(eq=False)
 class CLinear(CExpr):
     """sum_i c_i x_i over tensor-valued terms (arithmetic, folded)."""
 
@@ -130,6 +140,10 @@ class CCall(CExpr):
     base: CExpr | None = None
     params: dict[str, ParamValue] = field(default_factory=dict)  # every param, defaults filled
     overrides: tuple[Override, ...] = ()
+    #: for a method with statistics: one per input, and what the tensors the statistics do
+    #: not cover are
+    stats: tuple[CStats, ...] = ()
+    fallback: CExpr | None = None
 
 
 @dataclass(eq=False)
@@ -233,8 +247,11 @@ class CheckedProgram:
     warnings: list = field(default_factory=list)  # Diagnostics with severity "warning"
     #: the point of a sweep this program is checked at (mergec.check.sweeps.Point), or None
     point: Any = None
+    stats: dict[str, CStats] = field(default_factory=dict)  # name -> `stats` declaration
 
     def source(self, name: str):
-        """The opened checkpoint (or adapter) of input `name`."""
+        """The opened checkpoint (or adapter, or statistics folder) of input `name`."""
+        if name not in self.inputs and name in self.stats:
+            return self.stats[name].folder
         inp = self.inputs[name]
         return inp.checkpoint if hasattr(inp, "checkpoint") else inp.adapter

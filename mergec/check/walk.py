@@ -9,11 +9,11 @@ from mergec.check.program import CCall, CExpr, CInput, CLinear, CMoe, CSlice, CS
 
 def operands(e: CExpr) -> list[CExpr]:
     """The operands of a checked node, in the order they are written (a call's inputs,
-    then its base; a stack's parts, then `embed`, `head`)."""
+    then its base and its fallback; a stack's parts, then `embed`, `head`)."""
     if isinstance(e, CLinear):
         return [t for t, _ in e.terms]
     if isinstance(e, CCall):
-        return list(e.inputs) + ([e.base] if e.base is not None else [])
+        return list(e.inputs) + [x for x in (e.base, e.fallback) if x is not None]
     if isinstance(e, CSlice):
         return [e.target]
     if isinstance(e, CMoe):

@@ -119,7 +119,7 @@ def _with_overrides(e: CExpr, overrides: tuple[Override, ...],
         new = replace(e, terms=tuple((sub(t), k) for t, k in e.terms))
     elif isinstance(e, CCall):
         new = replace(e, inputs=tuple(sub(i) for i in e.inputs), base=sub(e.base),
-                      overrides=e.overrides + overrides)
+                      fallback=sub(e.fallback), overrides=e.overrides + overrides)
     elif isinstance(e, CSlice):
         new = replace(e, target=sub(e.target))
     elif isinstance(e, CStack):

@@ -20,6 +20,7 @@ from mergec.check.program import (
     CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CMoe, CSlice, CStack, Output,
     Ramp,
 )
+from mergec.check.stats import covered
 from mergec.check.walk import call_numbers, part_model
 from mergec.io.dtypes import MERGE_DTYPES
 from mergec.ir.nodes import Graph, Node
@@ -189,6 +190,13 @@ def _lo_call(e: CCall, name: str, ctx: "_Ctx") -> Node:
     g = ctx.g
     m = e.method
     params = resolve_params(e, name)
+    if e.stats:  # a method with statistics, or its fallback where they do not reach
+        if not covered(e, name):
+            return _lo(e.fallback, name, ctx)
+        xs = [_lo(i, name, ctx) for i in e.inputs]
+        xs += [g.load(s.name, name, tuple(s.folder.tensors[name].shape), "float32")
+               for s in e.stats]
+        return g.merge(m.name, xs, params, None)
     xs = [g.zeros(e.tensors[name].shape) if i.sparse and name not in i.tensors
           else _lo(i, name, ctx) for i in e.inputs]
     # the seed names the output tensor (not the call's local name: two runs of blocks in a

@@ -156,6 +156,16 @@ class AdapterStmt:
 
 
 @dataclass(frozen=True)
+class StatsStmt:
+    """`stats NAME = "folder"`: statistics of a model's data (Fisher or Gram matrices)."""
+
+    name: Ident
+    source: Str
+    span: Span
+    keyword = "stats"
+
+
+@dataclass(frozen=True)
 class ParamStmt:
     name: Ident
     value: Expr
@@ -190,7 +200,7 @@ class OutputStmt:
     keyword = "output"
 
 
-Statement = Union[ModelStmt, AdapterStmt, ParamStmt, SetStmt, LetStmt, OutputStmt]
+Statement = Union[ModelStmt, AdapterStmt, StatsStmt, ParamStmt, SetStmt, LetStmt, OutputStmt]
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ def _call_lines(head: str, e: ast.Expr) -> list[str]:
 def _statement(st, by_id) -> list[str]:
     slot = by_id[id(st)]
     lines = _lead(slot, "")
-    if isinstance(st, (ast.ModelStmt, ast.AdapterStmt)):
+    if isinstance(st, (ast.ModelStmt, ast.AdapterStmt, ast.StatsStmt)):
         lines.append(f"{st.keyword} {st.name.name} = {_quote(st.source.value)}{_trail(slot)}")
         return lines
     if isinstance(st, (ast.ParamStmt, ast.SetStmt)):

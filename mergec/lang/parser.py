@@ -137,6 +137,11 @@ class _Build(Transformer):
         return ast.AdapterStmt(self.ident(name), self._str(src), self.sp(meta))
 
     @v_args(meta=True)
+    def stats_stmt(self, meta, items):
+        name, src = items
+        return ast.StatsStmt(self.ident(name), self._str(src), self.sp(meta))
+
+    @v_args(meta=True)
     def param_stmt(self, meta, items):
         return ast.ParamStmt(self.ident(items[0]), items[1], self.sp(meta))
 
@@ -464,7 +469,10 @@ def _problem_diag(p: _SyntaxProblem, file: str) -> Diagnostic:
     return Diagnostic(p.code, p.message, span, p.help)
 
 
-_STMT_START = re.compile(r"^[ \t]*(" + "|".join(STATEMENT_KEYWORDS) + r")\b", re.M)
+#: `stats` is a statement only before a name (`stats=[...]` is a parameter)
+_STMT_START = re.compile(r"^[ \t]*(" + "|".join(
+    k + (r"(?=[ \t]+[A-Za-z_])" if k == "stats" else "") for k in STATEMENT_KEYWORDS)
+    + r")\b", re.M)
 
 
 def parse(text: str, file: str = "<recipe>") -> ast.Program:

@@ -25,6 +25,8 @@ MODULES = (
     "nearswap",
     "tsv",
     "iso_c",
+    "fisher",
+    "regmean",
 )
 
 METHODS: tuple[Method, ...] = tuple(

@@ -213,6 +213,15 @@ class Method:
     #: inputs) -> a message, or None
     check: Callable[[Mapping[str, Any], int], str | None] | None = field(repr=False,
                                                                           default=None)
+    #: the kind of statistics the method reads ("fisher" | "gram", see docs/stats.md), or
+    #: None: a call then takes `stats=[...]` (one statistics folder per input) and
+    #: `fallback=` (what the tensors without statistics are), and ``compute`` gets the
+    #: inputs followed by their statistics tensors, in the same order
+    stats: str | None = None
+    #: for a method with `stats`: the shape of the statistics of a tensor of shape
+    #: `shape`, or None when the method never computes such a tensor from statistics
+    stats_shape: Callable[[tuple[int, ...]], tuple[int, ...] | None] | None = \
+        field(repr=False, default=None)
 
     def param(self, name: str) -> Param | None:
         for p in self.params:
@@ -252,13 +261,25 @@ def run(method: Method, ops, inputs: Sequence[Any], params: Mapping[str, Any],
         seed: int | None) -> Any:
     """``method`` on same-shaped float32 backend arrays: the one entry point of every
     method on every backend."""
-    method.check_arity(len(inputs))
+    n = len(inputs)
+    if method.stats is not None:  # the inputs, then one statistics tensor for each
+        if n % 2:
+            raise ValueError(f"method {method.name}: {n} arrays are not inputs and their "
+                             "statistics")
+        n //= 2
+    method.check_arity(n)
     shape = ops.shape(inputs[0])
-    for x in inputs[1:]:
+    for x in inputs[1:n]:
         if ops.shape(x) != shape:
             raise ValueError(f"method {method.name}: inputs have different shapes "
                              f"{shape} and {ops.shape(x)}")
-    return method.compute(ops, list(inputs), method.args(params, len(inputs)), seed)
+    if method.stats is not None:
+        want = method.stats_shape(shape) if method.stats_shape is not None else shape
+        for s in inputs[n:]:
+            if ops.shape(s) != want:
+                raise ValueError(f"method {method.name}: statistics of shape "
+                                 f"{ops.shape(s)} for a tensor of shape {shape}")
+    return method.compute(ops, list(inputs), method.args(params, n), seed)
 
 
 def need_seed(method: str, seed: int | None) -> int:
