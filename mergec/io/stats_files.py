@@ -77,6 +77,15 @@ class StatsFolder:
     def read_rows(self, name: str, start: int, stop: int):
         return self.checkpoint.read_rows(name, start, stop)
 
+    def fingerprint(self) -> str:
+        """The folder's tensor files by their headers (as for a checkpoint)."""
+        return self.checkpoint.fingerprint()
+
+    def content_fingerprint(self) -> str:
+        """Also over sampled tensor bytes: what incremental builds and the model card key
+        the statistics by."""
+        return self.checkpoint.content_fingerprint()
+
 
 def _bad(root: Path, why: str, help: str | None = None) -> CheckpointError:
     return CheckpointError(E_STATS, f"statistics folder {root}: {why}",
