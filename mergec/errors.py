@@ -136,12 +136,27 @@ ERRORS: dict[str, tuple[str, str]] = {
              "`resize_token_embeddings` on the smaller model, after adding the same tokens), "
              "or merge only models that share a tokenizer."),
     "E306": ("tensor of a dtype that cannot be merged",
-             "Only tensors of float32, float16, bfloat16 or float64 can be merged; integer or "
-             "boolean buffers can only be carried over from one model. float8 checkpoints "
-             "(e4m3fn, e5m2) are read but not merged: dequantize them first."),
+             "Only tensors of float32, float16, bfloat16 or float64 can be merged. Integer "
+             "and boolean buffers are carried over when every input holds the same one "
+             "(E310, E311); this error is for a tensor that is floating-point in one input "
+             "and not in another. float8 checkpoints (e4m3fn, e5m2) are read but not "
+             "merged: dequantize them first."),
     "E308": ("model without numbered blocks",
              "`.layers[a:b]` and `stack` need tensor names with a block index such as "
              "`model.layers.3.`; this model has none."),
+    "E310": ("non-float tensor that differs between the inputs",
+             "Integer and boolean tensors (buffers such as BERT's `embeddings.position_ids` "
+             "or `token_type_ids`) are not merged: the output carries the buffer over, for "
+             "every method (linear, TIES, ...), when all inputs hold the same one. Here the "
+             "inputs give the named tensor different dtypes or shapes (`int64[1, 512]` in "
+             "one, `int32[1, 512]` in the other), or one input stores it as floats. Merge "
+             "models of the same architecture and version, or convert the buffer first."),
+    "E311": ("non-float tensor with different values in the inputs",
+             "A buffer that the output carries over (see E310) has the same dtype and shape "
+             "in every input, but different values: the build compares its bytes before it "
+             "writes anything and stops, naming the tensor and the two inputs. Taking either "
+             "would silently change the other model's behaviour. Make the buffers equal "
+             "first, or merge only models that agree on them."),
     "W301": ("`where` selector matches no tensor",
              "No tensor of the merge calls a `where` block applies to matches its selector, "
              "so the block changes nothing. Check the glob against the tensor names "

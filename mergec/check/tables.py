@@ -69,16 +69,25 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
             continue
         vocab_diag = None
         bad = []
+        buffers = []
         for name, m in ref.tensors.items():
             m2 = o.tensors[name]
             if m.shape != m2.shape:
-                if arch.is_vocab_tensor(name) and len(m.shape) == len(m2.shape) and \
+                if is_buffer(m.dtype) and is_buffer(m2.dtype):
+                    buffers.append((name, f"{m.dtype}{_shape(m.shape)}",
+                                    f"{m2.dtype}{_shape(m2.shape)}"))
+                elif arch.is_vocab_tensor(name) and len(m.shape) == len(m2.shape) and \
                         m.shape[1:] == m2.shape[1:]:
                     vocab_diag = (name, m.shape[0], m2.shape[0])
                 else:
                     bad.append((name, m.shape, m2.shape))
             elif m.dtype not in MERGE_DTYPES or m2.dtype not in MERGE_DTYPES:
-                bad.append((name, m.dtype, m2.dtype))
+                if is_buffer(m.dtype) and m.dtype == m2.dtype:
+                    continue  # carried over; the build checks that the bytes agree
+                if is_buffer(m.dtype) and is_buffer(m2.dtype):
+                    buffers.append((name, m.dtype, m2.dtype))
+                else:
+                    bad.append((name, m.dtype, m2.dtype))
         if vocab_diag:
             ok = False
             name, va, vb = vocab_diag
@@ -88,6 +97,15 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                          "vocabulary first (e.g. transformers' `resize_token_embeddings`), "
                          "or merge only models built on the same tokenizer",
                          (Label(ref_span, f"{va} tokens here"),))
+        if buffers:
+            ok = False
+            name, a, b = buffers[0]
+            more = f" (and {len(buffers) - 1} more tensors)" if len(buffers) > 1 else ""
+            report.error("E310", f"the non-float tensor `{name}` differs between the inputs: "
+                         f"{b} here, {a} in the other input{more}", sp,
+                         "integer and boolean tensors (buffers such as `position_ids`) are "
+                         "not merged but carried over, so every input must hold the same one",
+                         (Label(ref_span, f"{a} here"),))
         if bad:
             ok = False
             name, a, b = bad[0]
@@ -107,6 +125,12 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                              "dequantize float8 checkpoints first" if odd.startswith("float8")
                              else None)
     return Table(dict(ref.tensors) if ok else None, ref.n_layers)
+
+
+def is_buffer(dtype: str) -> bool:
+    """An integer or boolean tensor (a buffer such as `position_ids`): never merged, carried
+    over from the inputs when they all hold the same one."""
+    return dtype not in MERGE_DTYPES and not dtype.startswith("float")
 
 
 def _with_adapters(report: Reporter, operands: list[CExpr], spans: list) -> Table:

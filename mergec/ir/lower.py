@@ -43,6 +43,9 @@ class LoweredOutput:
     graph: Graph = field(repr=False, default_factory=Graph)
     before: list[Node] | None = field(default=None, repr=False)  # roots before the passes
     reports: list = field(default_factory=list)  # what each pass changed
+    #: non-float tensors carried over from the first input that has them: (output tensor,
+    #: the (source, tensor) of every input it comes from); the build checks they are equal
+    buffers: list[tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=list)
 
 
 def lower(checked: CheckedProgram, *, canonical: bool = False) -> list[LoweredOutput]:
@@ -80,16 +83,59 @@ class _Ctx:
 def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutput:
     ctx = _Ctx(g, checked.settings.seed, out)
     tensors: list[OutTensor] = []
+    buffers = []
     for name, meta in out.expr.tensors.items():
         ctx.out_tensor = name
-        value = _lo(out.expr, name, ctx)
         if meta.dtype in MERGE_DTYPES:
+            value = _lo(out.expr, name, ctx)
             dtype = out.dtype or _default_dtype(out, meta.dtype)
-        else:
+        else:  # a buffer (or float8): carried over as stored, never computed
+            found = list(dict.fromkeys(_leaves(out.expr, name)))
+            source, tensor = found[0]
+            value = g.load(source, tensor, tuple(meta.shape), meta.dtype)
             dtype = meta.dtype
+            if len(found) > 1:
+                buffers.append((name, tuple(found)))
         root = g.cast(value, dtype)
         tensors.append(OutTensor(name, root, tuple(meta.shape), dtype))
-    return LoweredOutput(out, tensors, out.expr.n_layers, g)
+    return LoweredOutput(out, tensors, out.expr.n_layers, g, buffers=buffers)
+
+
+def _leaves(e: CExpr, name: str) -> list[tuple[str, str]]:
+    """The (input, tensor) pairs tensor `name` of `e` is computed from, in order."""
+    if isinstance(e, CInput):
+        return [(e.name, name)]
+    if isinstance(e, CAdapter):
+        return []
+    if isinstance(e, CLinear):
+        return [x for t, _ in e.terms if not (t.sparse and name not in t.tensors)
+                for x in _leaves(t, name)]
+    if isinstance(e, CSlice):
+        return _leaves(e.target, arch.with_block_index(name, arch.block_index(name) + e.start))
+    if isinstance(e, CStack):
+        src, inner = stack_source(e, name)
+        return _leaves(src, inner)
+    if isinstance(e, CCall):
+        ins = [i for i in e.inputs if not (i.sparse and name not in i.tensors)]
+        ins += [e.base] if e.base is not None else []
+        return [x for i in ins for x in _leaves(i, name)]
+    raise TypeError(type(e))  # pragma: no cover
+
+
+def stack_source(e: CStack, name: str) -> tuple[CExpr, str]:
+    """Which part of a stack tensor `name` comes from, and its name there."""
+    bi = arch.block_index(name)
+    if bi is None:
+        if arch.is_embedding(name):
+            return e.embed or part_model(e.parts[0]), name
+        return e.head or part_model(e.parts[-1]), name
+    offset = 0
+    for part in e.parts:
+        count = part.n_layers or 0
+        if offset <= bi < offset + count:
+            return part, arch.with_block_index(name, bi - offset)
+        offset += count
+    raise AssertionError(f"block {bi} outside the stack")  # checker guarantees it
 
 
 def _default_dtype(out: Output, own: str) -> str:
@@ -121,20 +167,8 @@ def _lo(e: CExpr, name: str, ctx: "_Ctx") -> Node:
         bi = arch.block_index(name)
         return _lo(e.target, arch.with_block_index(name, bi + e.start), ctx)
     if isinstance(e, CStack):
-        bi = arch.block_index(name)
-        if bi is None:
-            if arch.is_embedding(name):
-                src = e.embed or part_model(e.parts[0])
-            else:
-                src = e.head or part_model(e.parts[-1])
-            return _lo(src, name, ctx)
-        offset = 0
-        for part in e.parts:
-            count = part.n_layers or 0
-            if offset <= bi < offset + count:
-                return _lo(part, arch.with_block_index(name, bi - offset), ctx)
-            offset += count
-        raise AssertionError(f"block {bi} outside the stack")  # checker guarantees it
+        src, inner = stack_source(e, name)
+        return _lo(src, inner, ctx)
     if isinstance(e, CCall):
         return _lo_call(e, name, ctx)
     raise TypeError(type(e))  # pragma: no cover

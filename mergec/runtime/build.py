@@ -20,6 +20,7 @@ from typing import Callable
 from mergec import __version__
 from mergec.check.program import CheckedProgram
 from mergec.io.dtypes import itemsize
+from mergec.runtime.buffers import check_buffers
 from mergec.runtime.output_files import write_files
 from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
 from mergec.ir.lower import LoweredOutput
@@ -53,6 +54,7 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     computed by `jobs` workers; on an accelerator tensors are split only to fit
     `max_memory`. The result does not depend on the split or the number of workers."""
     t0 = time.perf_counter()
+    check_buffers(lo, checked)
     parallel.tune_allocator()
     sources = [checked.source(n) for n in checked.inputs]
     ex = execution(getattr(backend, "name", ""), str(getattr(backend, "device", "cpu")),
