@@ -236,6 +236,8 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
         _say(f"  write          {_human(op.bytes_written)}")
         _say(f"  peak memory    {_human(op.peak_memory)} per worker (estimate)")
         _say(f"  config from    {op.config_from}    tokenizer from {op.tokenizer_from}")
+        if op.files:
+            _say(f"  files          {', '.join(op.files)}")
         lo = next(x for x in compiled.lowered if x.output.name == op.output)
         done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]
         if done:

@@ -103,7 +103,7 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E218": ("invalid ramp",
              "`ramp(v0, ..., vk)` takes one or more numbers and may only be a parameter value."),
     "E219": ("unknown output option",
-             "The option block of an `output` takes `dtype`, `tokenizer` and `config`."),
+             "The option block of an `output` takes `dtype`, `tokenizer`, `config` and `files`."),
     "E220": ("given twice",
              "A parameter or option is given twice in the same call or block."),
     "E221": ("invalid arithmetic",
@@ -173,6 +173,19 @@ ERRORS: dict[str, tuple[str, str]] = {
              "tensor at once (breadcrumbs, della, sce, nuslerp over columns of a matrix) and "
              "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
+    "W310": ("inputs disagree on their sentence-transformers modules",
+             "An output carries its auxiliary files (`modules.json`, `1_Pooling/`, "
+             "`2_Normalize/`, ...) from one input, its `files` (default: the tokenizer's "
+             "input, which defaults to the base). The inputs it merges have different "
+             "modules or module settings (mean pooling in one, CLS in the other; "
+             "normalization in one only), which change the embeddings without changing a "
+             "weight. The warning says whose the output takes; choose explicitly with "
+             "`output m = linear(a, b) { files = b }`."),
+    "W311": ("sentence-transformers dense layers copied, not merged",
+             "The `files` input has `Dense` modules (a projection after pooling, stored in "
+             "its own folder such as `2_Dense/`). This version merges the transformer's "
+             "weights but copies the dense modules' folders from the `files` input, so the "
+             "projection is that input's alone."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "

@@ -25,7 +25,7 @@ IDS = [p.stem for p in RECIPES]
 
 #: the recipes the documentation links to; each must exist
 EXPECTED = {"demo", "linear", "task_arithmetic", "slerp", "arithmetic", "where_ramp", "stack",
-            "params", "options"}
+            "params", "options", "sentence_embeddings"}
 
 
 def shape(node):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mergec.check.aux_files import aux_warnings
 from mergec.check.exprs import Exprs
 from mergec.check.inputs import InputLoader, read_adapter, read_model
 from mergec.check.output_config import derive_output_config
@@ -82,6 +83,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                 derive_output_config(out)
             except CheckpointError as e:
                 report.add(e.to_diagnostic(out.span))
+            report.warnings += aux_warnings(out)
     report.raise_errors()
     return CheckedProgram(program.file, program.text, inputs, params.values,
                           settings.settings(), outputs, program, overrides=overrides,

@@ -13,7 +13,7 @@ from mergec.lang import ast
 
 #: the storage dtypes an output's `dtype` option can choose
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
-OUTPUT_OPTIONS = ("dtype", "tokenizer", "config")
+OUTPUT_OPTIONS = ("dtype", "tokenizer", "config", "files")
 
 
 def check_output(exprs: Exprs, st: ast.OutputStmt, value) -> Output | None:
@@ -28,7 +28,7 @@ def check_output(exprs: Exprs, st: ast.OutputStmt, value) -> Output | None:
         err("E214", f"output `{st.name.name}` is a {value.kind}, not a Model", st.expr.span,
             help_)
         return None
-    dtype, cfg, tok = None, None, None
+    dtype, cfg, tok, files = None, None, None, None
     seen: set[str] = set()
     for e in st.options or ():
         key = e.name.name
@@ -57,10 +57,13 @@ def check_output(exprs: Exprs, st: ast.OutputStmt, value) -> Output | None:
             src = _input_ref(exprs, e.value, key)
             if key == "config":
                 cfg = src
+            elif key == "files":
+                files = src
             else:
                 tok = src
     first = first_input(value)
-    return Output(st.name.name, value, dtype, cfg or first, tok or first, st.span)
+    return Output(st.name.name, value, dtype, cfg or first, tok or first, st.span,
+                  files_from=files or tok or first)
 
 
 def _input_ref(exprs: Exprs, e: ast.Expr, key: str) -> CInput | None:

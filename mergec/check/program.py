@@ -151,6 +151,11 @@ class Output:
     config_from: CInput | None
     tokenizer_from: CInput | None
     span: Span
+    #: the input the auxiliary files come from (sentence-transformers modules,
+    #: generation_config.json, processor configs): `files =`, else the tokenizer's input
+    files_from: CInput | None = None
+    #: the choice for inputs with and without a tied output head: "tie", "untie" or None
+    tie: str | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from mergec.ir.nodes import Node, topo
 from mergec.ir.placeholders import ModelTopK
 from mergec.methods import REGISTRY
 from mergec.runtime import parallel
+from mergec.runtime.output_files import file_names
 
 COMPUTE_ITEMSIZE = 4  # float32
 
@@ -64,6 +65,9 @@ class OutputPlan(BaseModel):
     raw_copies: int
     config_from: str | None
     tokenizer_from: str | None
+    #: the files written beside the tensors (config.json, tokenizer and auxiliary files
+    #: carried from the inputs, README.md)
+    files: list[str] = []
     #: statistics over the whole model computed before any tensor (TIES trim="model")
     model_stats: list[str] = []
     steps: list[TensorStep] = []
@@ -373,6 +377,7 @@ def plan_output(lo: LoweredOutput, *, max_memory: int | None = None, on_cpu: boo
         peak_memory=peak, raw_copies=copies,
         config_from=out.config_from.name if out.config_from else None,
         tokenizer_from=out.tokenizer_from.name if out.tokenizer_from else None,
+        files=file_names(lo),
         model_stats=model_stat_labels(lo),
         steps=schedule(lo, max_memory=max_memory, on_cpu=on_cpu, workers=workers, pool=pool),
     )
