@@ -57,16 +57,22 @@ def check(recipe: str | Path, *, text: str | None = None,
 def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - public API name
             overrides: dict[str, str] | None = None, passes: bool = True,
             max_memory: int | None = None, backend: str | None = None,
-            device: str | None = None, jobs: int | None = None) -> Compiled:
+            device: str | None = None, jobs: int | None = None,
+            outputs: list[str] | None = None) -> Compiled:
     """Check, lower to per-tensor IR and (unless `passes=False`) optimize, and schedule
     the build: its memory limit (`max_memory` or `set max_memory`), backend, device and
     workers (`jobs`) are those a build with the same arguments gets, so the plan's steps
-    are the build's. A build runs the passes on an IR that has not had them."""
+    are the build's. A build runs the passes on an IR that has not had them. `outputs`:
+    compile only the outputs of these names (E312 for a name the recipe lacks)."""
     from mergec.ir.lower import lower, optimize
     from mergec.runtime.schedule import execution, make_plan, memory_warnings
 
     _check_size("max_memory", max_memory)
     checked = check(recipe, text=text, overrides=overrides)
+    if outputs is not None:
+        from mergec.check.outputs import select_outputs
+
+        select_outputs(checked, outputs)
     lowered = lower(checked)
     if passes:
         optimize(lowered)
@@ -123,12 +129,14 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
           overrides: dict[str, str] | None = None, force: bool = False,
           shard_size: int | None = None, backend: str | None = None,
           device: str | None = None, progress=None, compiled: Compiled | None = None,
-          max_memory: int | None = None, jobs: int | None = None, trace=None):
+          max_memory: int | None = None, jobs: int | None = None, trace=None,
+          outputs: list[str] | None = None):
     """Check, compile and build every output of a recipe into `out_dir/<output name>`.
     `jobs`: parallel workers on a CPU (default: the CPUs available, at most 8). `trace`
     receives every step as it runs (see :mod:`mergec.runtime.build`). Ctrl-C raises
     :class:`mergec.runtime.stop.Interrupted` (a KeyboardInterrupt) once the output being
-    written is discarded; it lists the outputs written before and those not written."""
+    written is discarded; it lists the outputs written before and those not written.
+    `outputs`: build only the outputs of these names."""
     from mergec.backends import get_backend
     from mergec.io.writer import DEFAULT_SHARD_SIZE
     from mergec.ir.lower import optimize
@@ -138,7 +146,7 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     _check_size("max_memory", max_memory)
     compiled = compiled or compile(recipe, text=text, overrides=overrides,
                                    max_memory=max_memory, backend=backend, device=device,
-                                   jobs=jobs)
+                                   jobs=jobs, outputs=outputs)
     if any(lo.before is None for lo in compiled.lowered):
         optimize(compiled.lowered)  # the runtime evaluates the IR the passes leave
     out_dir = Path(out_dir)

@@ -295,13 +295,16 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
                                                   help="Plan for this memory limit."),
          jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
                                             help="Plan for this many workers, as build -j."),
+         only: Optional[List[str]] = typer.Option(
+             None, "--output", help="Plan only this output (repeatable) [default: all]."),
          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Show what a build would do, from headers alone: tensors, ops, bytes, peak memory,
     and (with --tensors or --json) every step the build takes, in its order."""
     from mergec.api import compile as api_compile
 
     compiled = api_compile(recipe, overrides=_overrides(set_), jobs=jobs,
-                           max_memory=_size(max_memory, "--max-memory"))
+                           max_memory=_size(max_memory, "--max-memory"),
+                           outputs=only or None)
     _warn(compiled.checked, output_format)
     if as_json:
         print(compiled.plan.model_dump_json(indent=2))
@@ -333,8 +336,10 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
               None, "--jobs", "-j", min=1, max=256,
               help="Parallel workers on a CPU [default: the CPUs available, at most 8]; "
               "the result is the same for any number."),
+          only: Optional[List[str]] = typer.Option(
+              None, "--output", help="Build only this output (repeatable) [default: all]."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
-    """Check, compile and build every output of a recipe."""
+    """Check, compile and build every output of a recipe (or those named by --output)."""
     from mergec.api import build as api_build, check_targets, compile as api_compile
 
     size = _size(shard_size, "--shard-size")
@@ -350,7 +355,7 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
         raise UsageError(Diagnostic("E502", f"unknown device `{device}`",
                                     help="use cpu, cuda or auto"))
     compiled = api_compile(recipe, overrides=_overrides(set_), max_memory=limit,
-                           backend=backend, device=device, jobs=jobs)
+                           backend=backend, device=device, jobs=jobs, outputs=only or None)
     _warn(compiled.checked, output_format)
     check_targets(compiled, out_dir, force)
     if dry_run:

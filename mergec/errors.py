@@ -173,6 +173,10 @@ ERRORS: dict[str, tuple[str, str]] = {
              "tensor at once (breadcrumbs, della, sce, nuslerp over columns of a matrix) and "
              "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
+    "E312": ("no output of that name",
+             "`mergec build --output NAME` (and `plan --output NAME`) build or plan only the "
+             "named outputs; NAME must be the name of an `output` statement of the recipe. "
+             "The help line suggests the closest one or lists them."),
     "W310": ("inputs disagree on their sentence-transformers modules",
              "An output carries its auxiliary files (`modules.json`, `1_Pooling/`, "
              "`2_Normalize/`, ...) from one input, its `files` (default: the tokenizer's "

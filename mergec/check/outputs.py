@@ -84,3 +84,19 @@ def _input_ref(exprs: Exprs, e: ast.Expr, key: str) -> CInput | None:
     exprs.report.error("E207", f"`{key}` must name a `model` input{what}", e.span,
                        f"write the name of a `model` statement, e.g. `{key} = base`")
     return None
+
+
+def select_outputs(checked, names) -> None:
+    """Keep only the outputs named in `names` (in the recipe's order) in `checked`; raises
+    E312 for a name that is not an output, with the closest one."""
+    from mergec.diagnostics import Diagnostic, UsageError
+
+    have = [o.name for o in checked.outputs]
+    wanted = list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in have]
+    if unknown:
+        raise UsageError([Diagnostic(
+            "E312", f"the recipe has no output `{n}`",
+            help=did_you_mean(n, have, "its outputs are")) for n in unknown])
+    checked.outputs = [o for o in checked.outputs if o.name in wanted]
+
