@@ -25,6 +25,27 @@ EMBED_RE = re.compile(r"(embed|wte|wpe|word_embeddings|position_embeddings|token
 VOCAB_RE = re.compile(r"(embed_tokens|wte|word_embeddings|lm_head|embed_out|output\.weight$)")
 
 
+#: output heads a model may tie to its input embeddings, as (embedding, head): a tied
+#: checkpoint stores the embedding only. The more specific names come first.
+TIED_HEADS: tuple[tuple[str, str], ...] = (
+    ("model.language_model.embed_tokens.weight", "lm_head.weight"),  # VLMs (LLaVA, Qwen2-VL)
+    ("model.decoder.embed_tokens.weight", "proj_out.weight"),  # Whisper
+    ("model.embed_tokens.weight", "lm_head.weight"),  # Llama, Mistral, Qwen2, Gemma, Phi-3
+    ("transformer.wte.weight", "lm_head.weight"),  # GPT-2
+    ("gpt_neox.embed_in.weight", "embed_out.weight"),  # GPT-NeoX, Pythia
+    ("shared.weight", "lm_head.weight"),  # T5
+    ("tok_embeddings.weight", "output.weight"),  # original Llama layout
+)
+
+
+def head_pair(names) -> tuple[str, str] | None:
+    """The (embedding, head) pair of `TIED_HEADS` whose embedding the model has."""
+    for emb, head in TIED_HEADS:
+        if emb in names:
+            return emb, head
+    return None
+
+
 def block_index(name: str) -> int | None:
     m = BLOCK_RE.search(name)
     return int(m.group(3)) if m else None

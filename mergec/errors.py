@@ -77,7 +77,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A per-input parameter given as a list needs one value per input, in the order "
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
-             "`set` takes: seed, backend, device, shard_size, max_memory."),
+             "`set` takes: seed, backend, device, shard_size, max_memory, heads."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),
@@ -177,6 +177,15 @@ ERRORS: dict[str, tuple[str, str]] = {
              "`mergec build --output NAME` (and `plan --output NAME`) build or plan only the "
              "named outputs; NAME must be the name of an `output` statement of the recipe. "
              "The help line suggests the closest one or lists them."),
+    "E313": ("tied and untied inputs",
+             "One input ties its output head to its input embeddings (its checkpoint has "
+             "`model.embed_tokens.weight` but no `lm_head.weight`, `tie_word_embeddings: "
+             "true`) and another has a head of its own. mergec does not pick silently: "
+             "`set heads = \"untie\"` reads the head of every tied input from its "
+             "embeddings and gives the output a head of its own (`tie_word_embeddings: "
+             "false`); `set heads = \"tie\"` does not use the untied heads and ties the "
+             "output's head (`tie_word_embeddings: true`). W312 says what was done to "
+             "each input."),
     "W310": ("inputs disagree on their sentence-transformers modules",
              "An output carries its auxiliary files (`modules.json`, `1_Pooling/`, "
              "`2_Normalize/`, ...) from one input, its `files` (default: the tokenizer's "
@@ -190,6 +199,13 @@ ERRORS: dict[str, tuple[str, str]] = {
              "its own folder such as `2_Dense/`). This version merges the transformer's "
              "weights but copies the dense modules' folders from the `files` input, so the "
              "projection is that input's alone."),
+    "W312": ("a tied or untied head changed by `set heads`",
+             "`set heads = \"untie\"`: an input that ties its output head to its "
+             "embeddings is read with a head equal to its embeddings, and outputs are "
+             "written with a head of their own. `set heads = \"tie\"`: an input with a "
+             "head of its own is read without it, and outputs tie their head to their "
+             "embeddings. The warning names each input changed; it is there so the choice "
+             "is visible in every check and build."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "

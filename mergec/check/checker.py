@@ -10,6 +10,7 @@ after a problem, so a recipe's problems are all reported at once.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from mergec.check.aux_files import aux_warnings
@@ -20,7 +21,7 @@ from mergec.check.outputs import check_output
 from mergec.check.program import ERROR, CExpr, CheckedProgram, Output
 from mergec.check.report import Reporter
 from mergec.check.scope import Const, Scope
-from mergec.check.settings import Params, SetStatements
+from mergec.check.settings import Params, SetStatements, heads_setting
 from mergec.check.wheres import apply_wheres
 from mergec.diagnostics import Label
 from mergec.io import open_input
@@ -48,6 +49,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
     params = Params(exprs, overrides)
     inputs: dict[str, CExpr] = {}
     outputs: list[Output] = []
+    heads = heads_setting(stmts)
     for st in stmts:
         name = st.name.name
         if isinstance(st, ast.SetStmt):
@@ -60,7 +62,8 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                          (Label(first.span, "first defined here"),))
             continue
         if isinstance(st, (ast.ModelStmt, ast.AdapterStmt)):
-            value = (read_model(report, st, loader, base_dir) if isinstance(st, ast.ModelStmt)
+            value = (read_model(report, st, loader, base_dir, heads)
+                     if isinstance(st, ast.ModelStmt)
                      else read_adapter(report, st, adapter_loader, base_dir))
             if value.kind != ERROR:
                 inputs[name] = value
@@ -71,7 +74,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
             if isinstance(st, ast.OutputStmt):
                 out = check_output(exprs, st, value)
                 if out is not None:
-                    outputs.append(out)
+                    outputs.append(dataclasses.replace(out, tie=heads) if heads else out)
         scope.bind(name, value, st.name.span)
     params.check_overrides_used(stmts)
     if not outputs and not any(d.severity == "error" for d in report.errors):

@@ -23,5 +23,9 @@ def derive_output_config(out: Output) -> dict | None:
         dtype = d if d in MERGE_DTYPES else (floats[0] if floats else "float32")
     old = arch.layer_count(cfg, src.tensors or {})
     n = out.expr.n_layers
-    return hf_files.derive_config(cfg, dtype=dtype,
-                                  num_layers=n if n is not None and n != old else None)
+    derived = hf_files.derive_config(cfg, dtype=dtype,
+                                     num_layers=n if n is not None and n != old else None)
+    pair = arch.head_pair(out.expr.tensors or {}) if out.tie else None
+    if pair is not None:  # `set heads`: the config says whether the head is tied
+        derived["tie_word_embeddings"] = pair[1] not in out.expr.tensors
+    return derived

@@ -101,6 +101,12 @@ class CInput(CExpr):
     name: str = ""
     checkpoint: Any = None  # mergec.io.checkpoint.Checkpoint | None
     config: dict | None = None
+    #: tensors of the table that the checkpoint stores under another name (the head of a
+    #: tied model, untied by `set heads = "untie"`): table name -> stored name
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def stored_name(self, name: str) -> str:
+        return self.aliases.get(name, name)
 
 
 @dataclass(eq=False)

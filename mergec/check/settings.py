@@ -22,6 +22,7 @@ SETTINGS = {
     "device": '"auto", "cpu", "cuda", "cuda:N" or "gpu"',
     "shard_size": 'a size such as "5GB"',
     "max_memory": 'a size such as "8GB"',
+    "heads": '"untie" or "tie"',
 }
 _SETTING_HELP = {
     "seed": "for example `set seed = 42`; it seeds every random method, per tensor",
@@ -29,7 +30,18 @@ _SETTING_HELP = {
     "device": 'for example `set device = "cpu"`',
     "shard_size": 'for example `set shard_size = "2GB"`',
     "max_memory": 'for example `set max_memory = "8GB"`',
+    "heads": 'for example `set heads = "untie"` (tied inputs get a head of their own)',
 }
+
+
+def heads_setting(statements) -> str | None:
+    """The value of `set heads = "..."` (read before the inputs, which it changes), when
+    it is one of the accepted strings; the statement itself is checked in order."""
+    for st in statements:
+        if isinstance(st, ast.SetStmt) and st.name.name == "heads" and \
+                isinstance(st.value, ast.Str) and st.value.value in ("untie", "tie"):
+            return st.value.value
+    return None
 
 
 class SetStatements:
@@ -59,6 +71,8 @@ class SetStatements:
         elif name == "device":
             ok = isinstance(val, str) and (val in ("auto", "cpu", "cuda", "gpu") or
                                            re.fullmatch(r"cuda:\d+", val) is not None)
+        elif name == "heads":
+            ok = val in ("untie", "tie")
         elif name in ("shard_size", "max_memory"):
             try:
                 val = parse_size(str(val)) if v.kind in (STRING, NUMBER) else None

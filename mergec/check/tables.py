@@ -53,6 +53,16 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                          "merge runs of equal length (`a.layers[0:4]`), or combine blocks "
                          "with `stack(...)`", (Label(ref_span, f"{ref.n_layers} blocks here"),))
             continue
+        tied = _tied_mismatch(ref.tensors, o.tensors, missing, extra)
+        if tied is not None:
+            ok = False
+            report.error("E313", f"one input ties its output head to its embeddings and the "
+                         f"other has a head of its own (`{tied}`)", sp,
+                         'choose: `set heads = "untie"` (tied inputs read their head from '
+                         'their embeddings; the output gets its own) or `set heads = "tie"` '
+                         '(untied heads are not used; the output ties its head)',
+                         (Label(ref_span, "compared with this input"),))
+            continue
         if missing or extra:
             ok = False
             parts = []
@@ -125,6 +135,15 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                              "dequantize float8 checkpoints first" if odd.startswith("float8")
                              else None)
     return Table(dict(ref.tensors) if ok else None, ref.n_layers)
+
+
+def _tied_mismatch(a: dict, b: dict, missing: list, extra: list) -> str | None:
+    """The head tensor, when the only difference between two tables is that one of them
+    has the output head of a tied pair (`arch.TIED_HEADS`) and the other does not."""
+    pair = arch.head_pair(a)
+    if pair is None or pair[0] not in b or len(missing) + len(extra) != 1:
+        return None
+    return pair[1] if pair[1] in missing + extra else None
 
 
 def is_buffer(dtype: str) -> bool:

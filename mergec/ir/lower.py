@@ -104,7 +104,7 @@ def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutp
 def _leaves(e: CExpr, name: str) -> list[tuple[str, str]]:
     """The (input, tensor) pairs tensor `name` of `e` is computed from, in order."""
     if isinstance(e, CInput):
-        return [(e.name, name)]
+        return [(e.name, e.stored_name(name))]
     if isinstance(e, CAdapter):
         return []
     if isinstance(e, CLinear):
@@ -148,7 +148,7 @@ def _lo(e: CExpr, name: str, ctx: "_Ctx") -> Node:
     g = ctx.g
     if isinstance(e, CInput):
         m = e.tensors[name]
-        return g.load(e.name, name, m.shape, m.dtype)
+        return g.load(e.name, e.stored_name(name), m.shape, m.dtype)
     if isinstance(e, CAdapter):
         pair = e.adapter.pairs.get(name)
         if pair is None:
