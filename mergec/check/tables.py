@@ -14,7 +14,7 @@ from typing import NamedTuple
 from mergec import arch
 from mergec.check.program import CExpr, TensorMeta
 from mergec.check.report import Reporter
-from mergec.check.walk import part_model
+from mergec.check.walk import first_input, part_model
 from mergec.diagnostics import Label
 from mergec.io.dtypes import MERGE_DTYPES
 
@@ -53,7 +53,7 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                          "merge runs of equal length (`a.layers[0:4]`), or combine blocks "
                          "with `stack(...)`", (Label(ref_span, f"{ref.n_layers} blocks here"),))
             continue
-        tied = _tied_mismatch(ref.tensors, o.tensors, missing, extra)
+        tied = _tied_mismatch(ref, o, missing, extra)
         if tied is not None:
             ok = False
             report.error("E313", f"one input ties its output head to its embeddings and the "
@@ -137,13 +137,18 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
     return Table(dict(ref.tensors) if ok else None, ref.n_layers)
 
 
-def _tied_mismatch(a: dict, b: dict, missing: list, extra: list) -> str | None:
+def _tied_mismatch(a: CExpr, b: CExpr, missing: list, extra: list) -> str | None:
     """The head tensor, when the only difference between two tables is that one of them
-    has the output head of a tied pair (`arch.TIED_HEADS`) and the other does not."""
-    pair = arch.head_pair(a)
-    if pair is None or pair[0] not in b or len(missing) + len(extra) != 1:
+    has the output head of a tied pair (`arch.TIED_HEADS`) and the other, whose config
+    ties its head (`tie_word_embeddings` true or absent), does not."""
+    pair = arch.head_pair(a.tensors)
+    if pair is None or pair[0] not in b.tensors or len(missing) + len(extra) != 1:
         return None
-    return pair[1] if pair[1] in missing + extra else None
+    if pair[1] not in missing + extra:
+        return None
+    lacking = first_input(b if pair[1] in missing else a)
+    cfg = getattr(lacking, "config", None) or {}
+    return None if cfg.get("tie_word_embeddings") is False else pair[1]
 
 
 def is_buffer(dtype: str) -> bool:
