@@ -33,7 +33,8 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A string opened with `\"` is not closed on the same line."),
     "E105": ("unknown attribute or selector",
              "The only attribute is `.layers[a:b]`, which takes a run of transformer blocks "
-             "of a model, and the only indexed selector in a `where` is `layers[a:b]`."),
+             "of a model (`.encoder.layers[a:b]` and the like for a model with several "
+             "layer stacks), and the only indexed selector in a `where` is `layers[a:b]`."),
     "E106": ("positional argument after a keyword argument",
              "In a call, the inputs come first and the `name=value` parameters after them: "
              "`ties(a, b, base=base, density=0.5)`."),
@@ -186,6 +187,24 @@ ERRORS: dict[str, tuple[str, str]] = {
              "false`); `set heads = \"tie\"` does not use the untied heads and ties the "
              "output's head (`tie_word_embeddings: true`). W312 says what was done to "
              "each input."),
+    "E314": ("layer stack not named",
+             "The model has more than one layer stack (an encoder and a decoder, a vision "
+             "and a text tower), so `m.layers[a:b]` does not say whose blocks to take. "
+             "Name the stack: `m.encoder.layers[0:2]`, `m.decoder.layers[0:3]`, "
+             "`m.vision.layers[0:6]`, `m.text.layers[0:4]`. The message lists the model's "
+             "stacks; `mergec/arch.py` holds the stacks mergec knows."),
+    "E315": ("output tensors that its config does not imply",
+             "The tensors of an output must be those its config.json describes, so that "
+             "`from_pretrained` finds no missing or unexpected keys: every layer stack "
+             "must have as many blocks as the config declares, and a tensor that only a "
+             "stack's first block has (T5's relative attention bias) must stay in the "
+             "first block. A `stack(...)` whose first run of a stack does not start at "
+             "that stack's block 0, or that puts such a block later, stops here instead "
+             "of writing a model that loads wrong."),
+    "E316": ("unknown layer stack",
+             "`m.NAME.layers[a:b]` names a layer stack the model does not have. The help "
+             "line suggests the closest one or lists the model's stacks (`encoder`, "
+             "`decoder`, `vision`, `text`; a model with one stack calls it `layers`)."),
     "W310": ("inputs disagree on their sentence-transformers modules",
              "An output carries its auxiliary files (`modules.json`, `1_Pooling/`, "
              "`2_Normalize/`, ...) from one input, its `files` (default: the tokenizer's "

@@ -38,7 +38,7 @@ RECIPES = {
     "ties": "output m = ties(a, b, base=base, density=0.5)",
     "arith": "output m = base + 0.5 * (a - base) + 0.5 * (b - base)",
     "slerp": "output m = slerp(a, b, t=0.3)",
-    "stack": "output m = stack(a.layers[0:1], b.layers[0:2])",
+    "stack": "output m = stack(a.layers[0:2], b.layers[1:2])",
 }
 
 
@@ -58,8 +58,9 @@ def test_identical_buffers_pass_through(tmp_path, method):
         w = "encoder.layer.1.output.dense.weight"
         np.testing.assert_allclose(out[w], 0.5 * ts["a"][w] + 0.5 * ts["b"][w], rtol=1e-6)
     if method == "stack":
-        assert sorted(n for n in out if n.startswith("encoder.layer.1.")) == [
-            "encoder.layer.1.attention.mask", "encoder.layer.1.output.dense.weight"]
+        assert sorted(n for n in out if n.startswith("encoder.layer.")) == [
+            "encoder.layer.0.attention.mask", "encoder.layer.0.output.dense.weight",
+            "encoder.layer.1.output.dense.weight", "encoder.layer.2.output.dense.weight"]
 
 
 def test_buffer_of_another_dtype_is_named(tmp_path):

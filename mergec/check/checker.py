@@ -16,7 +16,7 @@ from pathlib import Path
 from mergec.check.aux_files import aux_warnings
 from mergec.check.exprs import Exprs
 from mergec.check.inputs import InputLoader, read_adapter, read_model
-from mergec.check.output_config import derive_output_config
+from mergec.check.output_config import derive_output_config, tensor_set_problems
 from mergec.check.outputs import check_output
 from mergec.check.program import ERROR, CExpr, CheckedProgram, Output
 from mergec.check.report import Reporter
@@ -83,9 +83,14 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
     if not report.errors:
         for out in outputs:
             try:
-                derive_output_config(out)
+                cfg = derive_output_config(out)
             except CheckpointError as e:
                 report.add(e.to_diagnostic(out.span))
+                cfg = None
+            for problem in tensor_set_problems(out, cfg) if cfg is not None else ():
+                report.error("E315", f"output `{out.name}`: {problem}", out.span,
+                             "nothing is dropped silently; stack runs that start at a "
+                             "stack's first block, or keep the block counts of the config")
             report.warnings += aux_warnings(out)
     report.raise_errors()
     return CheckedProgram(program.file, program.text, inputs, params.values,

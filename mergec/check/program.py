@@ -140,6 +140,8 @@ class CSlice(CExpr):
     target: CExpr | None = None
     start: int = 0
     stop: int = 0
+    #: the layer stack sliced (`encoder.block.`), None where the model's blocks have none
+    prefix: str | None = None
 
 
 @dataclass(eq=False)
@@ -147,6 +149,10 @@ class CStack(CExpr):
     parts: tuple[CExpr, ...] = ()
     embed: CExpr | None = None
     head: CExpr | None = None
+    #: output tensor -> (the value it comes from, its name there): `check.stacks.layout`
+    routes: dict | None = field(default=None, repr=False)
+    #: block count of every stack of the result (prefix -> count)
+    counts: dict | None = None
 
 
 @dataclass(frozen=True)

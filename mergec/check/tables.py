@@ -203,60 +203,74 @@ def _with_adapters(report: Reporter, operands: list[CExpr], spans: list) -> Tabl
     return base
 
 
-def sliced(target: CExpr, start: int, stop: int) -> dict[str, TensorMeta] | None:
-    """The table of blocks `start` to `stop - 1` of `target`, renumbered from 0."""
+def sliced(target: CExpr, start: int, stop: int,
+           prefix: str | None = None) -> dict[str, TensorMeta] | None:
+    """The table of blocks `start` to `stop - 1` of `target` (of the stack `prefix` when
+    given), renumbered from 0."""
     if target.tensors is None:
         return None
     tensors = {}
     for name, meta in target.tensors.items():
         bi = arch.block_index(name)
-        if bi is not None and start <= bi < stop:
+        if bi is not None and start <= bi < stop and \
+                (prefix is None or arch.stack_prefix(name) == prefix):
             tensors[arch.with_block_index(name, bi - start)] = meta
     return tensors
 
 
+class Stacked(NamedTuple):
+    tensors: dict[str, TensorMeta] | None
+    n_layers: int | None
+    routes: dict | None = None
+    counts: dict | None = None
+
+
 def stacked(report: Reporter, parts: list[CExpr], args, embed: CExpr | None,
-            head: CExpr | None, kwargs) -> Table:
-    """The table of `stack(parts, embed=, head=)`: the blocks renumbered one run after
-    the other, the embeddings from `embed` (else the first part's model), every other
-    tensor outside the blocks from `head` (else the last part's model)."""
+            head: CExpr | None, kwargs) -> Stacked:
+    """The table of `stack(parts, embed=, head=)` (see `mergec.check.stacks`): the blocks
+    of each stack renumbered one run after the other, the tensors outside the blocks from
+    `embed=` / `head=` or the parts of their stack."""
+    from mergec.check.stacks import layout
+
+
     if not (all(p.tensors is not None for p in parts) and
             all(x is None or x.tensors is not None for x in (embed, head))):
-        return Table(None, None)
-    tensors: dict[str, TensorMeta] = {}
-    first_src = embed or part_model(parts[0])
-    last_src = head or part_model(parts[-1])
-    offset = 0
-    tensors.update({n: m for n, m in (first_src.tensors or {}).items()
-                    if arch.block_index(n) is None and arch.is_embedding(n)})
-    for part in parts:
-        count = part.n_layers or 0
-        for name, meta in part.tensors.items():
-            bi = arch.block_index(name)
-            if bi is None:
-                continue
-            tensors[arch.with_block_index(name, bi + offset)] = meta
-        offset += count
-    for n, m in (last_src.tensors or {}).items():
-        if arch.block_index(n) is None and not arch.is_embedding(n):
-            tensors[n] = m
+        return Stacked(None, None)
+    routes, counts = layout(parts, embed, head)
+    value = {"embed": embed, "head": head}
+    tensors = {n: (value.get(w[0]) or (parts[w[1]] if w[0] == "part" else
+                                       part_model(parts[w[1]]))).tensors[inner]
+               for n, (w, inner) in routes.items()}
     ok = _stack_fits(report, parts, args, [(embed, "embed"), (head, "head")], kwargs)
-    return Table(tensors if ok else None, offset)
+    n = next(iter(counts.values()), 0) if counts else 0
+    return Stacked(tensors if ok else None, n, routes, counts)
 
 
 def _stack_fits(report: Reporter, parts, args, extra, kwargs) -> bool:
     """Blocks from different models must have the same shapes to follow each other."""
-    def suffixes(p):
-        out = {}
-        for n, m in p.tensors.items():
-            bi = arch.block_index(n)
-            if bi is not None:
-                out[arch.with_block_index(n, 0)] = m.shape
-        return out
+    from mergec.check.stacks import first_only, part_prefixes
 
-    ref = suffixes(parts[0])
+    def suffixes(p, prefix):
+        skip = first_only(part_model(p).tensors or {}, prefix)
+        return {arch.with_block_index(n, 0): m.shape for n, m in p.tensors.items()
+                if arch.stack_prefix(n) == prefix and arch.with_block_index(n, 0) not in skip}
+
     ok = True
-    for p, a in zip(parts[1:], args[1:]):
+    groups: dict[str, list] = {}
+    for p, a in zip(parts, args):
+        for prefix in part_prefixes(p):
+            groups.setdefault(prefix, []).append((p, a))
+    for prefix, members in groups.items():
+        if not _group_fits(report, members, lambda p, prefix=prefix: suffixes(p, prefix)):
+            ok = False
+    return ok and _stack_ends_fit(report, parts, args, extra, kwargs)
+
+
+def _group_fits(report: Reporter, members, suffixes) -> bool:
+    ok = True
+    (p0, a0) = members[0]
+    ref = suffixes(p0)
+    for p, a in members[1:]:
         mine = suffixes(p)
         bad = [(n, ref[n], s) for n, s in mine.items() if n in ref and ref[n] != s]
         missing = [n for n in ref if n not in mine] + [n for n in mine if n not in ref]
@@ -267,14 +281,20 @@ def _stack_fits(report: Reporter, parts, args, extra, kwargs) -> bool:
                          f"{_shape(s1)} here, {_shape(s0)} there"
                          + (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""),
                          a.span, "stacked blocks must come from models of the same size",
-                         (Label(args[0].span, f"{_shape(s0)} here"),))
+                         (Label(a0.span, f"{_shape(s0)} here"),))
             ok = False
         elif missing:
             report.error("E303", "these blocks do not have the same tensors as the first "
                          f"run ({_list_names(missing)})", a.span,
                          "stacked blocks must come from models of the same architecture",
-                         (Label(args[0].span, "the first run"),))
+                         (Label(a0.span, "the first run"),))
             ok = False
+    return ok
+
+
+def _stack_ends_fit(report: Reporter, parts, args, extra, kwargs) -> bool:
+    """`embed=` and `head=` must fit the blocks and share their vocabulary."""
+    ok = True
     first = part_model(parts[0])
     sources = dict((key, src) for src, key in extra)
     emb_src = sources.get("embed") or first

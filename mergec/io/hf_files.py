@@ -164,6 +164,12 @@ def _layer_holder(config: dict) -> tuple[dict, str] | None:
     return None
 
 
+def layer_holder(config: dict) -> tuple[dict, str] | None:
+    """The dict of `config` (itself or a nested `text_config`) and the key that hold its
+    layer count, or None."""
+    return _layer_holder(config)
+
+
 def layer_count(config: dict | None) -> int | None:
     """Number of transformer layers the config declares (top level, then ``text_config``)."""
     if not isinstance(config, dict):

@@ -19,7 +19,8 @@ from mergec import arch
 from mergec.check.program import (
     CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CSlice, CStack, Output, Ramp,
 )
-from mergec.check.walk import part_model, walk
+from mergec.check.stacks import route_source
+from mergec.check.walk import walk
 from mergec.io.dtypes import MERGE_DTYPES
 from mergec.ir.nodes import Graph, Node
 from mergec.ir.passes import RULES, run_passes
@@ -123,19 +124,10 @@ def _leaves(e: CExpr, name: str) -> list[tuple[str, str]]:
 
 
 def stack_source(e: CStack, name: str) -> tuple[CExpr, str]:
-    """Which part of a stack tensor `name` comes from, and its name there."""
-    bi = arch.block_index(name)
-    if bi is None:
-        if arch.is_embedding(name):
-            return e.embed or part_model(e.parts[0]), name
-        return e.head or part_model(e.parts[-1]), name
-    offset = 0
-    for part in e.parts:
-        count = part.n_layers or 0
-        if offset <= bi < offset + count:
-            return part, arch.with_block_index(name, bi - offset)
-        offset += count
-    raise AssertionError(f"block {bi} outside the stack")  # checker guarantees it
+    """Which part of a stack tensor `name` comes from, and its name there (the checker's
+    routes, `mergec.check.stacks.layout`)."""
+    where, inner = e.routes[name]
+    return route_source(e, where), inner
 
 
 def _default_dtype(out: Output, own: str) -> str:

@@ -271,6 +271,15 @@ class _Build(Transformer):
                 "the only attribute is `.layers[a:b]`, a run of transformer blocks")
         return ast.LayerSlice(target, start, stop, self.sp(meta))
 
+    @v_args(meta=True)
+    def stack_slice(self, meta, items):
+        target, stack, attr, (start, stop) = items
+        if str(attr) != "layers":
+            raise _SyntaxProblem(
+                "E105", f"unknown attribute `.{stack}.{attr}`", attr,
+                f"a run of blocks of one layer stack is `.{stack}.layers[a:b]`")
+        return ast.LayerSlice(target, start, stop, self.sp(meta), str(stack))
+
     def slice(self, items):
         for tok in items:
             if tok is not None and len(tok) > MAX_INDEX_CHARS:
