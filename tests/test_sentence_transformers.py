@@ -49,7 +49,7 @@ def test_identity_gives_the_same_normalized_embeddings(st, tmp_path):
         "config.json", "tokenizer.json", "tokenizer_config.json", "modules.json",
         "config_sentence_transformers.json", "sentence_bert_config.json",
         "1_Pooling/config.json", "2_Normalize/config.json", "README.md"]
-    api.build(recipe, tmp_path / "out")
+    api.build(recipe, tmp_path / "out", jobs=1)
     out = tmp_path / "out" / "m"
     assert set(ST_FILES) <= set(_files(out))
     m_in, e_in = encode(st["a"])
@@ -64,7 +64,7 @@ def test_ties_of_two_loads_with_the_same_modules(st, tmp_path):
 
     recipe = _recipe(tmp_path, "output m = ties(a, b, base=a, density=0.5)", a=st["a"], b=st["b"])
     assert api.check(recipe).warnings == []
-    api.build(recipe, tmp_path / "out")
+    api.build(recipe, tmp_path / "out", jobs=1)
     out = tmp_path / "out" / "m"
     for name in ST_FILES:
         assert (out / name).read_bytes() == (st["a"] / name).read_bytes()
@@ -86,7 +86,7 @@ def test_inputs_that_disagree_on_pooling_warn(st, tmp_path):
     recipe = _recipe(tmp_path, "output m = linear(a, c) { files = c }", a=st["a"], c=st["cls"])
     [w] = api.check(recipe).warnings
     assert "the output takes those of `c`" in w.message
-    api.build(recipe, tmp_path / "out")
+    api.build(recipe, tmp_path / "out", jobs=1)
     assert "2_Normalize/config.json" not in _files(tmp_path / "out" / "m")
     assert json.loads((tmp_path / "out/m/1_Pooling/config.json").read_text())["pooling_mode"] == "cls"
 
@@ -98,7 +98,7 @@ def test_dense_modules_are_carried_and_named(st, tmp_path):
     [w] = api.check(recipe).warnings
     assert (w.code, w.message) == ("W311", "output `m`: the sentence-transformers dense layer "
                                    "(`2_Dense`) is copied from `a`, not merged")
-    api.build(recipe, tmp_path / "out")
+    api.build(recipe, tmp_path / "out", jobs=1)
     m, e = encode(tmp_path / "out" / "m")
     assert [type(x).__name__ for x in m] == ["Transformer", "Pooling", "Dense", "Normalize"]
     assert e.shape == (3, 8)

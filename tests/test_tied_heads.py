@@ -54,7 +54,7 @@ def test_untie(tmp_path, llamas):
         "W312", "`a` ties its output head to its embeddings: its `lm_head.weight` is read "
                 "from `model.embed_tokens.weight`, and outputs get a head of their own "
                 "(`tie_word_embeddings: false`)")
-    api.build(r, tmp_path / "out")
+    api.build(r, tmp_path / "out", jobs=1)
     out = tmp_path / "out" / "m"
     a, b, o = _weights(llamas["tied"]), _weights(llamas["untied"]), _weights(out)
     np.testing.assert_allclose(o["lm_head.weight"], 0.5 * a["model.embed_tokens.weight"]
@@ -71,7 +71,7 @@ def test_tie(tmp_path, llamas):
     assert (w.code, w.message) == (
         "W312", "`b` has an output head of its own: its `lm_head.weight` is not used, and "
                 "outputs tie their head to `model.embed_tokens.weight` (`tie_word_embeddings: true`)")
-    api.build(r, tmp_path / "out")
+    api.build(r, tmp_path / "out", jobs=1)
     out = tmp_path / "out" / "m"
     o = _weights(out)
     assert "lm_head.weight" not in o
