@@ -144,7 +144,7 @@ STACK_KINDS: tuple[StackKind, ...] = (
 HEAD_RE = re.compile(r"(^|\.)(lm_head|embed_out|proj_out)\.|^output\.weight$")
 #: Tensors outside the blocks that come before them besides embeddings: convolutions in
 #: front of an audio encoder, a vision tower's pre-norm, patch and class embeddings.
-BEFORE_RE = re.compile(r"(embed|wte|wpe|word_embeddings|position_embeddings|token_type|"
+BEFORE_RE = re.compile(r"(^shared\.|embed|wte|wpe|word_embeddings|position_embeddings|token_type|"
                        r"\.conv\d|pre_layrnorm|pre_layernorm|class_embedding|patch_)")
 
 

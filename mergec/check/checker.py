@@ -87,10 +87,8 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
             except CheckpointError as e:
                 report.add(e.to_diagnostic(out.span))
                 cfg = None
-            for problem in tensor_set_problems(out, cfg) if cfg is not None else ():
-                report.error("E315", f"output `{out.name}`: {problem}", out.span,
-                             "nothing is dropped silently; stack runs that start at a "
-                             "stack's first block, or keep the block counts of the config")
+            for problem, help_ in tensor_set_problems(out, cfg) if cfg is not None else ():
+                report.error("E315", f"output `{out.name}`: {problem}", out.span, help_)
             report.warnings += aux_warnings(out)
     report.raise_errors()
     return CheckedProgram(program.file, program.text, inputs, params.values,

@@ -84,7 +84,7 @@ def _restack(cfg: dict, e: CStack) -> None:
             holder[list_key] = values
 
 
-def tensor_set_problems(out: Output, cfg: dict | None) -> list[str]:
+def tensor_set_problems(out: Output, cfg: dict | None) -> list[tuple[str, str]]:
     """Where the output's tensors are not what its config.json implies: a stack whose
     block count differs from the config's, or a tensor only a stack's first block has
     (T5's relative attention bias) in another block. [] when they agree."""
@@ -96,16 +96,20 @@ def tensor_set_problems(out: Output, cfg: dict | None) -> list[str]:
         declared = holder[0][holder[1]] if holder else None
         if isinstance(declared, int) and declared != count and \
                 (isinstance(out.expr, CStack) or len(found) > 1):
-            problems.append(f"the stack `{prefix}N` has {count} blocks but config.json "
-                            f"declares {declared}")
+            problems.append((f"the stack `{prefix}N` has {count} blocks but config.json "
+                             f"declares {declared}",
+                             "a model with several stacks needs the count of each in its "
+                             "config; mergec/arch.py lists the keys it knows"))
         src = out.config_from
         if src is not None and src.tensors:
             only = first_only(src.tensors, prefix)
             wrong = sorted(n for n in tensors if arch.stack_prefix(n) == prefix
                            and arch.block_index(n) != 0 and arch.with_block_index(n, 0) in only)
             if wrong:
-                problems.append(f"`{wrong[0]}` exists only in the first block of "
-                                f"`{prefix}N` in the model, but here it is in block "
-                                f"{arch.block_index(wrong[0])}")
+                problems.append((f"`{wrong[0]}` exists only in the first block of "
+                                 f"`{prefix}N` in the model, but here it is in block "
+                                 f"{arch.block_index(wrong[0])}",
+                                 "start the stack's first run at its block 0 and take the "
+                                 "other runs from later blocks (`[1:3]`)"))
     return problems
 

@@ -1,0 +1,108 @@
+"""`m.NAME.layers[a:b]`: a run of blocks of one layer stack, parsed, formatted and
+checked on headers alone (the stacks of `mergec.arch`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mergec import api, arch
+from mergec.diagnostics import MergecError
+from mergec.lang.fmt import format_text
+from mergec.lang.parser import parse
+
+
+def test_stack_slice_parses_and_formats():
+    text = 'model t = "./t5"\noutput m = stack(t.encoder.layers[0:2],t.decoder.layers[:1])\n'
+    [_, out] = parse(text, "r.merge").statements
+    inner = out.expr.args[0]
+    assert (inner.stack, inner.start, inner.stop) == ("encoder", 0, 2)
+    assert out.expr.args[1].stack == "decoder"
+    assert format_text(text, "r.merge") == (
+        'model t = "./t5"\n'
+        "output m = stack(t.encoder.layers[0:2], t.decoder.layers[:1])\n")
+
+
+def test_stack_slice_other_attribute_is_e105():
+    with pytest.raises(MergecError) as e:
+        parse('model t = "./t5"\noutput m = t.encoder.blocks[0:2]\n', "r.merge")
+    [d] = e.value.diagnostics
+    assert (d.code, d.message) == ("E105", "unknown attribute `.encoder.blocks`")
+
+
+def test_stacks_of_tensor_names():
+    names = ["shared.weight", "encoder.block.0.x", "encoder.block.2.x", "decoder.block.1.x",
+             "encoder.final_layer_norm.weight", "lm_head.weight"]
+    assert arch.stacks(names) == {"encoder.block.": 3, "decoder.block.": 2}
+    assert arch.stack_names(names) == {"encoder": "encoder.block.", "decoder": "decoder.block."}
+    assert arch.stack_names(["model.layers.0.x"]) == {"layers": "model.layers."}
+    assert arch.owner("encoder.final_layer_norm.weight", arch.stacks(names)) == "encoder.block."
+    assert arch.owner("lm_head.weight", arch.stacks(names)) is None
+    assert [arch.placement(n) for n in ("shared.weight", "lm_head.weight",
+                                        "gpt_neox.embed_out.weight", "model.encoder.conv1.weight",
+                                        "vision_model.pre_layrnorm.bias", "model.norm.weight")] \
+        == ["before", "after", "after", "before", "before", "after"]
+
+
+def _t5_like(root, seed, n_enc=3, n_dec=2):
+    """A T5-shaped checkpoint: shared embeddings, encoder and decoder blocks (the first of
+    each with a relative attention bias), final norms, an untied head."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    t = {"shared.weight": rng.standard_normal((8, 4)).astype(np.float32),
+         "lm_head.weight": rng.standard_normal((8, 4)).astype(np.float32)}
+    for side, n in (("encoder", n_enc), ("decoder", n_dec)):
+        t[f"{side}.final_layer_norm.weight"] = rng.standard_normal(4).astype(np.float32)
+        t[f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = \
+            rng.standard_normal((4, 2)).astype(np.float32)
+        for i in range(n):
+            t[f"{side}.block.{i}.layer.0.SelfAttention.q.weight"] = \
+                rng.standard_normal((4, 4)).astype(np.float32)
+    root.mkdir(parents=True)
+    save_file(t, str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps({
+        "model_type": "t5", "num_layers": n_enc, "num_decoder_layers": n_dec,
+        "tie_word_embeddings": False, "torch_dtype": "float32"}))
+    return t
+
+
+def test_stack_of_encoder_blocks_routes_and_counts(tmp_path):
+    ta, tb = _t5_like(tmp_path / "a", 0), _t5_like(tmp_path / "b", 1)
+    r = tmp_path / "r.merge"
+    r.write_text('model a = "./a"\nmodel b = "./b"\n'
+                 "output m = stack(a.encoder.layers[0:2], b.encoder.layers[1:3], "
+                 "b.decoder.layers[0:1])\n")
+    api.build(r, tmp_path / "out", jobs=1)
+    from safetensors.numpy import load_file
+
+    out = load_file(str(tmp_path / "out/m/model.safetensors"))
+    q = "layer.0.SelfAttention.q.weight"
+    assert sorted(n for n in out if ".block." in n) == sorted(
+        [f"encoder.block.{i}.{q}" for i in range(4)] + [f"decoder.block.0.{q}"] +
+        ["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+         "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"])
+    assert np.array_equal(out[f"encoder.block.3.{q}"], tb[f"encoder.block.2.{q}"])
+    assert np.array_equal(out[f"encoder.block.1.{q}"], ta[f"encoder.block.1.{q}"])
+    # before the blocks: from the first run; after an encoder: its last run; head: last part
+    assert np.array_equal(out["shared.weight"], ta["shared.weight"])
+    assert np.array_equal(out["encoder.final_layer_norm.weight"],
+                          tb["encoder.final_layer_norm.weight"])
+    assert np.array_equal(out["lm_head.weight"], tb["lm_head.weight"])
+    cfg = json.loads((tmp_path / "out/m/config.json").read_text())
+    assert (cfg["num_layers"], cfg["num_decoder_layers"]) == (4, 1)
+
+
+def test_a_stack_no_part_names_is_kept_whole(tmp_path):
+    ta, _ = _t5_like(tmp_path / "a", 0), _t5_like(tmp_path / "b", 1)
+    r = tmp_path / "r.merge"
+    r.write_text('model a = "./a"\nmodel b = "./b"\n'
+                 "output m = stack(a.encoder.layers[0:1], b.encoder.layers[2:3])\n")
+    checked = api.check(r)
+    t = checked.outputs[0].expr.tensors
+    assert sorted(n for n in t if n.startswith("decoder.block.")) == sorted(
+        n for n in ta if n.startswith("decoder.block."))
+    assert checked.outputs[0].expr.counts == {"decoder.block.": 2, "encoder.block.": 2} or \
+        checked.outputs[0].expr.counts == {"encoder.block.": 2, "decoder.block.": 2}
