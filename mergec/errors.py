@@ -215,8 +215,10 @@ ERRORS: dict[str, tuple[str, str]] = {
              "`output m = linear(a, b) { files = b }`."),
     "W311": ("sentence-transformers dense layers copied, not merged",
              "The `files` input has `Dense` modules (a projection after pooling, stored in "
-             "its own folder such as `2_Dense/`). This version merges the transformer's "
-             "weights but copies the dense modules' folders from the `files` input, so the "
+             "its own folder such as `2_Dense/`). They are merged like the transformer "
+             "when every input of the output has the module with the same tensors and the "
+             "output merges whole models; here one of those does not hold (the message "
+             "says which), so the module is copied from the `files` input and the "
              "projection is that input's alone."),
     "W312": ("a tied or untied head changed by `set heads`",
              "`set heads = \"untie\"`: an input that ties its output head to its "

@@ -91,17 +91,37 @@ def test_inputs_that_disagree_on_pooling_warn(st, tmp_path):
     assert json.loads((tmp_path / "out/m/1_Pooling/config.json").read_text())["pooling_mode"] == "cls"
 
 
-def test_dense_modules_are_carried_and_named(st, tmp_path):
+def test_dense_modules_are_merged_like_the_transformer(st, tmp_path):
+    from safetensors.numpy import load_file
+
     from st_helpers import encode
 
-    recipe = _recipe(tmp_path, "output m = linear(a, b)", a=st["dense"], b=st["dense2"])
-    [w] = api.check(recipe).warnings
-    assert (w.code, w.message) == ("W311", "output `m`: the sentence-transformers dense layer "
-                                   "(`2_Dense`) is copied from `a`, not merged")
+    recipe = _recipe(tmp_path, "output m = linear(a, b, weight=[0.25, 0.75])",
+                     a=st["dense"], b=st["dense2"])
+    assert api.check(recipe).warnings == []
     api.build(recipe, tmp_path / "out", jobs=1)
-    m, e = encode(tmp_path / "out" / "m")
+    out = tmp_path / "out" / "m"
+    wa, wb = (load_file(str(st[k] / "2_Dense/model.safetensors")) for k in ("dense", "dense2"))
+    wo = load_file(str(out / "2_Dense/model.safetensors"))
+    assert sorted(wo) == ["linear.bias", "linear.weight"]
+    for n in wo:
+        np.testing.assert_allclose(wo[n], 0.25 * wa[n] + 0.75 * wb[n], rtol=1e-6, atol=1e-7)
+    assert (out / "2_Dense/config.json").read_bytes() == (st["dense"] / "2_Dense/config.json").read_bytes()
+    m, e = encode(out)
     assert [type(x).__name__ for x in m] == ["Transformer", "Pooling", "Dense", "Normalize"]
     assert e.shape == (3, 8)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-6)
+
+
+def test_dense_module_of_one_input_only_is_copied(st, tmp_path):
+    recipe = _recipe(tmp_path, "output m = linear(a, b)", a=st["dense"], b=st["a"])
+    ws = api.check(recipe).warnings
+    assert [w.code for w in ws] == ["W310", "W311"]
+    assert ws[1].message == ("output `m`: the sentence-transformers dense layer (`2_Dense`) is "
+                             "copied from `a`, not merged: `b` has no dense module `2_Dense`")
+    api.build(recipe, tmp_path / "out", jobs=1)
+    assert (tmp_path / "out/m/2_Dense/model.safetensors").read_bytes() == \
+        (st["dense"] / "2_Dense/model.safetensors").read_bytes()
 
 
 def test_files_option_must_name_a_model(st, tmp_path):

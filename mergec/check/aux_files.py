@@ -5,10 +5,14 @@ normalization, dense layers) and their settings."""
 
 from __future__ import annotations
 
-from mergec.check.program import CInput, Output
+from dataclasses import replace
+from pathlib import Path
+
+from mergec.check.program import MODEL, CCall, CExpr, CInput, CLinear, Output, TensorMeta
 from mergec.check.walk import walk
 from mergec.diagnostics import Diagnostic
 from mergec.io import hf_files
+from mergec.io.errors import CheckpointError
 
 
 def _describe(behaviour: dict[str, str]) -> str:
@@ -43,18 +47,84 @@ def aux_warnings(out: Output) -> list[Diagnostic]:
             "pooling and normalization change the embeddings; choose the input with "
             "`{ files = NAME }` on the output to silence this",
             severity="warning"))
-    dense = [k.split(":", 1)[0] for k in mine if k.endswith(":Dense")]
-    if dense and len(seen) > 1:
-        paths = [m.get("path", "") for m in hf_files.st_modules(src.checkpoint.root)
-                 if str(m.get("type", "")).endswith("Dense")]
+    _, copied = dense_modules(out)
+    if copied:
         diags.append(Diagnostic(
             "W311", f"output `{out.name}`: the sentence-transformers dense layer"
-            f"{'s' if len(paths) != 1 else ''} ({', '.join(f'`{p}`' for p in paths)}) "
-            f"{'are' if len(paths) != 1 else 'is'} copied from `{src.name}`, not merged",
-            out.span, "this version merges the weights of the transformer itself; the "
-            "weights of dense modules come from the `files` input",
+            f"{'s' if len(copied) != 1 else ''} ({', '.join(f'`{p}`' for p, _ in copied)}) "
+            f"{'are' if len(copied) != 1 else 'is'} copied from `{src.name}`, not merged: "
+            f"{copied[0][1]}", out.span,
+            "dense modules are merged like the transformer when every input has them with "
+            "the same tensors, and the output is a merge of whole models",
             severity="warning"))
     return diags
+
+
+def dense_modules(out: Output) -> tuple[list[tuple[str, dict, CExpr]], list[tuple[str, str]]]:
+    """The sentence-transformers `Dense` modules of the output's `files` input: those
+    merged like the transformer, as (folder, the inputs' dense modules by input name, the
+    output's expression over them), and those copied, as (folder, why). Reads the
+    modules' headers only."""
+    from mergec.io import open_checkpoint  # lazily, as the checker opens inputs
+
+    src = out.files_from
+    if src is None or src.checkpoint is None:
+        return [], []
+    paths = [m.get("path", "") for m in hf_files.st_modules(src.checkpoint.root)
+             if str(m.get("type", "")).endswith("Dense") and m.get("path")]
+    inputs = []
+    for e in walk(out.expr):
+        if isinstance(e, CInput) and all(e.name != x.name for x in inputs):
+            inputs.append(e)
+    if not paths or len(inputs) < 2:
+        return [], []
+    merged, copied = [], []
+    for path in paths:
+        dense, why = {}, None
+        for inp in inputs:
+            try:
+                ck = open_checkpoint(Path(inp.checkpoint.root) / path) if inp.checkpoint else None
+            except CheckpointError:
+                ck = None
+            if ck is None:
+                why = f"`{inp.name}` has no dense module `{path}`"
+                break
+            table = {n: TensorMeta(tuple(t.shape), t.dtype) for n, t in ck.tensors.items()}
+            first = next(iter(dense.values()), None)
+            if first is not None and first.tensors != table:
+                why = f"the dense modules of `{first.name}` and `{inp.name}` differ in shape"
+                break
+            dense[inp.name] = CInput(MODEL, inp.span, table, None, name=inp.name,
+                                     checkpoint=ck, config=ck.config)
+        expr = None
+        if why is None:
+            expr = _substitute(out.expr, dense, next(iter(dense.values())).tensors)
+            if expr is None:
+                why = "the output stacks or slices layers, or adds an adapter"
+        if why is None:
+            merged.append((path, dense, expr))
+        else:
+            copied.append((path, why))
+    return merged, copied
+
+
+def _substitute(e: CExpr, dense: dict, table: dict) -> CExpr | None:
+    """`e` over the inputs' dense modules instead of the inputs; None where `e` holds a
+    slice, a stack or an adapter."""
+    if isinstance(e, CInput):
+        return dense.get(e.name)
+    if isinstance(e, CLinear):
+        terms = [(_substitute(t, dense, table), c) for t, c in e.terms]
+        if any(t is None for t, _ in terms):
+            return None
+        return replace(e, terms=tuple(terms), tensors=table, n_layers=None)
+    if isinstance(e, CCall):
+        ins = [_substitute(i, dense, table) for i in e.inputs]
+        base = _substitute(e.base, dense, table) if e.base is not None else None
+        if any(i is None for i in ins) or (e.base is not None and base is None):
+            return None
+        return replace(e, inputs=tuple(ins), base=base, tensors=table, n_layers=None)
+    return None
 
 
 def _short(cfg: str, limit: int = 80) -> str:

@@ -10,6 +10,7 @@ in the form of the schedule's steps.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -22,6 +23,7 @@ from mergec.check.program import CheckedProgram
 from mergec.io.dtypes import itemsize
 from mergec.runtime.buffers import check_buffers
 from mergec.runtime.output_files import write_files
+from mergec.runtime.st_dense import merge_dense
 from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
 from mergec.ir.lower import LoweredOutput
 from mergec.ir.nodes import Node, topo
@@ -123,7 +125,8 @@ def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, 
             _in_processes(steps, tensors, checked, writer, pool, workers, run, finished)
         else:
             _in_threads(steps, tensors, checked, pool, run, finished)
-        write_files(writer, lo, checked)
+        with tempfile.TemporaryDirectory(prefix="mergec-dense-") as tmp:
+            write_files(writer, lo, checked, merge_dense(lo, checked, backend, Path(tmp)))
         return writer.commit()
 
 

@@ -35,14 +35,23 @@ def file_names(lo: LoweredOutput) -> list[str]:
     return names + [n for n, _ in carried_files(out)] + ["README.md"]
 
 
-def write_files(writer, lo: LoweredOutput, checked: CheckedProgram) -> None:
+def write_files(writer, lo: LoweredOutput, checked: CheckedProgram,
+                merged: dict | None = None) -> None:
     """config.json (derived at compile time, so it cannot fail here), the files carried
-    from the inputs (`carried_files`), and the model card."""
+    from the inputs (`carried_files`) and the merged files that replace some of them
+    (`merged`: name -> file; a module folder's weights), and the model card."""
     out = lo.output
+    merged = merged or {}
     cfg = derive_output_config(out)
     if cfg is not None:
         writer.add_file("config.json", json.dumps(cfg, indent=2) + "\n")
+    folders = {name.rsplit("/", 1)[0] for name in merged}
     for name, path in carried_files(out):
+        folder, _, base = name.rpartition("/")
+        if folder in folders and base in ("model.safetensors", "pytorch_model.bin"):
+            continue
+        writer.copy_file(name, path)
+    for name, path in merged.items():
         writer.copy_file(name, path)
     writer.add_file("README.md", model_card(lo, checked))
 
