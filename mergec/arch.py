@@ -30,6 +30,7 @@ VOCAB_RE = re.compile(r"(embed_tokens|wte|word_embeddings|lm_head|embed_out|outp
 #: checkpoint stores the embedding only. The more specific names come first.
 TIED_HEADS: tuple[tuple[str, str], ...] = (
     ("model.language_model.embed_tokens.weight", "lm_head.weight"),  # VLMs (LLaVA, Qwen2-VL)
+    ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"),
     ("model.decoder.embed_tokens.weight", "proj_out.weight"),  # Whisper
     ("model.embed_tokens.weight", "lm_head.weight"),  # Llama, Mistral, Qwen2, Gemma, Phi-3
     ("transformer.wte.weight", "lm_head.weight"),  # GPT-2
@@ -137,6 +138,12 @@ STACK_KINDS: tuple[StackKind, ...] = (
     StackKind("model.visual.blocks.", "vision", ("vision_config.depth",)),  # Qwen2-VL
     StackKind("model.vision_tower.vision_model.encoder.layers.", "vision",
               ("vision_config.num_hidden_layers",), "model.vision_tower."),  # LLaVA
+    StackKind("language_model.model.layers.", "decoder", ("text_config.num_hidden_layers",),
+              "language_model."),  # LLaVA, as saved by transformers 5
+    StackKind("vision_tower.encoder.layers.", "vision", ("vision_config.num_hidden_layers",),
+              "vision_tower."),
+    StackKind("model.vision_tower.encoder.layers.", "vision",
+              ("vision_config.num_hidden_layers",), "model.vision_tower."),
 )
 
 #: Tensors outside the blocks that come after them although their names look like
@@ -181,7 +188,7 @@ def stack_names(names) -> dict[str, str]:
     out: dict[str, str] = {}
     for p in found:
         k = stack_kind(p)
-        out.setdefault(k.name if k else "layers", p)
+        out.setdefault(k.name if k else p.split(".")[0] if len(found) > 1 else "layers", p)
     if len(found) == 1:
         out["layers"] = next(iter(found))
     return out

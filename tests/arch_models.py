@@ -50,11 +50,17 @@ def _configs():
                                          num_attention_heads=2, num_hidden_layers=3,
                                          image_size=8, patch_size=4),
                       projection_dim=8)),
+        "llava": (tf.LlavaConfig, tf.LlavaForConditionalGeneration,
+                  dict(vision_config=dict(model_type="clip_vision_model", hidden_size=16,
+                                          intermediate_size=32, num_attention_heads=2,
+                                          num_hidden_layers=3, image_size=8, patch_size=4),
+                       text_config=dict(llama, model_type="llama"), image_token_index=63,
+                       vision_feature_layer=-1)),
     }
 
 
 KINDS = ("llama", "llama_tied", "mistral", "qwen2", "phi3", "gemma2", "gpt2", "gpt_neox",
-         "bert", "t5", "whisper", "clip")
+         "bert", "t5", "whisper", "clip", "llava")
 
 
 def make_model(kind: str, root: Path, seed: int) -> Path:
@@ -84,6 +90,10 @@ def example_inputs(kind: str) -> dict:
     if kind == "clip":
         g = torch.Generator().manual_seed(0)
         return {"input_ids": ids, "pixel_values": torch.randn(1, 3, 8, 8, generator=g)}
+    if kind == "llava":  # 4 image tokens: the 2x2 patches of an 8x8 image
+        g = torch.Generator().manual_seed(0)
+        return {"input_ids": torch.tensor([[1, 63, 63, 63, 63, 5, 9]]),
+                "pixel_values": torch.randn(1, 3, 8, 8, generator=g)}
     return {"input_ids": ids}
 
 

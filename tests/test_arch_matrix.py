@@ -16,7 +16,7 @@ from mergec.diagnostics import MergecError
 pytestmark = [pytest.mark.torch, pytest.mark.transformers]
 
 KINDS = ("llama", "llama_tied", "mistral", "qwen2", "phi3", "gemma2", "gpt2", "gpt_neox",
-         "bert", "t5", "whisper", "clip")
+         "bert", "t5", "whisper", "clip", "llava")
 
 #: a stack recipe per architecture, and the config values it must give
 STACKS = {
@@ -31,6 +31,8 @@ STACKS = {
                    "full_attention", "sliding_attention", "full_attention",
                    "sliding_attention", "full_attention"]}),
     "gpt2": ("stack(a.layers[0:3], b.layers[2:4])", {"n_layer": 5}),
+    "llava": ("stack(a.decoder.layers[0:2], b.decoder.layers[1:4], a.vision.layers[0:2])",
+              {"text_config.num_hidden_layers": 5, "vision_config.num_hidden_layers": 2}),
     "bert": ("stack(a.layers[0:1], b.layers[1:4])", {"num_hidden_layers": 4}),
 }
 DEFAULT_STACK = ("stack(a.layers[0:3], b.layers[1:4])", {"num_hidden_layers": 6})
