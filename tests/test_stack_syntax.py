@@ -106,3 +106,26 @@ def test_a_stack_no_part_names_is_kept_whole(tmp_path):
         n for n in ta if n.startswith("decoder.block."))
     assert checked.outputs[0].expr.counts == {"decoder.block.": 2, "encoder.block.": 2} or \
         checked.outputs[0].expr.counts == {"encoder.block.": 2, "decoder.block.": 2}
+
+
+def test_unknown_stacks_are_named_by_their_first_word_and_counted(tmp_path):
+    from safetensors.numpy import save_file
+
+    for name, seed in (("a", 0), ("b", 1)):
+        rng = np.random.default_rng(seed)
+        t = {f"{side}.blocks.{i}.w": rng.standard_normal((2, 2)).astype(np.float32)
+             for side in ("enc", "dec") for i in range(3)}
+        (tmp_path / name).mkdir()
+        save_file(t, str(tmp_path / name / "model.safetensors"))
+        (tmp_path / name / "config.json").write_text('{"model_type": "x"}')
+    r = tmp_path / "r.merge"
+    r.write_text('model a = "./a"\nmodel b = "./b"\n'
+                 "output m = stack(a.enc.layers[0:2], b.enc.layers[0:2])\n")
+    with pytest.raises(MergecError) as e:
+        api.check(r)
+    assert [(d.code, d.message) for d in e.value.diagnostics] == [(
+        "E315", "output `m`: the stack `enc.blocks.N` has 4 blocks, 3 in the model, and "
+                "mergec does not know which config.json key counts it")]
+    r.write_text('model a = "./a"\nmodel b = "./b"\n'
+                 "output m = stack(a.enc.layers[0:2], b.enc.layers[2:3])\n")
+    assert api.check(r).outputs[0].expr.counts == {"enc.blocks.": 3, "dec.blocks.": 3}

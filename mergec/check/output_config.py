@@ -94,6 +94,13 @@ def tensor_set_problems(out: Output, cfg: dict | None) -> list[tuple[str, str]]:
     for prefix, count in found.items():
         holder = _holder(cfg or {}, prefix, len(found))
         declared = holder[0][holder[1]] if holder else None
+        before = arch.stacks(out.config_from.tensors or {}).get(prefix) \
+            if out.config_from is not None else None
+        if holder is None and isinstance(out.expr, CStack) and before not in (None, count):
+            problems.append((f"the stack `{prefix}N` has {count} blocks, {before} in the "
+                             "model, and mergec does not know which config.json key counts "
+                             "it", "keep that stack's block count, or add the stack to "
+                             "STACK_KINDS in mergec/arch.py"))
         if isinstance(declared, int) and declared != count and \
                 (isinstance(out.expr, CStack) or len(found) > 1):
             problems.append((f"the stack `{prefix}N` has {count} blocks but config.json "
