@@ -228,7 +228,9 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
         _say(f"output {op.output}:")
         _say(f"  tensors        {op.tensors}" + (f" ({op.raw_copies} copied as stored)"
                                                   if op.raw_copies else ""))
-        if op.layers is not None:
+        if op.stacks:
+            _say("  blocks         " + ", ".join(f"{k} {v}" for k, v in op.stacks.items()))
+        elif op.layers is not None:
             _say(f"  blocks         {op.layers}")
         ops = ", ".join(f"{k} x{v}" for k, v in op.ops.items()) or "none (copies only)"
         _say(f"  ops            {ops}")

@@ -75,6 +75,7 @@ def test_stack_of_encoder_blocks_routes_and_counts(tmp_path):
     r.write_text('model a = "./a"\nmodel b = "./b"\n'
                  "output m = stack(a.encoder.layers[0:2], b.encoder.layers[1:3], "
                  "b.decoder.layers[0:1])\n")
+    assert api.compile(r, jobs=1).plan.outputs[0].stacks == {"encoder": 4, "decoder": 1}
     api.build(r, tmp_path / "out", jobs=1)
     from safetensors.numpy import load_file
 

@@ -23,13 +23,14 @@ def _describe(behaviour: dict[str, str]) -> str:
 
 def aux_warnings(out: Output) -> list[Diagnostic]:
     src = out.files_from
-    if src is None or src.checkpoint is None:
+    if src is None or getattr(src.checkpoint, "root", None) is None:
         return []
     mine = hf_files.st_behaviour(src.checkpoint.root)
     diags = []
     seen = {src.name}
     for e in walk(out.expr):
-        if not isinstance(e, CInput) or e.name in seen or e.checkpoint is None:
+        if not isinstance(e, CInput) or e.name in seen or \
+                getattr(e.checkpoint, "root", None) is None:
             continue
         seen.add(e.name)
         other = hf_files.st_behaviour(e.checkpoint.root)
@@ -68,7 +69,7 @@ def dense_modules(out: Output) -> tuple[list[tuple[str, dict, CExpr]], list[tupl
     from mergec.io import open_checkpoint  # lazily, as the checker opens inputs
 
     src = out.files_from
-    if src is None or src.checkpoint is None:
+    if src is None or getattr(src.checkpoint, "root", None) is None:
         return [], []
     paths = [m.get("path", "") for m in hf_files.st_modules(src.checkpoint.root)
              if str(m.get("type", "")).endswith("Dense") and m.get("path")]
@@ -82,8 +83,9 @@ def dense_modules(out: Output) -> tuple[list[tuple[str, dict, CExpr]], list[tupl
     for path in paths:
         dense, why = {}, None
         for inp in inputs:
+            root = getattr(inp.checkpoint, "root", None)
             try:
-                ck = open_checkpoint(Path(inp.checkpoint.root) / path) if inp.checkpoint else None
+                ck = open_checkpoint(Path(root) / path) if root is not None else None
             except CheckpointError:
                 ck = None
             if ck is None:

@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from mergec import arch
 from mergec.diagnostics import Diagnostic
 from mergec.io.dtypes import itemsize
 from mergec.io.sizes import format_size
@@ -68,6 +69,8 @@ class OutputPlan(BaseModel):
     #: the files written beside the tensors (config.json, tokenizer and auxiliary files
     #: carried from the inputs, README.md)
     files: list[str] = []
+    #: the block count of each layer stack, by name, where the output has several
+    stacks: dict[str, int] = {}
     #: statistics over the whole model computed before any tensor (TIES trim="model")
     model_stats: list[str] = []
     steps: list[TensorStep] = []
@@ -373,6 +376,7 @@ def plan_output(lo: LoweredOutput, *, max_memory: int | None = None, on_cpu: boo
     out = lo.output
     return OutputPlan(
         output=out.name, tensors=len(lo.tensors), layers=lo.n_layers,
+        stacks=stack_counts([t.name for t in lo.tensors]),
         ops=dict(sorted(ops.items())), bytes_read=sum(loads.values()), bytes_written=written,
         peak_memory=peak, raw_copies=copies,
         config_from=out.config_from.name if out.config_from else None,
@@ -381,6 +385,14 @@ def plan_output(lo: LoweredOutput, *, max_memory: int | None = None, on_cpu: boo
         model_stats=model_stat_labels(lo),
         steps=schedule(lo, max_memory=max_memory, on_cpu=on_cpu, workers=workers, pool=pool),
     )
+
+
+def stack_counts(names: list[str]) -> dict[str, int]:
+    """name -> block count of each layer stack, where there are several (else {})."""
+    found = arch.stacks(names)
+    if len(found) < 2:
+        return {}
+    return {name: found[p] for name, p in arch.stack_names(names).items()}
 
 
 def make_plan(recipe: str, lowered: list[LoweredOutput], *, max_memory: int | None = None,
