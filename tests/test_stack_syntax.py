@@ -130,3 +130,18 @@ def test_unknown_stacks_are_named_by_their_first_word_and_counted(tmp_path):
     r.write_text('model a = "./a"\nmodel b = "./b"\n'
                  "output m = stack(a.enc.layers[0:2], b.enc.layers[2:3])\n")
     assert api.check(r).outputs[0].expr.counts == {"enc.blocks.": 3, "dec.blocks.": 3}
+
+
+def test_stack_name_without_layers_gets_a_hint():
+    with pytest.raises(MergecError) as e:
+        parse('model t = "./t5"\noutput m = stack(t.encoder[0:2])\n', "r.merge")
+    [d] = e.value.diagnostics
+    assert (d.code, d.message, d.help) == (
+        "E105", "unknown attribute `.encoder`",
+        "a run of blocks of one layer stack is written `.encoder.layers[a:b]`")
+
+
+def test_stack_words_match_the_architecture_table():
+    from mergec.lang.parser import STACK_WORDS
+
+    assert STACK_WORDS == {k.name for k in arch.STACK_KINDS}
