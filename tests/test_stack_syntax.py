@@ -145,3 +145,35 @@ def test_stack_words_match_the_architecture_table():
     from mergec.lang.parser import STACK_WORDS
 
     assert STACK_WORDS == {k.name for k in arch.STACK_KINDS}
+
+
+def _gemma_like(root, seed, n=4):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    t = {"model.embed_tokens.weight": rng.standard_normal((8, 4)).astype(np.float32),
+         "model.norm.weight": rng.standard_normal(4).astype(np.float32)}
+    for i in range(n):
+        t[f"model.layers.{i}.mlp.w"] = rng.standard_normal((4, 4)).astype(np.float32)
+    root.mkdir(parents=True)
+    save_file(t, str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps({
+        "model_type": "gemma2", "num_hidden_layers": n, "torch_dtype": "float32",
+        "layer_types": ["sliding_attention", "full_attention"] * (n // 2)}))
+
+
+@pytest.mark.parametrize("body", [
+    "stack(a.layers[1:4], b.layers[0:2])",
+    "linear(stack(a.layers[1:4], b.layers[0:2]), stack(b.layers[1:4], a.layers[0:2]))",
+])
+def test_per_layer_lists_follow_the_blocks_taken(tmp_path, body):
+    _gemma_like(tmp_path / "a", 0)
+    _gemma_like(tmp_path / "b", 1)
+    r = tmp_path / "r.merge"
+    r.write_text(f'model a = "./a"\nmodel b = "./b"\noutput m = {body}\n')
+    from mergec.check.output_config import derive_output_config
+
+    cfg = derive_output_config(api.check(r).outputs[0])
+    assert cfg["num_hidden_layers"] == 5
+    assert cfg["layer_types"] == ["full_attention", "sliding_attention", "full_attention",
+                                  "sliding_attention", "full_attention"]

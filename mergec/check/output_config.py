@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mergec import arch
-from mergec.check.program import CStack, Output
+from mergec.check.program import CCall, CLinear, CStack, Output
 from mergec.check.stacks import first_only, origin
 from mergec.io.errors import E_CONFIG_DERIVE, CheckpointError
 from mergec.io import hf_files
@@ -25,9 +25,10 @@ def derive_output_config(out: Output) -> dict | None:
         dtype = d if d in MERGE_DTYPES else (floats[0] if floats else "float32")
     old = arch.layer_count(cfg, src.tensors or {})
     n = out.expr.n_layers
-    if isinstance(out.expr, CStack) and out.expr.counts:
+    st = _stack_of(out.expr)
+    if st is not None:
         derived = hf_files.derive_config(cfg, dtype=dtype)
-        _restack(derived, out.expr)
+        _restack(derived, st)
     else:
         derived = hf_files.derive_config(cfg, dtype=dtype,
                                          num_layers=n if n is not None and n != old else None)
@@ -35,6 +36,15 @@ def derive_output_config(out: Output) -> dict | None:
     if pair is not None:  # `set heads`: the config says whether the head is tied
         derived["tie_word_embeddings"] = pair[1] not in out.expr.tensors
     return derived
+
+
+def _stack_of(e):
+    """The `stack(...)` whose blocks an output has: the output itself, or the first operand
+    of merges of stacks (their operands have the same tensors)."""
+    while isinstance(e, (CCall, CLinear)):
+        e = e.base if isinstance(e, CCall) and e.base is not None else \
+            (e.inputs[0] if isinstance(e, CCall) else e.terms[0][0])
+    return e if isinstance(e, CStack) and e.counts else None
 
 
 def _holder(cfg: dict, prefix: str, n_stacks: int) -> tuple[dict, str] | None:
@@ -96,13 +106,13 @@ def tensor_set_problems(out: Output, cfg: dict | None) -> list[tuple[str, str]]:
         declared = holder[0][holder[1]] if holder else None
         before = arch.stacks(out.config_from.tensors or {}).get(prefix) \
             if out.config_from is not None else None
-        if holder is None and isinstance(out.expr, CStack) and before not in (None, count):
+        if holder is None and _stack_of(out.expr) is not None and before not in (None, count):
             problems.append((f"the stack `{prefix}N` has {count} blocks, {before} in the "
                              "model, and mergec does not know which config.json key counts "
                              "it", "keep that stack's block count, or add the stack to "
                              "STACK_KINDS in mergec/arch.py"))
         if isinstance(declared, int) and declared != count and \
-                (isinstance(out.expr, CStack) or len(found) > 1):
+                (_stack_of(out.expr) is not None or len(found) > 1):
             problems.append((f"the stack `{prefix}N` has {count} blocks but config.json "
                              f"declares {declared}",
                              "a model with several stacks needs the count of each in its "

@@ -254,7 +254,8 @@ def derive_config(config: dict, *, dtype: str, num_layers: int | None = None) ->
             f"cannot change the layer count from {old} to {num_layers}: config.json's `{list_key}` "
             f"has different entries per layer ({shown})",
             f"mergec cannot tell which `{list_key}` entries the new layers should take; "
-            f"keep the layer count, or edit `{list_key}` in the output config.json")
+            f"make `stack(...)` the output (or the first operand of its merge): it rebuilds "
+            f"`{list_key}` from the blocks it takes")
     return out
 
 
