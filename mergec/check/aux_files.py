@@ -45,8 +45,8 @@ def aux_warnings(out: Output) -> list[Diagnostic]:
         diags.append(Diagnostic(
             "W310", f"output `{out.name}`: the inputs disagree on their sentence-transformers "
             f"modules: {what}; the output takes those of `{src.name}`", out.span,
-            "pooling and normalization change the embeddings; choose the input with "
-            "`{ files = NAME }` on the output to silence this",
+            "pooling and normalization change the embeddings; name the input they should "
+            "come from with `{ files = NAME }` on the output",
             severity="warning"))
     _, copied = dense_modules(out)
     if copied:
