@@ -14,6 +14,7 @@ from typing import NamedTuple
 from mergec import arch
 from mergec.check.program import CExpr, TensorMeta
 from mergec.check.report import Reporter
+from mergec.check.stacks import first_only, layout, part_prefixes
 from mergec.check.walk import first_input, part_model
 from mergec.diagnostics import Label
 from mergec.io.dtypes import MERGE_DTYPES
@@ -230,9 +231,6 @@ def stacked(report: Reporter, parts: list[CExpr], args, embed: CExpr | None,
     """The table of `stack(parts, embed=, head=)` (see `mergec.check.stacks`): the blocks
     of each stack renumbered one run after the other, the tensors outside the blocks from
     `embed=` / `head=` or the parts of their stack."""
-    from mergec.check.stacks import layout
-
-
     if not (all(p.tensors is not None for p in parts) and
             all(x is None or x.tensors is not None for x in (embed, head))):
         return Stacked(None, None)
@@ -248,8 +246,6 @@ def stacked(report: Reporter, parts: list[CExpr], args, embed: CExpr | None,
 
 def _stack_fits(report: Reporter, parts, args, extra, kwargs) -> bool:
     """Blocks from different models must have the same shapes to follow each other."""
-    from mergec.check.stacks import first_only, part_prefixes
-
     def suffixes(p, prefix):
         skip = first_only(part_model(p).tensors or {}, prefix)
         return {arch.with_block_index(n, 0): m.shape for n, m in p.tensors.items()
