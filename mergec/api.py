@@ -186,17 +186,24 @@ def compile(recipe: str | Path, *, text: str | None = None,  # noqa: A001 - publ
             overrides: dict[str, str] | None = None, passes: bool = True,
             max_memory: int | None = None, backend: str | None = None,
             device: str | None = None, jobs: int | None = None,
-            pins: dict[str, str] | None = None) -> Compiled:
+            pins: dict[str, str] | None = None,
+            outputs: list[str] | None = None) -> Compiled:
     """Check, lower to per-tensor IR and (unless `passes=False`) optimize, and schedule
     the build: its memory limit (`max_memory` or `set max_memory`), backend, device and
     workers (`jobs`) are those a build with the same arguments gets, so the plan's steps
-    are the build's. A build runs the passes on an IR that has not had them."""
+    are the build's. A build runs the passes on an IR that has not had them. `outputs`:
+    compile only the outputs of these names (E312 for a name the recipe lacks)."""
     from mergec.ir.lower import lower, optimize
     from mergec.runtime.schedule import execution, make_plan, memory_warnings
 
     _check_size("max_memory", max_memory)
     programs = check_points(recipe, text=text, overrides=overrides, pins=pins)
     checked = programs[0]
+    if outputs is not None:
+        from mergec.check.outputs import select_outputs
+
+        for c in programs:
+            select_outputs(c, outputs)
     sweep = None
     with deep_recursion(), paused_gc():
         lowered = lower(checked)
@@ -278,7 +285,7 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
           shard_size: int | None = None, backend: str | None = None,
           device: str | None = None, progress=None, compiled: Compiled | None = None,
           max_memory: int | None = None, jobs: int | None = None, trace=None,
-          executor=None, address: str | None = None):
+          executor=None, address: str | None = None, outputs: list[str] | None = None):
     """Check, compile and build every output of a recipe into `out_dir/<output name>`
     (a sweep: `out_dir/<output name>-<point>` for every point, see
     :mod:`mergec.check.sweeps`; the returned list then has a `sweep` attribute, the
@@ -288,7 +295,8 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     :mod:`mergec.runtime.ray_executor`). `trace` receives every step as it runs (see
     :mod:`mergec.runtime.build`). Ctrl-C raises :class:`mergec.runtime.stop.Interrupted`
     (a KeyboardInterrupt) once the output being written is discarded; it lists the outputs
-    written before and those not written."""
+    written before and those not written. `outputs`: build only the outputs of these
+    names."""
     from mergec.backends import get_backend
     from mergec.io.writer import DEFAULT_SHARD_SIZE
     from mergec.ir.lower import optimize
@@ -298,7 +306,7 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     _check_size("max_memory", max_memory)
     compiled = compiled or compile(recipe, text=text, overrides=overrides,
                                    max_memory=max_memory, backend=backend, device=device,
-                                   jobs=jobs)
+                                   jobs=jobs, outputs=outputs)
     if any(lo.before is None for lo in compiled.lowered):
         optimize(compiled.lowered)  # the runtime evaluates the IR the passes leave
     out_dir = Path(out_dir)

@@ -250,7 +250,9 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
                                                   if op.raw_copies else "")
              + (" distinct (computed once, written to every point that takes them)"
                 if sweep is not None else ""))
-        if op.layers is not None:
+        if op.stacks:
+            _say("  blocks         " + ", ".join(f"{k} {v}" for k, v in op.stacks.items()))
+        elif op.layers is not None:
             _say(f"  blocks         {op.layers}")
         ops = ", ".join(f"{k} x{v}" for k, v in op.ops.items()) or "none (copies only)"
         _say(f"  ops            {ops}")
@@ -263,6 +265,8 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
             _print_adapter_plan(op.adapter)
         if op.moe:
             _say(f"  experts        {op.moe}")
+        if op.files:
+            _say(f"  files          {', '.join(op.files)}")
         lo = next(x for x in compiled.lowered if x.output.name == op.output)
         done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]
         if done:
@@ -329,6 +333,8 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
                                                   help="Plan for this memory limit."),
          jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
                                             help="Plan for this many workers, as build -j."),
+         only: Optional[List[str]] = typer.Option(
+             None, "--output", help="Plan only this output (repeatable) [default: all]."),
          output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
     """Show what a build would do, from headers alone: tensors, ops, bytes, peak memory,
     and (with --tensors or --json) every step the build takes, in its order."""
@@ -336,7 +342,8 @@ def plan(recipe: Path = typer.Argument(..., help="The .merge recipe."),
 
     compiled = api_compile(recipe, overrides=_overrides(set_), jobs=jobs,
                            pins=_lock_pins(recipe),
-                           max_memory=_size(max_memory, "--max-memory"))
+                           max_memory=_size(max_memory, "--max-memory"),
+                           outputs=only or None)
     _warn(compiled.checked, output_format)
     if as_json:
         print(compiled.plan.model_dump_json(indent=2))
@@ -377,8 +384,10 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
           locked: bool = typer.Option(
               False, "--locked", help="Stop before computing unless the inputs match "
               "RECIPE.lock: file contents and hub revisions (`mergec lock`)."),
+          only: Optional[List[str]] = typer.Option(
+              None, "--output", help="Build only this output (repeatable) [default: all]."),
           output_format: Fmt = typer.Option(Fmt.text, "--output-format", help=FMT_HELP)):
-    """Check, compile and build every output of a recipe (every point of a sweep)."""
+    """Check, compile and build every output of a recipe (every point of a sweep), or those named by --output."""
     from mergec.api import build as api_build, check_targets, compile as api_compile
     from mergec.tools import lock as lk
 
@@ -406,7 +415,8 @@ def build(recipe: Path = typer.Argument(..., help="The .merge recipe."),
     lock = lk.load(lock_file) if locked or lock_file.exists() else None
     compiled = api_compile(recipe, overrides=_overrides(set_), max_memory=limit,
                            backend=backend, device=device, jobs=jobs,
-                           pins=lk.pins(lock) if lock is not None else None)
+                           pins=lk.pins(lock) if lock is not None else None,
+                           outputs=only or None)
     if lock is not None:  # hub inputs are pinned to the locked commits; the rest is compared
         compiled.checked.warnings += lk.check_build(compiled.checked, lock, lock_file.name,
                                                     locked=locked)

@@ -33,7 +33,8 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A string opened with `\"` is not closed on the same line."),
     "E105": ("unknown attribute or selector",
              "The only attribute is `.layers[a:b]`, which takes a run of transformer blocks "
-             "of a model, and the only indexed selector in a `where` is `layers[a:b]`."),
+             "of a model (`.encoder.layers[a:b]` and the like for a model with several "
+             "layer stacks), and the only indexed selector in a `where` is `layers[a:b]`."),
     "E106": ("positional argument after a keyword argument",
              "In a call, the inputs come first and the `name=value` parameters after them: "
              "`ties(a, b, base=base, density=0.5)`."),
@@ -83,7 +84,8 @@ ERRORS: dict[str, tuple[str, str]] = {
              "A per-input parameter given as a list needs one value per input, in the order "
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
-             "`set` takes: seed, backend, device, shard_size, max_memory, allow_nonfinite."),
+             "`set` takes: seed, backend, device, shard_size, max_memory, allow_nonfinite, "
+             "heads."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),
@@ -109,7 +111,7 @@ ERRORS: dict[str, tuple[str, str]] = {
     "E218": ("invalid ramp",
              "`ramp(v0, ..., vk)` takes one or more numbers and may only be a parameter value."),
     "E219": ("unknown output option",
-             "The option block of an `output` takes `dtype`, `tokenizer` and `config`."),
+             "The option block of an `output` takes `dtype`, `tokenizer`, `config` and `files`."),
     "E220": ("given twice",
              "A parameter or option is given twice in the same call or block."),
     "E221": ("invalid arithmetic",
@@ -223,9 +225,11 @@ ERRORS: dict[str, tuple[str, str]] = {
              "`resize_token_embeddings` on the smaller model, after adding the same tokens), "
              "or merge only models that share a tokenizer."),
     "E306": ("tensor of a dtype that cannot be merged",
-             "Only tensors of float32, float16, bfloat16 or float64 can be merged; integer or "
-             "boolean buffers can only be carried over from one model. float8 checkpoints "
-             "(e4m3fn, e5m2) are read but not merged: dequantize them first."),
+             "Only tensors of float32, float16, bfloat16 or float64 can be merged. Integer "
+             "and boolean buffers are carried over when every input holds the same one "
+             "(E310, E311); this error is for a tensor that is floating-point in one input "
+             "and not in another. float8 checkpoints (e4m3fn, e5m2) are read but not "
+             "merged: dequantize them first."),
     "E308": ("model without numbered blocks",
              "`.layers[a:b]` and `stack` need tensor names with a block index such as "
              "`model.layers.3.`; this model has none."),
@@ -302,6 +306,19 @@ ERRORS: dict[str, tuple[str, str]] = {
     "W341": ("a fallback that is never used",
              "Every tensor of the merge has statistics, so `fallback=` computes nothing. It "
              "is harmless; remove it or keep it for other statistics."),
+    "E310": ("non-float tensor that differs between the inputs",
+             "Integer and boolean tensors (buffers such as BERT's `embeddings.position_ids` "
+             "or `token_type_ids`) are not merged: the output carries the buffer over, for "
+             "every method (linear, TIES, ...), when all inputs hold the same one. Here the "
+             "inputs give the named tensor different dtypes or shapes (`int64[1, 512]` in "
+             "one, `int32[1, 512]` in the other), or one input stores it as floats. Merge "
+             "models of the same architecture and version, or convert the buffer first."),
+    "E311": ("non-float tensor with different values in the inputs",
+             "A buffer that the output carries over (see E310) has the same dtype and shape "
+             "in every input, but different values: the build compares its bytes before it "
+             "writes anything and stops, naming the tensor and the two inputs. Taking either "
+             "would silently change the other model's behaviour. Make the buffers equal "
+             "first, or merge only models that agree on them."),
     "W301": ("`where` selector matches no tensor",
              "No tensor of the merge calls a `where` block applies to matches its selector, "
              "so the block changes nothing. Check the glob against the tensor names "
@@ -482,6 +499,59 @@ ERRORS: dict[str, tuple[str, str]] = {
              "is compared by `--locked`, which stops instead). Hub inputs are built at the "
              "locked commit, whatever their revision points to now. Example: a shard added "
              "to a local model folder since `mergec lock`."),
+    "E312": ("no output of that name",
+             "`mergec build --output NAME` (and `plan --output NAME`) build or plan only the "
+             "named outputs; NAME must be the name of an `output` statement of the recipe. "
+             "The help line suggests the closest one or lists them."),
+    "E313": ("tied and untied inputs",
+             "One input ties its output head to its input embeddings (its checkpoint has "
+             "`model.embed_tokens.weight` but no `lm_head.weight`, `tie_word_embeddings: "
+             "true`) and another has a head of its own. mergec does not pick silently: "
+             "`set heads = \"untie\"` reads the head of every tied input from its "
+             "embeddings and gives the output a head of its own (`tie_word_embeddings: "
+             "false`); `set heads = \"tie\"` does not use the untied heads and ties the "
+             "output's head (`tie_word_embeddings: true`). W312 says what was done to "
+             "each input."),
+    "E314": ("layer stack not named",
+             "The model has more than one layer stack (an encoder and a decoder, a vision "
+             "and a text tower), so `m.layers[a:b]` does not say whose blocks to take. "
+             "Name the stack: `m.encoder.layers[0:2]`, `m.decoder.layers[0:3]`, "
+             "`m.vision.layers[0:6]`, `m.text.layers[0:4]`. The message lists the model's "
+             "stacks; `mergec/arch.py` holds the stacks mergec knows."),
+    "E315": ("output tensors that its config does not imply",
+             "The tensors of an output must be those its config.json describes, so that "
+             "`from_pretrained` finds no missing or unexpected keys: every layer stack "
+             "must have as many blocks as the config declares, and a tensor that only a "
+             "stack's first block has (T5's relative attention bias) must stay in the "
+             "first block. A `stack(...)` whose first run of a stack does not start at "
+             "that stack's block 0, or that puts such a block later, stops here instead "
+             "of writing a model that loads wrong."),
+    "E316": ("unknown layer stack",
+             "`m.NAME.layers[a:b]` names a layer stack the model does not have. The help "
+             "line suggests the closest one or lists the model's stacks (`encoder`, "
+             "`decoder`, `vision`, `text`; a model with one stack calls it `layers`)."),
+    "W310": ("inputs disagree on their sentence-transformers modules",
+             "An output carries its auxiliary files (`modules.json`, `1_Pooling/`, "
+             "`2_Normalize/`, ...) from one input, its `files` (default: the tokenizer's "
+             "input, which defaults to the base). The inputs it merges have different "
+             "modules or module settings (mean pooling in one, CLS in the other; "
+             "normalization in one only), which change the embeddings without changing a "
+             "weight. The warning says whose the output takes; choose explicitly with "
+             "`output m = linear(a, b) { files = b }`."),
+    "W311": ("sentence-transformers dense layers copied, not merged",
+             "The `files` input has `Dense` modules (a projection after pooling, stored in "
+             "its own folder such as `2_Dense/`). They are merged like the transformer "
+             "when every input of the output has the module with the same tensors and the "
+             "output merges whole models; here one of those does not hold (the message "
+             "says which), so the module is copied from the `files` input and the "
+             "projection is that input's alone."),
+    "W312": ("a tied or untied head changed by `set heads`",
+             "`set heads = \"untie\"`: an input that ties its output head to its "
+             "embeddings is read with a head equal to its embeddings, and outputs are "
+             "written with a head of their own. `set heads = \"tie\"`: an input with a "
+             "head of its own is read without it, and outputs tie their head to their "
+             "embeddings. The warning names each input changed; it is there so the choice "
+             "is visible in every check and build."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "

@@ -21,7 +21,8 @@ from mergec.demo import make_family  # noqa: E402
 
 #: optional libraries that tests can be marked with (``@pytest.mark.torch``), and the
 #: extra that installs each
-OPTIONAL = {"torch": "torch", "jax": "jax", "ray": "ray", "peft": "test-torch"}
+OPTIONAL = {"torch": "torch", "jax": "jax", "ray": "ray", "peft": "test-torch",
+            "sentence_transformers": "test-torch", "transformers": "test"}
 
 
 def installed(name: str) -> bool:

@@ -27,7 +27,7 @@ IDS = [p.stem for p in RECIPES]
 #: the recipes the documentation links to; each must exist
 EXPECTED = {"demo", "linear", "task_arithmetic", "slerp", "arithmetic", "where_ramp", "stack",
             "params", "options", "lowrank", "moe",
-            "data_aware"}
+            "data_aware", "sentence_embeddings"}
 
 
 def shape(node):

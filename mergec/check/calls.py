@@ -361,7 +361,7 @@ class Calls:
             return CExpr(ERROR, e.span)
         table = tables.stacked(self.report, parts, e.args, embed, head, e.kwargs)
         return CStack(MODEL, e.span, table.tensors, table.n_layers, parts=tuple(parts),
-                      embed=embed, head=head)
+                      embed=embed, head=head, routes=table.routes, counts=table.counts)
 
 
 def _is_number_text(t: str) -> bool:

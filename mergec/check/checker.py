@@ -10,13 +10,16 @@ after a problem, so a recipe's problems are all reported at once.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from mergec.check.aux_files import aux_warnings
 from mergec.check.exprs import Exprs
 from mergec.check.inputs import InputLoader, read_adapter, read_model
 from mergec.check.output_config import derive_output_config
 from mergec.check.lowrank import check_lowrank_output, is_lowrank
 from mergec.check.moe import check_moe_output, is_moe
+from mergec.check.output_config import derive_output_config, tensor_set_problems
 from mergec.check.outputs import check_output
 from mergec.check.program import ERROR, CExpr, CheckedProgram, CStats, Output
 from mergec.check.report import Reporter
@@ -24,6 +27,7 @@ from mergec.check.scope import Const, Scope
 from mergec.check.settings import Params, SetStatements
 from mergec.check.walk import depth
 from mergec.check.stats import StatsLoader, read_stats
+from mergec.check.settings import Params, SetStatements, heads_setting
 from mergec.check.wheres import apply_wheres
 from mergec.diagnostics import Label
 from mergec.io import open_input
@@ -58,6 +62,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
     inputs: dict[str, CExpr] = {}
     outputs: list[Output] = []
     depths: dict[int, int] = {}  # checked node id -> depth, shared by the statements
+    heads = heads_setting(stmts)
     for st in stmts:
         name = st.name.name
         if isinstance(st, ast.SetStmt):
@@ -70,7 +75,8 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                          (Label(first.span, "first defined here"),))
             continue
         if isinstance(st, (ast.ModelStmt, ast.AdapterStmt)):
-            value = (read_model(report, st, loader, base_dir) if isinstance(st, ast.ModelStmt)
+            value = (read_model(report, st, loader, base_dir, heads)
+                     if isinstance(st, ast.ModelStmt)
                      else read_adapter(report, st, adapter_loader, base_dir))
             if value.kind != ERROR:
                 inputs[name] = value
@@ -98,7 +104,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
             if isinstance(st, ast.OutputStmt):
                 out = check_output(exprs, st, value)
                 if out is not None:
-                    outputs.append(out)
+                    outputs.append(dataclasses.replace(out, tie=heads) if heads else out)
         scope.bind(name, value, st.name.span)
     params.check_overrides_used(stmts)
     if not outputs and not any(d.severity == "error" for d in report.errors):
@@ -107,9 +113,13 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
     if not report.errors:
         for out in outputs:
             try:
-                derive_output_config(out)
+                cfg = derive_output_config(out)
             except CheckpointError as e:
                 report.add(e.to_diagnostic(out.span))
+                cfg = None
+            for problem, help_ in tensor_set_problems(out, cfg) if cfg is not None else ():
+                report.error("E315", f"output `{out.name}`: {problem}", out.span, help_)
+            report.warnings += aux_warnings(out)
     report.raise_errors()
     return CheckedProgram(program.file, program.text, inputs, params.values,
                           settings.settings(), outputs, program, overrides=overrides,

@@ -228,6 +228,13 @@ class Exprs:
                               e.span)
             return CExpr(ERROR, e.span)
         n = target.n_layers
+        prefix = None
+        if target.tensors is not None and n is not None:
+            found = self._stack_of(e, target)
+            if found is False:
+                return CExpr(ERROR, e.span)
+            if found is not None:
+                prefix, n = found
         if target.tensors is not None and n is None:
             self.report.error("E308", "this model has no numbered transformer blocks",
                               e.target.span,
@@ -247,5 +254,36 @@ class Exprs:
                               f"did you mean `[{start}:{n}]`?" if start < n else
                               f"the largest range is `[0:{n}]`")
             return CExpr(ERROR, e.span)
-        return CSlice(LAYERS, e.span, tables.sliced(target, start, stop), stop - start,
-                      target=target, start=start, stop=stop)
+        return CSlice(LAYERS, e.span, tables.sliced(target, start, stop, prefix), stop - start,
+                      target=target, start=start, stop=stop, prefix=prefix)
+
+    def _stack_of(self, e: ast.LayerSlice, target):
+        """The stack a slice takes blocks from and its block count: None where the model
+        has one stack and the slice says `.layers` (the count is the model's); False
+        when the stack is ambiguous or unknown (reported)."""
+        from mergec import arch
+        from mergec.check.suggest import did_you_mean
+        from mergec.check.walk import first_input
+
+        names = arch.stack_names(target.tensors)
+        prefixes = list(arch.stacks(target.tensors))
+        if e.stack is None and len(prefixes) <= 1:
+            return None
+        what = ", ".join(k for k in names if k != "layers")
+        src = e.target.id if isinstance(e.target, ast.Name) else "m"
+        if e.stack is None:
+            first = next(k for k in names if k != "layers")
+            self.report.error("E314", f"this model has {len(prefixes)} layer stacks "
+                              f"({what}); `.layers` does not say which", e.span,
+                              f"name the stack: `{src}.{first}.layers[...]`")
+            return False
+        if e.stack not in names:
+            self.report.error("E316", f"this model has no layer stack `{e.stack}`", e.span,
+                              did_you_mean(e.stack, [k for k in names if k != "layers"] or
+                                           list(names), "its stacks are"))
+            return False
+        prefix = names[e.stack]
+        inp = first_input(target)
+        key = arch.stack_count_key(getattr(inp, "config", None), prefix)
+        count = arch.config_get(inp.config, key) if key else None
+        return prefix, count if count is not None else arch.stacks(target.tensors)[prefix]

@@ -17,7 +17,9 @@ InputLoader = Callable[[str, Path], Any]
 
 
 def read_model(report: Reporter, st: ast.ModelStmt, loader: InputLoader,
-               base_dir: Path) -> CExpr:
+               base_dir: Path, heads: str | None = None) -> CExpr:
+    """The input of a `model` statement; `heads` ("untie" or "tie", `set heads`) gives a
+    tied model a head of its own, or drops an untied model's head."""
     try:
         ckpt = loader(st.source.value, base_dir)
     except CheckpointError as e:
@@ -31,8 +33,32 @@ def read_model(report: Reporter, st: ast.ModelStmt, loader: InputLoader,
             "restore config.json from the original model").to_diagnostic(st.source.span))
         return CExpr(ERROR, st.span)
     n_layers = arch.layer_count(ckpt.config, tensors)
+    aliases = _heads(report, st, tensors, heads)
     return CInput(MODEL, st.name.span, tensors, n_layers, name=st.name.name,
-                  checkpoint=ckpt, config=ckpt.config)
+                  checkpoint=ckpt, config=ckpt.config, aliases=aliases)
+
+
+def _heads(report: Reporter, st: ast.ModelStmt, tensors: dict, heads: str | None) -> dict:
+    """Apply `set heads` to the table of one input (W312 says what was done)."""
+    pair = arch.head_pair(tensors) if heads else None
+    if pair is None:
+        return {}
+    emb, head = pair
+    name = st.name.name
+    if heads == "untie" and head not in tensors:
+        tensors[head] = tensors[emb]
+        report.warn("W312", f"`{name}` ties its output head to its embeddings: its `{head}` "
+                    f"is read from `{emb}`, and outputs get a head of their own "
+                    "(`tie_word_embeddings: false`)", st.name.span,
+                    '`set heads = "untie"` chose this; `"tie"` keeps the heads tied')
+        return {head: emb}
+    if heads == "tie" and head in tensors:
+        del tensors[head]
+        report.warn("W312", f"`{name}` has an output head of its own: its `{head}` is not "
+                    f"used, and outputs tie their head to `{emb}` "
+                    "(`tie_word_embeddings: true`)", st.name.span,
+                    '`set heads = "tie"` chose this; `"untie"` keeps the heads')
+    return {}
 
 
 def read_adapter(report: Reporter, st: ast.AdapterStmt, loader: InputLoader,

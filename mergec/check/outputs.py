@@ -13,7 +13,7 @@ from mergec.lang import ast
 
 #: the storage dtypes an output's `dtype` option can choose
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
-OUTPUT_OPTIONS = ("dtype", "tokenizer", "config")
+OUTPUT_OPTIONS = ("dtype", "tokenizer", "config", "files")
 
 
 def check_output(exprs: Exprs, st: ast.OutputStmt, value) -> Output | None:
@@ -28,7 +28,7 @@ def check_output(exprs: Exprs, st: ast.OutputStmt, value) -> Output | None:
         err("E214", f"output `{st.name.name}` is a {value.kind}, not a Model", st.expr.span,
             help_)
         return None
-    dtype, cfg, tok = None, None, None
+    dtype, cfg, tok, files = None, None, None, None
     seen: set[str] = set()
     for e in st.options or ():
         key = e.name.name
@@ -57,10 +57,13 @@ def check_output(exprs: Exprs, st: ast.OutputStmt, value) -> Output | None:
             src = _input_ref(exprs, e.value, key)
             if key == "config":
                 cfg = src
+            elif key == "files":
+                files = src
             else:
                 tok = src
     first = first_input(value)
-    return Output(st.name.name, value, dtype, cfg or first, tok or first, st.span)
+    return Output(st.name.name, value, dtype, cfg or first, tok or first, st.span,
+                  files_from=files or tok or first)
 
 
 def _input_ref(exprs: Exprs, e: ast.Expr, key: str) -> CInput | None:
@@ -81,3 +84,19 @@ def _input_ref(exprs: Exprs, e: ast.Expr, key: str) -> CInput | None:
     exprs.report.error("E207", f"`{key}` must name a `model` input{what}", e.span,
                        f"write the name of a `model` statement, e.g. `{key} = base`")
     return None
+
+
+def select_outputs(checked, names) -> None:
+    """Keep only the outputs named in `names` (in the recipe's order) in `checked`; raises
+    E312 for a name that is not an output, with the closest one."""
+    from mergec.diagnostics import Diagnostic, UsageError
+
+    have = [o.name for o in checked.outputs]
+    wanted = list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in have]
+    if unknown:
+        raise UsageError([Diagnostic(
+            "E312", f"the recipe has no output `{n}`",
+            help=did_you_mean(n, have, "its outputs are")) for n in unknown])
+    checked.outputs = [o for o in checked.outputs if o.name in wanted]
+

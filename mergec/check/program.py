@@ -105,6 +105,12 @@ class CInput(CExpr):
     name: str = ""
     checkpoint: Any = None  # mergec.io.checkpoint.Checkpoint | None
     config: dict | None = None
+    #: tensors of the table that the checkpoint stores under another name (the head of a
+    #: tied model, untied by `set heads = "untie"`): table name -> stored name
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def stored_name(self, name: str) -> str:
+        return self.aliases.get(name, name)
 
 
 @dataclass(eq=False)
@@ -151,6 +157,8 @@ class CSlice(CExpr):
     target: CExpr | None = None
     start: int = 0
     stop: int = 0
+    #: the layer stack sliced (`encoder.block.`), None where the model's blocks have none
+    prefix: str | None = None
 
 
 @dataclass(eq=False)
@@ -158,6 +166,10 @@ class CStack(CExpr):
     parts: tuple[CExpr, ...] = ()
     embed: CExpr | None = None
     head: CExpr | None = None
+    #: output tensor -> (the value it comes from, its name there): `check.stacks.layout`
+    routes: dict | None = field(default=None, repr=False)
+    #: block count of every stack of the result (prefix -> count)
+    counts: dict | None = None
 
 
 @dataclass(eq=False)
@@ -217,6 +229,11 @@ class Output:
     span: Span
     #: None: a dense model; else how the output is written (LowRankForm, MoeForm)
     form: Any = None
+    #: the input the auxiliary files come from (sentence-transformers modules,
+    #: generation_config.json, processor configs): `files =`, else the tokenizer's input
+    files_from: CInput | None = None
+    #: the choice for inputs with and without a tied output head: "tie", "untie" or None
+    tie: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ SETTINGS = {
     "shard_size": 'a size such as "5GB"',
     "max_memory": 'a size such as "8GB"',
     "allow_nonfinite": "true or false",
+    "heads": '"untie" or "tie"',
 }
 _SETTING_HELP = {
     "seed": "for example `set seed = 42`; it seeds every random method, per tensor",
@@ -33,7 +34,18 @@ _SETTING_HELP = {
     "max_memory": 'for example `set max_memory = "8GB"`',
     "allow_nonfinite": "`set allow_nonfinite = true` writes NaN and infinite values a merge "
                        "produces instead of stopping",
+    "heads": 'for example `set heads = "untie"` (tied inputs get a head of their own)',
 }
+
+
+def heads_setting(statements) -> str | None:
+    """The value of `set heads = "..."` (read before the inputs, which it changes), when
+    it is one of the accepted strings; the statement itself is checked in order."""
+    for st in statements:
+        if isinstance(st, ast.SetStmt) and st.name.name == "heads" and \
+                isinstance(st.value, ast.Str) and st.value.value in ("untie", "tie"):
+            return st.value.value
+    return None
 
 
 class SetStatements:
@@ -65,6 +77,8 @@ class SetStatements:
                                            re.fullmatch(r"cuda:\d+", val) is not None)
         elif name == "allow_nonfinite":
             ok = v.kind == BOOL
+        elif name == "heads":
+            ok = val in ("untie", "tie")
         elif name in ("shard_size", "max_memory"):
             try:
                 val = parse_size(str(val)) if v.kind in (STRING, NUMBER) else None

@@ -14,7 +14,8 @@ from typing import NamedTuple
 from mergec import arch
 from mergec.check.program import CExpr, TensorMeta
 from mergec.check.report import Reporter
-from mergec.check.walk import part_model
+from mergec.check.stacks import first_only, layout, part_prefixes
+from mergec.check.walk import first_input, part_model
 from mergec.diagnostics import Label
 from mergec.io.dtypes import MERGE_DTYPES
 
@@ -53,6 +54,16 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                          "merge runs of equal length (`a.layers[0:4]`), or combine blocks "
                          "with `stack(...)`", (Label(ref_span, f"{ref.n_layers} blocks here"),))
             continue
+        tied = _tied_mismatch(ref, o, missing, extra)
+        if tied is not None:
+            ok = False
+            report.error("E313", f"one input ties its output head to its embeddings and the "
+                         f"other has a head of its own (`{tied}`)", sp,
+                         'choose: `set heads = "untie"` (tied inputs read their head from '
+                         'their embeddings; the output gets its own) or `set heads = "tie"` '
+                         '(untied heads are not used; the output ties its head)',
+                         (Label(ref_span, "compared with this input"),))
+            continue
         if missing or extra:
             ok = False
             parts = []
@@ -69,16 +80,25 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
             continue
         vocab_diag = None
         bad = []
+        buffers = []
         for name, m in ref.tensors.items():
             m2 = o.tensors[name]
             if m.shape != m2.shape:
-                if arch.is_vocab_tensor(name) and len(m.shape) == len(m2.shape) and \
+                if is_buffer(m.dtype) and is_buffer(m2.dtype):
+                    buffers.append((name, f"{m.dtype}{_shape(m.shape)}",
+                                    f"{m2.dtype}{_shape(m2.shape)}"))
+                elif arch.is_vocab_tensor(name) and len(m.shape) == len(m2.shape) and \
                         m.shape[1:] == m2.shape[1:]:
                     vocab_diag = (name, m.shape[0], m2.shape[0])
                 else:
                     bad.append((name, m.shape, m2.shape))
             elif m.dtype not in MERGE_DTYPES or m2.dtype not in MERGE_DTYPES:
-                bad.append((name, m.dtype, m2.dtype))
+                if is_buffer(m.dtype) and m.dtype == m2.dtype:
+                    continue  # carried over; the build checks that the bytes agree
+                if is_buffer(m.dtype) and is_buffer(m2.dtype):
+                    buffers.append((name, m.dtype, m2.dtype))
+                else:
+                    bad.append((name, m.dtype, m2.dtype))
         if vocab_diag:
             ok = False
             name, va, vb = vocab_diag
@@ -88,6 +108,15 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                          "vocabulary first (e.g. transformers' `resize_token_embeddings`), "
                          "or merge only models built on the same tokenizer",
                          (Label(ref_span, f"{va} tokens here"),))
+        if buffers:
+            ok = False
+            name, a, b = buffers[0]
+            more = f" (and {len(buffers) - 1} more tensors)" if len(buffers) > 1 else ""
+            report.error("E310", f"the non-float tensor `{name}` differs between the inputs: "
+                         f"{b} here, {a} in the other input{more}", sp,
+                         "integer and boolean tensors (buffers such as `position_ids`) are "
+                         "not merged but carried over, so every input must hold the same one",
+                         (Label(ref_span, f"{a} here"),))
         if bad:
             ok = False
             name, a, b = bad[0]
@@ -107,6 +136,26 @@ def merged(report: Reporter, operands: list[CExpr], spans) -> Table:
                              "dequantize float8 checkpoints first" if odd.startswith("float8")
                              else None)
     return Table(dict(ref.tensors) if ok else None, ref.n_layers)
+
+
+def _tied_mismatch(a: CExpr, b: CExpr, missing: list, extra: list) -> str | None:
+    """The head tensor, when the only difference between two tables is that one of them
+    has the output head of a tied pair (`arch.TIED_HEADS`) and the other, whose config
+    ties its head (`tie_word_embeddings` true or absent), does not."""
+    pair = arch.head_pair(a.tensors)
+    if pair is None or pair[0] not in b.tensors or len(missing) + len(extra) != 1:
+        return None
+    if pair[1] not in missing + extra:
+        return None
+    lacking = first_input(b if pair[1] in missing else a)
+    cfg = getattr(lacking, "config", None) or {}
+    return None if cfg.get("tie_word_embeddings") is False else pair[1]
+
+
+def is_buffer(dtype: str) -> bool:
+    """An integer or boolean tensor (a buffer such as `position_ids`): never merged, carried
+    over from the inputs when they all hold the same one."""
+    return dtype not in MERGE_DTYPES and not dtype.startswith("float")
 
 
 def _with_adapters(report: Reporter, operands: list[CExpr], spans: list) -> Table:
@@ -155,60 +204,69 @@ def _with_adapters(report: Reporter, operands: list[CExpr], spans: list) -> Tabl
     return base
 
 
-def sliced(target: CExpr, start: int, stop: int) -> dict[str, TensorMeta] | None:
-    """The table of blocks `start` to `stop - 1` of `target`, renumbered from 0."""
+def sliced(target: CExpr, start: int, stop: int,
+           prefix: str | None = None) -> dict[str, TensorMeta] | None:
+    """The table of blocks `start` to `stop - 1` of `target` (of the stack `prefix` when
+    given), renumbered from 0."""
     if target.tensors is None:
         return None
     tensors = {}
     for name, meta in target.tensors.items():
         bi = arch.block_index(name)
-        if bi is not None and start <= bi < stop:
+        if bi is not None and start <= bi < stop and \
+                (prefix is None or arch.stack_prefix(name) == prefix):
             tensors[arch.with_block_index(name, bi - start)] = meta
     return tensors
 
 
+class Stacked(NamedTuple):
+    tensors: dict[str, TensorMeta] | None
+    n_layers: int | None
+    routes: dict | None = None
+    counts: dict | None = None
+
+
 def stacked(report: Reporter, parts: list[CExpr], args, embed: CExpr | None,
-            head: CExpr | None, kwargs) -> Table:
-    """The table of `stack(parts, embed=, head=)`: the blocks renumbered one run after
-    the other, the embeddings from `embed` (else the first part's model), every other
-    tensor outside the blocks from `head` (else the last part's model)."""
+            head: CExpr | None, kwargs) -> Stacked:
+    """The table of `stack(parts, embed=, head=)` (see `mergec.check.stacks`): the blocks
+    of each stack renumbered one run after the other, the tensors outside the blocks from
+    `embed=` / `head=` or the parts of their stack."""
     if not (all(p.tensors is not None for p in parts) and
             all(x is None or x.tensors is not None for x in (embed, head))):
-        return Table(None, None)
-    tensors: dict[str, TensorMeta] = {}
-    first_src = embed or part_model(parts[0])
-    last_src = head or part_model(parts[-1])
-    offset = 0
-    tensors.update({n: m for n, m in (first_src.tensors or {}).items()
-                    if arch.block_index(n) is None and arch.is_embedding(n)})
-    for part in parts:
-        count = part.n_layers or 0
-        for name, meta in part.tensors.items():
-            bi = arch.block_index(name)
-            if bi is None:
-                continue
-            tensors[arch.with_block_index(name, bi + offset)] = meta
-        offset += count
-    for n, m in (last_src.tensors or {}).items():
-        if arch.block_index(n) is None and not arch.is_embedding(n):
-            tensors[n] = m
+        return Stacked(None, None)
+    routes, counts = layout(parts, embed, head)
+    value = {"embed": embed, "head": head}
+    tensors = {n: (value.get(w[0]) or (parts[w[1]] if w[0] == "part" else
+                                       part_model(parts[w[1]]))).tensors[inner]
+               for n, (w, inner) in routes.items()}
     ok = _stack_fits(report, parts, args, [(embed, "embed"), (head, "head")], kwargs)
-    return Table(tensors if ok else None, offset)
+    n = next(iter(counts.values()), 0) if counts else 0
+    return Stacked(tensors if ok else None, n, routes, counts)
 
 
 def _stack_fits(report: Reporter, parts, args, extra, kwargs) -> bool:
     """Blocks from different models must have the same shapes to follow each other."""
-    def suffixes(p):
-        out = {}
-        for n, m in p.tensors.items():
-            bi = arch.block_index(n)
-            if bi is not None:
-                out[arch.with_block_index(n, 0)] = m.shape
-        return out
+    def suffixes(p, prefix):
+        skip = first_only(part_model(p).tensors or {}, prefix)
+        return {arch.with_block_index(n, 0): m.shape for n, m in p.tensors.items()
+                if arch.stack_prefix(n) == prefix and arch.with_block_index(n, 0) not in skip}
 
-    ref = suffixes(parts[0])
     ok = True
-    for p, a in zip(parts[1:], args[1:]):
+    groups: dict[str, list] = {}
+    for p, a in zip(parts, args):
+        for prefix in part_prefixes(p):
+            groups.setdefault(prefix, []).append((p, a))
+    for prefix, members in groups.items():
+        if not _group_fits(report, members, lambda p, prefix=prefix: suffixes(p, prefix)):
+            ok = False
+    return ok and _stack_ends_fit(report, parts, args, extra, kwargs)
+
+
+def _group_fits(report: Reporter, members, suffixes) -> bool:
+    ok = True
+    (p0, a0) = members[0]
+    ref = suffixes(p0)
+    for p, a in members[1:]:
         mine = suffixes(p)
         bad = [(n, ref[n], s) for n, s in mine.items() if n in ref and ref[n] != s]
         missing = [n for n in ref if n not in mine] + [n for n in mine if n not in ref]
@@ -219,14 +277,20 @@ def _stack_fits(report: Reporter, parts, args, extra, kwargs) -> bool:
                          f"{_shape(s1)} here, {_shape(s0)} there"
                          + (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""),
                          a.span, "stacked blocks must come from models of the same size",
-                         (Label(args[0].span, f"{_shape(s0)} here"),))
+                         (Label(a0.span, f"{_shape(s0)} here"),))
             ok = False
         elif missing:
             report.error("E303", "these blocks do not have the same tensors as the first "
                          f"run ({_list_names(missing)})", a.span,
                          "stacked blocks must come from models of the same architecture",
-                         (Label(args[0].span, "the first run"),))
+                         (Label(a0.span, "the first run"),))
             ok = False
+    return ok
+
+
+def _stack_ends_fit(report: Reporter, parts, args, extra, kwargs) -> bool:
+    """`embed=` and `head=` must fit the blocks and share their vocabulary."""
+    ok = True
     first = part_model(parts[0])
     sources = dict((key, src) for src, key in extra)
     emb_src = sources.get("embed") or first

@@ -56,6 +56,101 @@ def carry_over_files(root: Path) -> list[Path]:
     return out
 
 
+#: files beside the weights that change how a model is used, carried from one input (the
+#: output's `files =`): generation defaults, chat templates kept apart from the tokenizer,
+#: image/audio/video processors, and sentence-transformers' own files
+AUX_FILES: tuple[str, ...] = (
+    GENERATION_CONFIG_FILE,
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+    "modules.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+)
+ST_MODULES_FILE = "modules.json"
+_MAX_MODULE_FILES = 64
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
+def st_modules(root: Path) -> list[dict]:
+    """The module entries of a sentence-transformers `modules.json` ([] when there is none
+    or it cannot be read): dicts with `path` and `type`."""
+    import json
+
+    p = Path(root) / ST_MODULES_FILE
+    if not _is_file(p):
+        return []
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, list):
+        return []
+    return [m for m in data if isinstance(m, dict) and isinstance(m.get("path", ""), str)]
+
+
+def _module_folder(root: Path, rel: str) -> list[tuple[str, Path]]:
+    """The files of one sentence-transformers module folder (not the root), relative names."""
+    parts = [x for x in rel.replace("\\", "/").split("/") if x not in ("", ".")]
+    if not parts or ".." in parts:
+        return []
+    folder = Path(root).joinpath(*parts)
+    out = []
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return []
+    for p in files[:_MAX_MODULE_FILES]:
+        out.append((p.relative_to(root).as_posix(), p))
+    return out
+
+
+def aux_files(root: Path) -> list[tuple[str, Path]]:
+    """The auxiliary files of a model folder, as (name in the output, path): `AUX_FILES`
+    present, then every file of each sentence-transformers module folder that
+    `modules.json` lists (pooling, normalize, dense layers...), in order."""
+    root = Path(root)
+    out = [(name, root / name) for name in AUX_FILES if _is_file(root / name)]
+    seen = {n for n, _ in out}
+    for m in st_modules(root):
+        for name, p in _module_folder(root, m.get("path", "")):
+            if name not in seen:
+                seen.add(name)
+                out.append((name, p))
+    return out
+
+
+def st_behaviour(root: Path) -> dict[str, str]:
+    """What a sentence-transformers folder does after the transformer, by what matters for
+    the embeddings: the module types in order, and each module's config (pooling mode,
+    dense sizes...). {} when the folder has no `modules.json`."""
+    import json
+
+    root = Path(root)
+    out = {}
+    for m in st_modules(root):
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        path = m.get("path", "")
+        cfg = ""
+        if path:
+            p = root / path / "config.json"
+            if _is_file(p):
+                try:
+                    cfg = json.dumps(json.loads(p.read_text(encoding="utf-8")), sort_keys=True)
+                except (OSError, ValueError):
+                    cfg = "<unreadable>"
+        out[f"{m.get('idx', len(out))}:{kind}"] = cfg
+    return out
+
+
 def _layer_holder(config: dict) -> tuple[dict, str] | None:
     for key in LAYER_COUNT_KEYS:
         if isinstance(config.get(key), int) and not isinstance(config.get(key), bool):
@@ -67,6 +162,12 @@ def _layer_holder(config: dict) -> tuple[dict, str] | None:
             if found:
                 return found
     return None
+
+
+def layer_holder(config: dict) -> tuple[dict, str] | None:
+    """The dict of `config` (itself or a nested `text_config`) and the key that hold its
+    layer count, or None."""
+    return _layer_holder(config)
 
 
 def layer_count(config: dict | None) -> int | None:
@@ -153,7 +254,8 @@ def derive_config(config: dict, *, dtype: str, num_layers: int | None = None) ->
             f"cannot change the layer count from {old} to {num_layers}: config.json's `{list_key}` "
             f"has different entries per layer ({shown})",
             f"mergec cannot tell which `{list_key}` entries the new layers should take; "
-            f"keep the layer count, or edit `{list_key}` in the output config.json")
+            f"make `stack(...)` the output (or the first operand of its merge): it rebuilds "
+            f"`{list_key}` from the blocks it takes")
     return out
 
 

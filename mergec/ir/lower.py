@@ -20,6 +20,7 @@ from mergec.check.program import (
     CAdapter, CCall, CExpr, CheckedProgram, CInput, CLinear, CMoe, CSlice, CStack, Output,
     Ramp,
 )
+from mergec.check.stacks import route_source
 from mergec.check.stats import covered
 from mergec.check.walk import call_numbers, part_model
 from mergec.io.dtypes import MERGE_DTYPES
@@ -45,6 +46,9 @@ class LoweredOutput:
     graph: Graph = field(repr=False, default_factory=Graph)
     before: list[Node] | None = field(default=None, repr=False)  # roots before the passes
     reports: list = field(default_factory=list)  # what each pass changed
+    #: non-float tensors carried over from the first input that has them: (output tensor,
+    #: the (source, tensor) of every input it comes from); the build checks they are equal
+    buffers: list[tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=list)
 
 
 def lower(checked: CheckedProgram, *, canonical: bool = False) -> list[LoweredOutput]:
@@ -87,17 +91,61 @@ class _Ctx:
 def _lower_output(checked: CheckedProgram, out: Output, g: Graph) -> LoweredOutput:
     ctx = _Ctx(g, checked.settings.seed, out)
     tensors: list[OutTensor] = []
+    buffers = []
     for name, meta in out.expr.tensors.items():
         ctx.out_tensor = name
         ctx.memo.clear()
-        value = _lo(out.expr, name, ctx)
         if meta.dtype in MERGE_DTYPES:
+            value = _lo(out.expr, name, ctx)
             dtype = out.dtype or _default_dtype(out, meta.dtype)
-        else:
+        else:  # a buffer (or float8): carried over as stored, never computed
+            found = list(dict.fromkeys(_leaves(out.expr, name)))
+            source, tensor = found[0]
+            value = g.load(source, tensor, tuple(meta.shape), meta.dtype)
             dtype = meta.dtype
+            if len(found) > 1:
+                buffers.append((name, tuple(found)))
         root = g.cast(value, dtype)
         tensors.append(OutTensor(name, root, tuple(meta.shape), dtype))
-    return LoweredOutput(out, tensors, out.expr.n_layers, g)
+    return LoweredOutput(out, tensors, out.expr.n_layers, g, buffers=buffers)
+
+
+def _leaves(e: CExpr, name: str, seen: set | None = None) -> list[tuple[str, str]]:
+    """The (input, tensor) pairs tensor `name` of `e` is computed from, in order; a value
+    used twice (a `let`) is visited once (`seen`)."""
+    if seen is None:
+        seen = set()
+    if (id(e), name) in seen:
+        return []
+    seen.add((id(e), name))
+    if isinstance(e, CInput):
+        return [(e.name, e.stored_name(name))]
+    if isinstance(e, CAdapter):
+        return []
+    if isinstance(e, CLinear):
+        return [x for t, _ in e.terms if not (t.sparse and name not in t.tensors)
+                for x in _leaves(t, name, seen)]
+    if isinstance(e, CSlice):
+        return _leaves(e.target, arch.with_block_index(name, arch.block_index(name) + e.start),
+                       seen)
+    if isinstance(e, CStack):
+        src, inner = stack_source(e, name)
+        return _leaves(src, inner, seen)
+    if isinstance(e, CCall):
+        ins = [i for i in e.inputs if not (i.sparse and name not in i.tensors)]
+        ins += [e.base] if e.base is not None else []
+        return [x for i in ins for x in _leaves(i, name, seen)]
+    if isinstance(e, CMoe):
+        part, src_name = e.mapping[name]
+        return [] if part < 0 else _leaves(e.parts[part], src_name, seen)
+    raise TypeError(type(e))  # pragma: no cover
+
+
+def stack_source(e: CStack, name: str) -> tuple[CExpr, str]:
+    """Which part of a stack tensor `name` comes from, and its name there (the checker's
+    routes, `mergec.check.stacks.layout`)."""
+    where, inner = e.routes[name]
+    return route_source(e, where), inner
 
 
 def _default_dtype(out: Output, own: str) -> str:
@@ -118,7 +166,7 @@ def _lower_node(e: CExpr, name: str, ctx: "_Ctx") -> Node:
     g = ctx.g
     if isinstance(e, CInput):
         m = e.tensors[name]
-        return g.load(e.name, name, m.shape, m.dtype)
+        return g.load(e.name, e.stored_name(name), m.shape, m.dtype)
     if isinstance(e, CAdapter):
         pair = e.adapter.pairs.get(name)
         if pair is None:
@@ -137,20 +185,8 @@ def _lower_node(e: CExpr, name: str, ctx: "_Ctx") -> Node:
         bi = arch.block_index(name)
         return _lo(e.target, arch.with_block_index(name, bi + e.start), ctx)
     if isinstance(e, CStack):
-        bi = arch.block_index(name)
-        if bi is None:
-            if arch.is_embedding(name):
-                src = e.embed or part_model(e.parts[0])
-            else:
-                src = e.head or part_model(e.parts[-1])
-            return _lo(src, name, ctx)
-        offset = 0
-        for part in e.parts:
-            count = part.n_layers or 0
-            if offset <= bi < offset + count:
-                return _lo(part, arch.with_block_index(name, bi - offset), ctx)
-            offset += count
-        raise AssertionError(f"block {bi} outside the stack")  # checker guarantees it
+        src, inner = stack_source(e, name)
+        return _lo(src, inner, ctx)
     if isinstance(e, CCall):
         return _lo_call(e, name, ctx)
     if isinstance(e, CMoe):  # a tensor of a mixture of experts: an expert's, the base's

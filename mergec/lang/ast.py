@@ -93,6 +93,8 @@ class LayerSlice:
     start: int | None
     stop: int | None
     span: Span
+    #: the layer stack named (`m.encoder.layers[0:2]`), None for `m.layers[...]`
+    stack: str | None = None
 
 
 Expr = Union[Num, Str, Bool, Name, Call, ListExpr, BinOp, Neg, LayerSlice]

@@ -83,7 +83,8 @@ def expr(e: ast.Expr) -> str:
         t = expr(e.target)
         if _prec(e.target) < 5:
             t = f"({t})"
-        return f"{t}.layers[{slice_text(e.start, e.stop)}]"
+        stack = f".{e.stack}" if e.stack is not None else ""
+        return f"{t}{stack}.layers[{slice_text(e.start, e.stop)}]"
     raise TypeError(f"cannot format {type(e).__name__}")  # pragma: no cover
 
 

@@ -41,6 +41,9 @@ MAX_NESTING = 100
 #: the longest number literal, in characters, and the largest magnitude of one
 MAX_NUMBER_CHARS = 100
 MAX_NUMBER = 1e308
+#: names of layer stacks (mergec.arch.STACK_KINDS), for the help of `m.encoder[0:2]`
+STACK_WORDS = frozenset({"encoder", "decoder", "vision", "text"})
+
 #: the longest block index in `.layers[a:b]` and `where layers[a:b]`, in digits
 MAX_INDEX_CHARS = 9
 
@@ -273,10 +276,21 @@ class _Build(Transformer):
     def layer_slice(self, meta, items):
         target, attr, (start, stop) = items
         if str(attr) != "layers":
+            stack_help = (f"a run of blocks of one layer stack is written "
+                          f"`.{attr}.layers[a:b]`" if str(attr) in STACK_WORDS else None)
             raise _SyntaxProblem(
-                "E105", f"unknown attribute `.{attr}`", attr,
+                "E105", f"unknown attribute `.{attr}`", attr, stack_help or
                 "the only attribute is `.layers[a:b]`, a run of transformer blocks")
         return ast.LayerSlice(target, start, stop, self.sp(meta))
+
+    @v_args(meta=True)
+    def stack_slice(self, meta, items):
+        target, stack, attr, (start, stop) = items
+        if str(attr) != "layers":
+            raise _SyntaxProblem(
+                "E105", f"unknown attribute `.{stack}.{attr}`", attr,
+                f"a run of blocks of one layer stack is `.{stack}.layers[a:b]`")
+        return ast.LayerSlice(target, start, stop, self.sp(meta), str(stack))
 
     def slice(self, items):
         for tok in items:

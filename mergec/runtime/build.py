@@ -10,6 +10,7 @@ in the form of the schedule's steps.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -21,7 +22,9 @@ from mergec import __version__
 from mergec.check.program import CheckedProgram
 from mergec.io.dtypes import itemsize
 from mergec.io.errors import CheckpointError
+from mergec.runtime.buffers import check_buffers
 from mergec.runtime.output_files import write_files
+from mergec.runtime.st_dense import merge_dense
 from mergec.io.writer import DEFAULT_SHARD_SIZE, OutputWriter
 from mergec.ir.lower import LoweredOutput
 from mergec.ir.nodes import Node, topo
@@ -70,6 +73,7 @@ def build_output(lo: LoweredOutput, checked: CheckedProgram, target: Path, backe
     :mod:`mergec.runtime.incremental`) are recorded in the output and in a journal of
     finished tensors while it is written."""
     t0 = time.perf_counter()
+    check_buffers(lo, checked)
     parallel.tune_allocator()
     sources = [checked.source(n) for n in checked.inputs]
     ex = execution(getattr(backend, "name", ""), str(getattr(backend, "device", "cpu")),
@@ -183,7 +187,8 @@ def _write_output(lo, checked, target, backend, steps: list[TensorStep], stats, 
         else:
             _in_threads(steps, tensors, checked, pool, run, finished)
         if open_writer is None:
-            write_files(writer, lo, checked)
+            with tempfile.TemporaryDirectory(prefix="mergec-dense-") as tmp:
+                write_files(writer, lo, checked, merge_dense(lo, checked, backend, Path(tmp)))
         if keys is not None:
             journal[0].close()
             writer.add_file(KEYS_FILE, keys_document(*keys))

@@ -14,25 +14,45 @@ from mergec.io import hf_files
 from mergec.ir.lower import LoweredOutput
 
 
+def carried_files(out) -> list[tuple[str, Path]]:
+    """The files an output copies from its inputs, as (name in the output, path): the
+    tokenizer files of its tokenizer input, then the auxiliary files (generation config,
+    processor configs, sentence-transformers modules) of its `files` input."""
+    found: list[tuple[str, Path]] = []
+    if out.tokenizer_from is not None and out.tokenizer_from.checkpoint is not None:
+        found += [(f.name, f) for f in hf_files.tokenizer_files(out.tokenizer_from.checkpoint.root)]
+    src = out.files_from
+    if src is not None and src.checkpoint is not None:
+        names = {n for n, _ in found}
+        found += [(n, p) for n, p in hf_files.aux_files(src.checkpoint.root) if n not in names]
+    return found
+
+
 def file_names(lo: LoweredOutput) -> list[str]:
     """The files written beside the tensors, in order."""
     out = lo.output
     names = ["config.json"] if derive_output_config(out) is not None else []
-    if out.tokenizer_from is not None and out.tokenizer_from.checkpoint is not None:
-        names += [f.name for f in hf_files.carry_over_files(out.tokenizer_from.checkpoint.root)]
-    return names + ["README.md"]
+    return names + [n for n, _ in carried_files(out)] + ["README.md"]
 
 
-def write_files(writer, lo: LoweredOutput, checked: CheckedProgram) -> None:
-    """config.json (derived at compile time, so it cannot fail here), the tokenizer files
-    of the output's tokenizer input, and the model card."""
+def write_files(writer, lo: LoweredOutput, checked: CheckedProgram,
+                merged: dict | None = None) -> None:
+    """config.json (derived at compile time, so it cannot fail here), the files carried
+    from the inputs (`carried_files`) and the merged files that replace some of them
+    (`merged`: name -> file; a module folder's weights), and the model card."""
     out = lo.output
+    merged = merged or {}
     cfg = derive_output_config(out)
     if cfg is not None:
         writer.add_file("config.json", json.dumps(cfg, indent=2) + "\n")
-    if out.tokenizer_from is not None and out.tokenizer_from.checkpoint is not None:
-        for f in hf_files.carry_over_files(out.tokenizer_from.checkpoint.root):
-            writer.copy_file(f.name, f)
+    folders = {name.rsplit("/", 1)[0] for name in merged}
+    for name, path in carried_files(out):
+        folder, _, base = name.rpartition("/")
+        if folder in folders and base in ("model.safetensors", "pytorch_model.bin"):
+            continue
+        writer.copy_file(name, path)
+    for name, path in merged.items():
+        writer.copy_file(name, path)
     writer.add_file("README.md", model_card(lo, checked))
 
 
@@ -41,7 +61,7 @@ def model_card(lo: LoweredOutput, checked: CheckedProgram) -> str:
     bases = []
     # the inputs the output's expression names (a zero weight is still provenance)
     used = {getattr(x, "name", None) for x in walk(lo.output.expr)}
-    for o in (lo.output.config_from, lo.output.tokenizer_from):
+    for o in (lo.output.config_from, lo.output.tokenizer_from, lo.output.files_from):
         if o is not None:
             used.add(o.name)
     for name in [n for n in checked.inputs if n in used]:

@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from mergec import arch
 from mergec.diagnostics import Diagnostic
 from mergec.io.dtypes import itemsize
 from mergec.io.sizes import format_size
@@ -31,6 +32,7 @@ from mergec.ir.nodes import Node, topo
 from mergec.ir.placeholders import ModelTopK
 from mergec.methods import REGISTRY
 from mergec.runtime import parallel
+from mergec.runtime.output_files import file_names
 
 COMPUTE_ITEMSIZE = 4  # float32
 
@@ -74,6 +76,11 @@ class OutputPlan(BaseModel):
     raw_copies: int
     config_from: str | None
     tokenizer_from: str | None
+    #: the files written beside the tensors (config.json, tokenizer and auxiliary files
+    #: carried from the inputs, README.md)
+    files: list[str] = []
+    #: the block count of each layer stack, by name, where the output has several
+    stacks: dict[str, int] = {}
     #: statistics over the whole model computed before any tensor (TIES trim="model")
     model_stats: list[str] = []
     steps: list[TensorStep] = []
@@ -398,13 +405,23 @@ def plan_output(lo: LoweredOutput, *, max_memory: int | None = None, on_cpu: boo
         n_tensors, written = planned_bytes(lo)
     return OutputPlan(
         output=out.name, tensors=n_tensors, layers=lo.n_layers, adapter=adapter, moe=moe,
+        stacks=stack_counts([t.name for t in lo.tensors]),
         ops=dict(sorted(ops.items())), bytes_read=sum(loads.values()), bytes_written=written,
         peak_memory=peak, raw_copies=copies,
         config_from=out.config_from.name if out.config_from else None,
         tokenizer_from=out.tokenizer_from.name if out.tokenizer_from else None,
+        files=file_names(lo),
         model_stats=model_stat_labels(lo),
         steps=schedule(lo, max_memory=max_memory, on_cpu=on_cpu, workers=workers, pool=pool),
     )
+
+
+def stack_counts(names: list[str]) -> dict[str, int]:
+    """name -> block count of each layer stack, where there are several (else {})."""
+    found = arch.stacks(names)
+    if len(found) < 2:
+        return {}
+    return {name: found[p] for name, p in arch.stack_names(names).items()}
 
 
 def make_plan(recipe: str, lowered: list[LoweredOutput], *, max_memory: int | None = None,
