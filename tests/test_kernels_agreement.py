@@ -23,7 +23,17 @@ def _inputs(method, shape, seed):
     rng = np.random.default_rng(seed)
     n = method.min_inputs if method.max_inputs == method.min_inputs else max(3, method.min_inputs)
     common = rng.standard_normal(shape)
-    return [(0.5 * common + rng.standard_normal(shape)).astype(np.float32) for _ in range(n)]
+    xs = [(0.5 * common + rng.standard_normal(shape)).astype(np.float32) for _ in range(n)]
+    if method.stats is not None:  # then one statistics tensor per input
+        want = method.stats_shape(shape) if method.stats_shape is not None else shape
+        if want is None:
+            pytest.skip(f"{method.name} has no statistics for a tensor of shape {shape}")
+        if method.stats == "gram":  # X^T X / rows: symmetric positive semi-definite
+            xs += [(lambda a: (a.T @ a / a.shape[0]).astype(np.float32))(
+                rng.standard_normal((2 * want[0] + 3, want[0]))) for _ in range(n)]
+        else:  # a diagonal Fisher: non-negative
+            xs += [np.abs(rng.standard_normal(want)).astype(np.float32) for _ in range(n)]
+    return xs
 
 
 def _params(method, n, rng):
@@ -94,7 +104,7 @@ def _cases(method, shape):
     rng = np.random.default_rng(zlib.crc32(f"{method.name}{shape}".encode()))
     for k, variant in enumerate(VARIANTS.get(method.name, [{}])):
         xs = _inputs(method, shape, k)
-        p = _params(method, len(xs), rng)
+        p = _params(method, len(xs) // (2 if method.stats is not None else 1), rng)
         p.update(variant)
         seed = int(rng.integers(0, 2**63)) if method.random else None
         yield xs, p, seed, variant
