@@ -463,3 +463,12 @@ def test_symlinked_output_folder_with_force_leaves_nothing_behind(family, tmp_pa
     # no renamed-aside or temporary folder remains, beside the link or the folder
     assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["o"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["o"]
+
+
+def test_weights_whose_sum_overflows_are_not_an_internal_error(family):
+    # found by the fuzz tests: the zero-sum check of normalized weights summed 1e308s
+    text = _head(family) + "output o = linear(b, m, weight=[ramp(0.8, 1e308), 1e308])\n"
+    try:
+        check("r.merge", text=text)
+    except MergecError as e:
+        assert "E599" not in [d.code for d in e.diagnostics]

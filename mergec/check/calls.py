@@ -383,7 +383,11 @@ def zero_sum_block(weights, blocks, n_layers: int | None) -> int | None | bool:
         vals = [w.at(block, n_layers) if isinstance(w, Ramp) else w for w in weights]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             return False
-        if abs(math.fsum(vals)) < 1e-12:
+        try:
+            total = math.fsum(vals)
+        except OverflowError:  # weights near 1e308: their sum is not 0
+            continue
+        if abs(total) < 1e-12:
             return block
     return False
 
