@@ -300,7 +300,6 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
     from mergec.backends import get_backend
     from mergec.io.writer import DEFAULT_SHARD_SIZE
     from mergec.ir.lower import optimize
-    from mergec.runtime.build import build_output
 
     _check_size("shard_size", shard_size)
     _check_size("max_memory", max_memory)

@@ -18,7 +18,7 @@ from mergec.check.program import (
     DELTA, ERROR, FORM, NUMBER, STRING, CCall, CExpr, CInput, CLinear, LowRankForm, Output,
 )
 from mergec.check.scope import Const, is_error
-from mergec.check.suggest import did_you_mean
+from mergec.check.suggest import known_entries
 from mergec.check.walk import first_input
 from mergec.check.wheres import apply_wheres
 from mergec.io.dtypes import MERGE_DTYPES, normalize_dtype
@@ -85,19 +85,11 @@ def check_lowrank_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Outpu
                 "rank=16)`")
             ok = False
     rank = energy = None
-    seen: set[str] = set()
-    for kw in call.kwargs:
+    kwargs, good = known_entries(call.kwargs, PARAMS, err, kind="parameter", code="E260",
+                                 unknown="for `lowrank`", takes="`lowrank` takes")
+    ok = ok and good
+    for kw in kwargs:
         key = kw.name.name
-        if key in seen:
-            err("E220", f"parameter `{key}` is given twice", kw.name.span, "remove one of them")
-            ok = False
-            continue
-        seen.add(key)
-        if key not in PARAMS:
-            err("E260", f"unknown parameter `{key}` for `lowrank`", kw.name.span,
-                did_you_mean(key, PARAMS, "`lowrank` takes"))
-            ok = False
-            continue
         v = exprs.const(kw.value)
         if v is None:
             ok = False
@@ -129,19 +121,11 @@ def check_lowrank_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Outpu
         ok = not is_error(delta)
     dtype, others, base = None, "save", None
     base_span = None
-    seen = set()
-    for e in st.options or ():
+    options, good = known_entries(st.options or (), OPTIONS, err, kind="option", code="E262",
+                                  unknown="for an adapter output", takes="adapter outputs take")
+    ok = ok and good
+    for e in options:
         key = e.name.name
-        if key in seen:
-            err("E220", f"option `{key}` is given twice", e.name.span, "remove one of them")
-            ok = False
-            continue
-        seen.add(key)
-        if key not in OPTIONS:
-            err("E262", f"unknown option `{key}` for an adapter output", e.name.span,
-                did_you_mean(key, OPTIONS, "adapter outputs take"))
-            ok = False
-            continue
         if key == "base":
             if isinstance(e.value, ast.Name):
                 binding = exprs.scope.lookup(e.value)

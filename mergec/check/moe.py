@@ -21,7 +21,7 @@ from mergec.check.program import (
     TensorMeta,
 )
 from mergec.check.scope import Const, is_error
-from mergec.check.suggest import did_you_mean
+from mergec.check.suggest import did_you_mean, known_entries
 from mergec.check.walk import first_input
 from mergec.io.dtypes import MERGE_DTYPES, normalize_dtype
 from mergec.lang import ast
@@ -107,18 +107,10 @@ def check_moe_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Output | 
         err("E352", f"`moe` takes at least 2 experts, got {len(call.args)}", call.span,
             "list the dense models to assemble: `moe(math, code, base=base)`")
         ok = False
-    kw: dict[str, ast.Kwarg] = {}
-    for k in call.kwargs:
-        key = k.name.name
-        if key in kw:
-            err("E220", f"parameter `{key}` is given twice", k.name.span, "remove one of them")
-            ok = False
-        elif key not in PARAMS:
-            err("E205", f"unknown parameter `{key}` for `moe`", k.name.span,
-                did_you_mean(key, PARAMS, "`moe` takes"))
-            ok = False
-        else:
-            kw[key] = k
+    given, good = known_entries(call.kwargs, PARAMS, err, kind="parameter", code="E205",
+                                unknown="for `moe`", takes="`moe` takes")
+    ok = ok and good
+    kw: dict[str, ast.Kwarg] = {k.name.name: k for k in given}
     if st.wheres:
         err("E357", "`where` blocks cannot follow a `moe` output", st.wheres[0].span,
             "put them after the `let` statements of the experts: `let math2 = ties(...) "
@@ -192,19 +184,11 @@ def check_moe_output(exprs: Exprs, st: ast.OutputStmt) -> tuple[CExpr, Output | 
             ok = ok and negative is not None
     lay, lay_span = const("layout", None)
     dtype = None
-    seen: set[str] = set()
-    for e in st.options or ():
-        key = e.name.name
-        if key in seen:
-            err("E220", f"option `{key}` is given twice", e.name.span, "remove one of them")
-            ok = False
-            continue
-        seen.add(key)
-        if key not in OPTIONS:
-            err("E219", f"unknown option `{key}` for a mixture of experts", e.name.span,
-                did_you_mean(key, OPTIONS, "a `moe` output takes"))
-            ok = False
-            continue
+    options, good = known_entries(st.options or (), OPTIONS, err, kind="option", code="E219",
+                                  unknown="for a mixture of experts",
+                                  takes="a `moe` output takes")
+    ok = ok and good
+    for e in options:  # `dtype`, the one option
         v = exprs.const(e.value)
         try:
             d = normalize_dtype(str(v.value)) if v is not None and v.kind == STRING else None

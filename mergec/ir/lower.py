@@ -22,7 +22,7 @@ from mergec.check.program import (
 )
 from mergec.check.stacks import route_source
 from mergec.check.stats import covered
-from mergec.check.walk import call_numbers, part_model
+from mergec.check.walk import call_numbers
 from mergec.io.dtypes import MERGE_DTYPES
 from mergec.ir.nodes import Graph, Node
 from mergec.ir.passes import RULES, run_passes

@@ -458,7 +458,7 @@ class _Doc:
         return out
 
     def models_form(self, node: _Y):
-        imp, spec = self.imp, self.spec
+        imp = self.imp
         if node.kind != "seq" or not node.children:
             imp.error("E244", "`models` is a list of `- model: ...` entries", node.span)
             return None, []
