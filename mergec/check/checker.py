@@ -16,7 +16,6 @@ from pathlib import Path
 from mergec.check.aux_files import aux_warnings
 from mergec.check.exprs import Exprs
 from mergec.check.inputs import InputLoader, read_adapter, read_model
-from mergec.check.output_config import derive_output_config
 from mergec.check.lowrank import check_lowrank_output, is_lowrank
 from mergec.check.moe import check_moe_output, is_moe
 from mergec.check.output_config import derive_output_config, tensor_set_problems
@@ -24,10 +23,9 @@ from mergec.check.outputs import check_output
 from mergec.check.program import ERROR, CExpr, CheckedProgram, CStats, Output
 from mergec.check.report import Reporter
 from mergec.check.scope import Const, Scope
-from mergec.check.settings import Params, SetStatements
-from mergec.check.walk import depth
-from mergec.check.stats import StatsLoader, read_stats
 from mergec.check.settings import Params, SetStatements, heads_setting
+from mergec.check.stats import StatsLoader, read_stats
+from mergec.check.walk import depth
 from mergec.check.wheres import apply_wheres
 from mergec.diagnostics import Label
 from mergec.io import open_input
