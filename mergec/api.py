@@ -342,7 +342,7 @@ def build(recipe: str | Path, out_dir: str | Path = "out", *, text: str | None =
                     build_moe(lo, compiled.checked, target, be, force=force, shard_size=size,
                               progress=progress) if isinstance(lo.output.form, MoeForm) else
                     build_adapter(lo, compiled.checked, target, be, force=force,
-                                  progress=progress))
+                                  progress=progress, max_memory=limit))
                 continue
             results.append(_build_one(lo, compiled.checked, out_dir / lo.output.name, be,
                                       force=force, shard_size=size, progress=progress,

@@ -202,11 +202,13 @@ ERRORS: dict[str, tuple[str, str]] = {
              "not read `prompts=` or `negative=`. Choose `router=\"cheap_embed\"` or "
              "`router=\"hidden\"` to route by the prompts."),
     "W353": ("an SVD larger than the memory limit",
-             "`lowrank` decomposes the delta of each module whole, in float64: about 28 "
-             "bytes per entry of the matrix while its SVD runs (the delta, its float64 copy "
-             "and the two factor matrices). With `--max-memory` (or `set max_memory`) below "
-             "that, the build still runs but needs more memory than the limit; the warning "
-             "names the largest module."),
+             "Under `--max-memory` (or `set max_memory`), `lowrank` decomposes a module "
+             "whose whole SVD does not fit (about 28 bytes per entry) through its Gram "
+             "matrix, a block of rows at a time. This warning names the modules where that "
+             "is not possible either: the Gram matrix alone (24 bytes per entry of "
+             "min(out, in) squared) exceeds the limit, or the delta cannot be computed in "
+             "blocks of rows (a LoRA input). Those are decomposed whole and the build needs "
+             "more memory than the limit; raise it, or leave it unset."),
     "E301": ("layer range out of bounds",
              "`x.layers[a:b]` takes blocks a to b-1; b may be at most the model's block count "
              "(num_hidden_layers in config.json)."),

@@ -19,6 +19,16 @@ scale is 1 and B @ A is the truncated delta itself. The other tensors of the del
 when they changed; all tensors of such a module are written, so PEFT's copy of the module
 is complete.
 
+Under a memory limit (`--max-memory`, `set max_memory`) a module whose SVD would not fit is
+decomposed through a Gram matrix instead, never holding the delta whole: its rows are
+computed a block at a time (as a build computes any tensor in blocks), the smaller Gram
+matrix G (X^T X over the columns, or X X^T over the rows, summed block by block in float64)
+is diagonalized, G = W diag(s^2) W^T, and the other singular vectors come from one more pass
+over the blocks (U = X V / s, or V = X^T U / s). Singular values below about 1e-8 of the
+largest are lost to the squaring, far below what a float32 adapter can hold. A module whose
+computation cannot be split, or whose Gram matrix alone exceeds the limit, is decomposed
+whole (W353 says so).
+
 The plan (`plan_rows`) is made from shapes alone: the rank each module gets with `rank=r`,
 and the bound sqrt(1 - r/min(out, in)) on its relative error (the top r of k singular values
 hold at least r/k of the squared norm); with `energy=e` the bound is sqrt(1 - e) and the
@@ -91,8 +101,33 @@ def planned_bytes(lo: LoweredOutput) -> tuple[int, int]:
 SVD_BYTES_PER_ENTRY = 4 + 3 * 8
 
 
+#: bytes per entry of a Gram matrix while it is diagonalized: the matrix, eigh's copy and
+#: its eigenvectors, in float64
+GRAM_BYTES_PER_ENTRY = 3 * 8
+#: float32 copies of a block of rows alive while it is computed and used
+BLOCK_COPIES = 8
+
+
+def needs_blocks(shape, max_memory: int | None) -> bool:
+    """Whether the SVD of a module of this (stored) shape exceeds `max_memory` whole."""
+    return max_memory is not None and math.prod(shape) * SVD_BYTES_PER_ENTRY > max_memory
+
+
+def gram_rows(shape, max_memory: int) -> int | None:
+    """Rows per block for the Gram route of a [p, q] module under `max_memory`, or None
+    when its Gram matrix alone does not fit."""
+    p, q = shape
+    gram = min(p, q) ** 2 * GRAM_BYTES_PER_ENTRY
+    if gram >= max_memory:
+        return None
+    return max(1, min(p, (max_memory - gram) // (q * 4 * BLOCK_COPIES)))
+
+
 def svd_memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) -> list:
-    """W353 for each adapter output whose largest SVD needs more than `max_memory`."""
+    """W353 for each adapter output with modules whose SVD needs more than `max_memory`
+    and cannot take the Gram route (a Gram matrix over the limit, or a delta that cannot
+    be computed in blocks of rows)."""
+    from mergec.runtime.schedule import node_chunkable
     from mergec.diagnostics import Diagnostic
     from mergec.io.sizes import format_size
 
@@ -103,7 +138,10 @@ def svd_memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) ->
         if not isinstance(lo.output.form, LowRankForm):
             continue
         rows = plan_rows(lo)
-        over = [r for r in rows if math.prod(r.shape) * SVD_BYTES_PER_ENTRY > max_memory]
+        nodes = {module_of(t.name): t.node for t in lo.tensors}
+        over = [r for r in rows if needs_blocks(r.shape, max_memory) and (
+            gram_rows(r.shape, max_memory) is None or
+            not node_chunkable(_value(nodes[r.module])))]
         if over:
             big = max(over, key=lambda r: math.prod(r.shape))
             need = math.prod(big.shape) * SVD_BYTES_PER_ENTRY
@@ -111,8 +149,9 @@ def svd_memory_warnings(lowered: list[LoweredOutput], max_memory: int | None) ->
                 "W353", f"output `{lo.output.name}`: {len(over)} of {len(rows)} modules need "
                 f"more than the memory limit {format_size(max_memory)} for their SVD "
                 f"(`{big.module}` {list(big.shape)}: about {format_size(need)})",
-                lo.output.span, "a module's delta is decomposed whole; the limit is not "
-                "kept while it runs", severity="warning"))
+                lo.output.span, "such a module is decomposed whole and the limit is not kept "
+                "while it runs (its Gram matrix does not fit, or its delta cannot be "
+                "computed in blocks of rows)", severity="warning"))
     return out
 
 
@@ -146,6 +185,64 @@ def choose_rank(s2, form: LowRankForm) -> int:
     cum = s2.cumsum() / total
     # the smallest r with cum[r - 1] >= energy (a hair of slack for rounding)
     return min(len(s2), int((cum < form.energy - 1e-12).sum()) + 1)
+
+
+def _value(node):
+    return node.args[0] if node.op == "cast" else node
+
+
+def gram_factors(x_rows, shape, rows: int, form: LowRankForm, transpose: bool):
+    """(B, A, rank, relative error) of a module from its stored rows, by the Gram route
+    (module docstring): `x_rows(b, (start, stop))` is block b of the stored [p, q] tensor,
+    float64; `transpose`: the delta is its transpose (`fan_in_fan_out`)."""
+    import numpy as np
+
+    p, q = shape
+    spans = [(a, min(a + rows, p)) for a in range(0, p, rows)]
+    if q <= p:  # X^T X over the columns: one pass, then one more for U = X V / s
+        g = np.zeros((q, q))
+        for b, sp in enumerate(spans):
+            xb = x_rows(b, sp)
+            g += xb.T @ xb
+    else:  # X X^T over the rows: a pass per pair of blocks
+        g = np.zeros((p, p))
+        for i, si in enumerate(spans):
+            xi = x_rows(i, si)
+            for j, sj in enumerate(spans[i:], i):
+                xj = xi if j == i else x_rows(j, sj)
+                g[si[0]:si[1], sj[0]:sj[1]] = xi @ xj.T
+                if j != i:
+                    g[sj[0]:sj[1], si[0]:si[1]] = g[si[0]:si[1], sj[0]:sj[1]].T
+    lam, w = np.linalg.eigh(g)
+    del g
+    s2 = np.maximum(lam[::-1], 0.0)
+    w = w[:, ::-1]
+    r = choose_rank(s2, form)
+    if r == 0:
+        return None, None, 0, 0.0
+    err = math.sqrt(max(0.0, float(s2[r:].sum())) / float(s2.sum()))
+    s = np.sqrt(s2[:r])
+    keep = s > 0
+    s_safe = np.where(keep, s, 1.0)
+    if q <= p:
+        v = w[:, :r]
+        u = np.zeros((p, r))
+        for b, (a, z) in enumerate(spans):
+            u[a:z] = x_rows(b, (a, z)) @ v / s_safe
+    else:
+        u = w[:, :r]
+        v = np.zeros((q, r))
+        for b, (a, z) in enumerate(spans):
+            v += x_rows(b, (a, z)).T @ u[a:z]
+        v /= s_safe
+    u[:, ~keep] = 0.0
+    v[:, ~keep] = 0.0
+    root = np.sqrt(s)
+    if transpose:  # the delta is X^T = V S U^T
+        u, v = v, u
+    b_ = (u * root[None, :]).astype(np.float32)
+    a_ = (root[:, None] * v.T).astype(np.float32)
+    return b_, a_, r, err
 
 
 def factors(backend, delta, form: LowRankForm):
@@ -204,7 +301,8 @@ def adapter_config(form: LowRankForm, ranks: dict[str, int], saved_modules: list
 
 
 def build_adapter(lo: LoweredOutput, checked: CheckedProgram, target: Path, backend, *,
-                  force: bool = False, progress=None) -> AdapterResult:
+                  force: bool = False, progress=None,
+                  max_memory: int | None = None) -> AdapterResult:
     """Compute every factored module's SVD (keeping only the factors), find the other
     tensors that changed, then write the adapter atomically."""
     import numpy as np
@@ -223,15 +321,45 @@ def build_adapter(lo: LoweredOutput, checked: CheckedProgram, target: Path, back
         return evaluate(node.args[0] if node.op == "cast" else node, checked, backend,
                         for_kernel=True)
 
+    def blocked(name: str, rows: int):
+        """Block b of rows (start, stop) of the stored delta, float64, computed as a build
+        computes a tensor in blocks (with the passes its merges need)."""
+        from mergec.runtime.prepass import Blocks, kept_values, tensor_stats
+
+        value = _value(by_name[name].node)
+        p = by_name[name].shape[0]
+        spans = Blocks([(a, min(a + rows, p)) for a in range(0, p, rows)], None)
+        ctx = tensor_stats(value, backend, None, spans,
+                           lambda call, b, sp, c: evaluate(call, checked, backend, None,
+                                                           rows=sp, ctx=c, block=b,
+                                                           args_of_root=True))
+
+        def x_rows(b: int, sp):
+            v = evaluate(value, checked, backend, None, rows=sp, ctx=ctx, block=b,
+                         given=kept_values(ctx, value, b), for_kernel=True)
+            return np.asarray(host_f32(backend, v), dtype=np.float64)
+
+        return x_rows
+
+    from mergec.runtime.schedule import node_chunkable
+
     modules: list[ModuleResult] = []
     kept: dict[str, tuple] = {}
     for name in form.lora:
         t = by_name[name]
-        d = backend.to_float32(delta_of(name))
-        if form.fan_in_fan_out:  # stored [in, out]: PEFT adds (B @ A)^T
-            d = backend.transpose(d)
-        b, a, r, err = factors(backend, d, form)
-        modules.append(ModuleResult(module_of(name), tuple(backend.shape(d)), r, err))
+        stored = tuple(t.shape)
+        rows = gram_rows(stored, max_memory) if needs_blocks(stored, max_memory) else None
+        if rows is not None and node_chunkable(_value(t.node)):
+            b, a, r, err = gram_factors(blocked(name, rows), stored, rows, form,
+                                        form.fan_in_fan_out)
+            shape = stored[::-1] if form.fan_in_fan_out else stored
+        else:
+            d = backend.to_float32(delta_of(name))
+            if form.fan_in_fan_out:  # stored [in, out]: PEFT adds (B @ A)^T
+                d = backend.transpose(d)
+            b, a, r, err = factors(backend, d, form)
+            shape = tuple(backend.shape(d))
+        modules.append(ModuleResult(module_of(name), shape, r, err))
         if r:
             kept[module_of(name)] = (convert(b, t.dtype), convert(a, t.dtype))
         if progress:
