@@ -40,14 +40,21 @@ ERRORS: dict[str, tuple[str, str]] = {
              "`ties(a, b, base=base, density=0.5)`."),
     "E107": ("expression nested too deeply",
              "An expression may nest at most 100 levels of calls, brackets, lists and "
-             "operators (a sum of many terms counts one level per `+`). No real recipe comes "
-             "near it; the limit keeps a hostile or generated recipe from exhausting the "
-             "checker. Name inner parts with `let` statements: `let m1 = ties(...)`."),
+             "operators (a chain of `+`/`-` or `*`/`/` counts as one level; E110 bounds its "
+             "length). No real recipe comes near it; the limit keeps a hostile or generated "
+             "recipe from exhausting the checker. Name inner parts with `let` statements: "
+             "`let m1 = ties(...)`."),
     "E108": ("number literal too large",
              "A number is written with at most 100 characters and its magnitude is at most "
              "1e308 (the largest double). `1e999` or an integer of thousands of digits "
              "would overflow to infinity, which is never a valid weight or parameter. A "
              "block index in `.layers[a:b]` or `where layers[a:b]` has at most 9 digits."),
+    "E110": ("expression too long",
+             "One chain of `+` and `-` (or of `*` and `/`) has at most 1,000 terms: "
+             "`0.01 * m1 + 0.01 * m2 + ...` merges up to a thousand models in one "
+             "expression, and such a chain counts as one level of nesting (E107). Beyond "
+             "that, build partial sums with `let` statements, or use `linear(...)` with a "
+             "weight list."),
     "E109": ("values nested too deeply",
              "A statement's value may be built from at most 4,000 nested values (merge calls, "
              "arithmetic, slices, stacks), counted through the `let` statements it uses "

@@ -81,10 +81,33 @@ def test_deep_nesting_is_e107(family, expr, col):
     assert d[2].startswith("r.merge:3:")
 
 
-def test_long_sum_is_e107(family):
-    text = _head(family) + "param w = " + " + ".join(["1"] * 2000) + "\noutput o = b\n"
-    ((code, _, _),) = _diags(text)
-    assert code == "E107"
+def test_sum_of_more_than_a_thousand_terms_is_e110(family):
+    text = _head(family) + "param w = " + " + ".join(["1"] * 1001) + "\noutput o = b\n"
+    ((code, msg, span),) = _diags(text)
+    assert (code, msg, span) == ("E110", "expression too long: more than 1,000 terms joined "
+                                 "by `+`/`-`", "r.merge:3:11")
+
+
+def test_sum_of_a_thousand_models_checks_formats_and_plans(family, tmp_path):
+    from mergec.api import compile
+    from mergec.lang.fmt import format_text
+
+    terms = " + ".join(f"0.001 * {'m' if i % 2 else 'b'}" for i in range(1000))
+    text = _head(family) + f"output o = {terms}\n"
+    out = check("r.merge", text=text).outputs[0]
+    got = {t.name: k for t, k in out.expr.terms}
+    assert set(got) == {"b", "m"}
+    assert got["b"] == pytest.approx(0.5) and got["m"] == pytest.approx(0.5)
+    formatted = format_text(text, "r.merge")
+    assert format_text(formatted, "r.merge") == formatted
+    r = tmp_path / "r.merge"
+    r.write_text(text)
+    assert [t.name for t in compile(r).lowered[0].tensors]
+
+
+def test_long_product_chain_counts_as_one_level(family):
+    text = _head(family) + "param w = " + " * ".join(["1"] * 300) + "\noutput o = b\n"
+    assert check("r.merge", text=text).params["w"] == 1
 
 
 def test_nesting_below_the_limit_checks(family):
@@ -472,3 +495,8 @@ def test_weights_whose_sum_overflows_are_not_an_internal_error(family):
         check("r.merge", text=text)
     except MergecError as e:
         assert "E599" not in [d.code for d in e.diagnostics]
+
+
+def test_sum_of_exactly_a_thousand_terms_checks(family):
+    text = _head(family) + "param w = " + " + ".join(["1"] * 1000) + "\noutput o = b\n"
+    assert check("r.merge", text=text).params["w"] == 1000

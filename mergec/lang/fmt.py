@@ -262,5 +262,7 @@ def format_text(text: str, file: str = "<recipe>") -> str:
     # imported here: the CLI imports this module for `literal` on every command, and the
     # parser brings lark
     from mergec.lang.parser import parse
+    from mergec.limits import deep_recursion
 
-    return format_program(parse(text, file))
+    with deep_recursion():  # a long chain of `+` is printed by recursion
+        return format_program(parse(text, file))

@@ -30,7 +30,7 @@ from lark.exceptions import (
 
 from mergec.diagnostics import Diagnostic, Label, MergecError, Span
 from mergec.lang import ast
-from mergec.limits import paused_gc
+from mergec.limits import deep_recursion, paused_gc
 
 KEYWORDS = ("model", "adapter", "param", "set", "let", "output", "where", "and", "true", "false")
 STATEMENT_KEYWORDS = ("model", "adapter", "param", "set", "let", "output")
@@ -38,6 +38,8 @@ STATEMENT_KEYWORDS = ("model", "adapter", "param", "set", "let", "output")
 #: the deepest nesting of an expression (calls, brackets, operators): far beyond any real
 #: recipe, well within what the recursive stages after the parser can walk
 MAX_NESTING = 100
+#: the most terms of one chain of `+`/`-` (or `*`/`/`): a soup of hundreds of models fits
+MAX_TERMS = 1000
 #: the longest number literal, in characters, and the largest magnitude of one
 MAX_NUMBER_CHARS = 100
 MAX_NUMBER = 1e308
@@ -453,25 +455,42 @@ def _parse_once(text: str, file: str) -> tuple[list, list[ast.Comment]]:
     return stmts, comments
 
 
+#: binary operators of one precedence level: `a + b - c` is one chain, not three levels
+_CHAINS = {"add": "sum", "sub": "sum", "mul": "product", "div": "product"}
+
+
 def _check_nesting(tree: Tree, file: str) -> None:
-    """E107 when an expression nests deeper than MAX_NESTING levels. The walk is iterative,
+    """E107 when an expression nests deeper than MAX_NESTING levels; E110 when a chain of
+    one operator level (`a + b + c ...`) has more than MAX_TERMS terms. A chain counts as
+    one level however long it is (the parser builds it left-deep). The walk is iterative,
     so it measures trees that a recursive walk could not."""
-    todo = [(tree, 0)]
+    todo = [(tree, 0, 1)]
     while todo:
-        node, depth = todo.pop()
-        if depth > MAX_NESTING:
+        node, depth, terms = todo.pop()
+        if depth > MAX_NESTING or terms > MAX_TERMS:
             m = node.meta
             span = Span(file, m.line, m.column, m.end_line, m.end_column, m.start_pos,
                         m.end_pos) if not m.empty else Span(file, 1, 1, 1, 2, 0, 1)
+            if terms > MAX_TERMS:
+                raise _SyntaxProblem(
+                    "E110", f"expression too long: more than {MAX_TERMS:,} terms joined by "
+                    f"`{'+`/`-' if _CHAINS[node.data] == 'sum' else '*`/`/'}`", span,
+                    "split it into partial sums with `let` statements, or use a merge call "
+                    "such as `linear(a, b, c, weight=[...])`")
             raise _SyntaxProblem(
                 "E107", f"expression nested too deeply: more than {MAX_NESTING} levels of "
                 "calls, brackets or operators", span,
                 "name the inner parts with `let` statements")
-        # a statement and its parts start the count; each expression node below adds one
+        # a statement and its parts start the count; each expression node below adds one,
+        # except the left operand of an operator of the same level (the chain goes on)
         inner = depth + 1 if node.data not in ("start",) else 0
-        for child in node.children:
+        chain = _CHAINS.get(node.data)
+        for i, child in enumerate(node.children):
             if isinstance(child, Tree):
-                todo.append((child, inner))
+                if i == 0 and chain is not None and _CHAINS.get(child.data) == chain:
+                    todo.append((child, depth, terms + 1))  # `terms`: operands so far
+                else:
+                    todo.append((child, inner, 2 if child.data in _CHAINS else 1))
 
 
 def _problem_diag(p: _SyntaxProblem, file: str) -> Diagnostic:
@@ -491,7 +510,7 @@ _STMT_START = re.compile(r"^[ \t]*(" + "|".join(
 
 def parse(text: str, file: str = "<recipe>") -> ast.Program:
     """Parse recipe text. Raises MergecError with every syntax error found."""
-    with paused_gc():
+    with paused_gc(), deep_recursion():  # a long chain of `+` is a deep tree
         return _parse(text, file)
 
 
