@@ -214,3 +214,53 @@ def test_an_input_error_in_a_task_is_reported_as_locally(ray_instance, demo, fam
         found.append((type(e.value).__name__, e.value.code))
         assert not (demo / f"out{k}").exists() or list((demo / f"out{k}").iterdir()) == []
     assert found == [("CheckpointError", "E408")] * 2
+
+
+@pytest.mark.ray
+def test_a_build_whose_driver_was_killed_resumes_from_the_finished_tensors(ray_instance,
+                                                                           demo):
+    """The first two Ray tasks finish, the others hang; the driver is killed once some
+    tensors are journaled in the staging folder. The next build takes them over and writes
+    the same bytes as a build that was never interrupted."""
+    mergec.build(demo / "demo.merge", demo / "clean", jobs=1)
+    tickets = demo / "tickets"
+    tickets.mkdir()
+    script = textwrap.dedent(f"""
+        import os, time, mergec
+        from mergec.runtime.ray_executor import RayExecutor
+
+        def third_and_later_hang():
+            n = len(os.listdir({str(tickets)!r}))
+            open(os.path.join({str(tickets)!r}, f"t{{n}}-{{os.getpid()}}-{{time.time_ns()}}"),
+                 "w").close()
+            if n >= 2:
+                time.sleep(60)
+
+        mergec.build({str(demo / "demo.merge")!r}, {str(demo / "ray")!r},
+                     executor=RayExecutor(address="auto", before_task=third_and_later_hang))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        journal = []
+        while time.monotonic() < deadline and not journal:
+            journal = [j for j in (demo / "ray").glob(".generalist.mergec-tmp-*/.mergec-journal")
+                       if j.read_text().strip()] if (demo / "ray").is_dir() else []
+            time.sleep(0.1)
+        assert journal, "no tensor was journaled"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (demo / "ray" / "generalist").exists()
+    results = mergec.build(demo / "demo.merge", demo / "ray", jobs=1)
+    first = results[0]
+    assert first.output == "generalist" and 0 < first.resumed < first.tensors
+    for name in ("generalist", "math_code"):
+        assert files(demo / "ray" / name) == files(demo / "clean" / name)
+    assert sorted(p.name for p in (demo / "ray").iterdir()) == ["generalist", "math_code"]
