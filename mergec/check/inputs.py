@@ -72,9 +72,6 @@ def read_adapter(report: Reporter, st: ast.AdapterStmt, loader: InputLoader,
     except CheckpointError as e:
         report.add(e.to_diagnostic(st.source.span))
         return CExpr(ERROR, st.span)
-    if vocab is not None and st.name.name in vocab.vocabs:
-        from mergec.io.vocab import VocabView
-        ckpt = VocabView(ckpt, st.name.name, vocab)
     tensors = {n: TensorMeta(p.shape, "float32") for n, p in ad.pairs.items()}
     return CAdapter(DELTA, st.name.span, tensors, None, sparse=True, name=st.name.name,
                     adapter=ad)
