@@ -85,7 +85,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
              "`set` takes: seed, backend, device, shard_size, max_memory, allow_nonfinite, "
-             "heads."),
+             "heads, vocab, vocab_fill, pad_to_multiple_of."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),

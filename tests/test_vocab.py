@@ -210,3 +210,30 @@ def test_no_tokenizer_is_e318(tmp_path, models):
 def test_without_set_vocab_still_e305(tmp_path, models):
     d = _diag(_recipe(tmp_path, models, ""))
     assert d.code == "E305"
+
+
+def test_base_fill(tmp_path, models):
+    r = _recipe(tmp_path, models, 'set vocab = "ft"\nset vocab_fill = "base"\n')
+    [w] = api.check(r).warnings
+    assert (w.code, w.message) == (
+        "W313", "`base` lacks 3 of the output's 103 tokens: their rows of "
+                "`model.embed_tokens.weight`, `lm_head.weight` are read as `ft`'s row")
+    api.build(r, tmp_path / "out", jobs=1)
+    f, o = _w(models / "ft"), _w(tmp_path / "out" / "m")
+    np.testing.assert_array_equal(o["lm_head.weight"][100:], f["lm_head.weight"][100:])
+
+
+def test_equal_vocabularies_give_the_same_bytes(tmp_path, models):
+    from safetensors.numpy import load_file
+
+    outs = []
+    for i, setting in enumerate(["", 'set vocab = "union"\n']):
+        p = tmp_path / f"r{i}.merge"
+        p.write_text(setting + f'model a = "{models / "ft"}"\nmodel b = "{models / "ft"}"\n'
+                     "output m = slerp(a, b, t=0.3)\n")
+        assert api.check(p).warnings == []
+        api.build(p, tmp_path / f"out{i}", jobs=1)
+        outs.append(load_file(str(tmp_path / f"out{i}" / "m" / "model.safetensors")))
+    assert outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        assert outs[0][k].tobytes() == outs[1][k].tobytes(), k
