@@ -56,7 +56,7 @@ class VocabPlan:
     mode: str  # "union" or the name of the input whose vocabulary the output has
     fill: str
     base: str  # the input whose tokens keep their ids
-    tokens: list[str]  # the output's tokens by id (before padding)
+    tokens: list[str | None]  # the output's tokens by id (before padding; None: a gap)
     size: int  # rows of the output's embedding and head (tokens, padded)
     tokenizer: object  # the output's tokenizers.Tokenizer
     vocabs: dict[str, InputVocab]
@@ -66,7 +66,8 @@ class VocabPlan:
 
     def missing(self, name: str) -> int:
         """How many of the output's tokens input `name` lacks."""
-        return int((self.index[name][:len(self.tokens)] < 0).sum())
+        real = np.array([t is not None for t in self.tokens], dtype=bool)
+        return int((self.index[name][:len(self.tokens)][real] < 0).sum())
 
     def tokenizer_json(self) -> str:
         return self.tokenizer.to_str(pretty=True)
@@ -79,24 +80,24 @@ def plan_vocab(mode: str, fill: str, multiple: int, vocabs: dict[str, InputVocab
     base = next(iter(vocabs)) if mode == "union" else mode
     bv = vocabs[base]
     tok = type(bv.tokenizer).from_str(bv.tokenizer.to_str())
-    tokens = [t for t, _ in sorted(bv.ids.items(), key=lambda kv: kv[1])]
     if mode == "union":
-        have = set(tokens)
+        have = set(bv.ids)
         for name, v in vocabs.items():
             for t, _ in sorted(v.ids.items(), key=lambda kv: kv[1]):
                 if t not in have:
                     have.add(t)
                     tok.add_tokens([AddedToken(t, special=v.added.get(t, False),
                                                normalized=not v.added.get(t, False))])
-        inv = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
-        tokens = [inv.get(i, "") for i in range(max(inv) + 1)]
+    inv = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
+    # by id; an id no token has (a gap) is None: a fill row in every input
+    tokens = [inv.get(i) for i in range(max(inv) + 1)] if inv else []
     n = len(tokens)
     size = -(-n // multiple) * multiple
     plan = VocabPlan(mode, fill, base, tokens, size, tok, vocabs)
     for name, v in vocabs.items():
         idx = np.full(size, -1, dtype=np.int64)
         for row, t in enumerate(tokens):
-            idx[row] = v.ids.get(t, -1)
+            idx[row] = v.ids.get(t, -1) if t is not None else -1
         plan.index[name] = idx
     return plan
 
@@ -116,6 +117,8 @@ class VocabView:
         plan.views[name] = self
 
     def __getattr__(self, attr):
+        if attr.startswith("__") or attr in ("_ckpt", "_name", "_plan", "_cache"):
+            raise AttributeError(attr)  # not set yet (while unpickling)
         return getattr(self._ckpt, attr)
 
     def __contains__(self, name: str) -> bool:
