@@ -63,6 +63,19 @@ class VocabPlan:
     #: input -> output row -> input row (-1: the input lacks the token)
     index: dict[str, np.ndarray] = field(default_factory=dict)
     views: dict[str, "VocabView"] = field(default_factory=dict)
+    #: name -> the input's view, where `views` lacks it (a Ray worker opens inputs itself)
+    opener: object = None
+
+    def view(self, name: str) -> "VocabView":
+        got = self.views.get(name)
+        return got if got is not None else self.opener(name)
+
+    def portable(self) -> "VocabPlan":
+        """The plan without its tokenizers and opened inputs: what a worker process needs
+        to read the inputs' rows (pickled with the inputs' specs)."""
+        return VocabPlan(self.mode, self.fill, self.base, self.tokens, self.size, None,
+                         {n: InputVocab(v.ids, v.added, None) for n, v in self.vocabs.items()},
+                         dict(self.index))
 
     def missing(self, name: str) -> int:
         """How many of the output's tokens input `name` lacks."""
@@ -116,6 +129,10 @@ class VocabView:
         self._cache: dict[str, np.ndarray] = {}
         plan.views[name] = self
 
+    @property
+    def vocab_plan(self) -> VocabPlan:
+        return self._plan
+
     def __getattr__(self, attr):
         if attr.startswith("__") or attr in ("_ckpt", "_name", "_plan", "_cache"):
             raise AttributeError(attr)  # not set yet (while unpickling)
@@ -157,7 +174,7 @@ class VocabView:
                 ok = oidx >= 0
                 if not ok.any():
                     continue
-                rows = p.views[other].own_rows(name)[oidx[ok]]
+                rows = p.view(other).own_rows(name)[oidx[ok]]
                 acc[ok] += rows
                 count[ok] += 1
             got = count > 0
@@ -191,8 +208,7 @@ class VocabView:
                            f"\0{p.size}\0".encode())
         for name in p.index:
             h.update(name.encode() + b"\0" + p.index[name].tobytes())
-            h.update(p.views[name]._ckpt.content_fingerprint().encode()
-                     if name in p.views else b"-")
+            h.update(p.view(name)._ckpt.content_fingerprint().encode())
         return h.hexdigest()
 
     def advise(self, name: str) -> None:
