@@ -574,6 +574,13 @@ ERRORS: dict[str, tuple[str, str]] = {
              "so it needs another fill: `\"others\"` (the default: the mean of the rows the "
              "other inputs have), `\"zero\"` or `\"mean\"` (the mean of the input's own "
              "rows)."),
+    "E321": ("`set vocab` with an adapter or mixture-of-experts output",
+             "`set vocab` changes the rows of the inputs' embeddings and heads and writes a "
+             "tokenizer for dense model outputs. Outputs written as a LoRA adapter "
+             "(`lowrank(...)`) or a mixture of experts (`moe(...)`) are built on one "
+             "model's vocabulary, so they cannot be in a recipe with `set vocab`: merge the "
+             "vocabularies in one recipe, then build the adapter or the mixture from that "
+             "output in another."),
     "W313": ("an input lacks some of the output's tokens",
              "With `set vocab`, an input's embedding and head are read with one row per "
              "output token. For a token the input lacks, the row is a fill, as `set "

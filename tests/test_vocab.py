@@ -237,3 +237,13 @@ def test_equal_vocabularies_give_the_same_bytes(tmp_path, models):
     assert outs[0].keys() == outs[1].keys()
     for k in outs[0]:
         assert outs[0][k].tobytes() == outs[1][k].tobytes(), k
+
+
+def test_adapter_output_with_set_vocab_is_e321(tmp_path, models):
+    with pytest.raises(MergecError) as e:
+        api.check(_recipe(tmp_path, models, 'set vocab = "base"\n',
+                          expr="lowrank(ft - base, rank=4)"))
+    [d] = [d for d in e.value.diagnostics if d.severity == "error"]
+    assert (d.code, d.message) == (
+        "E321", "`set vocab` is not supported for output `m`: a LoRA adapter is built on "
+                "one model's vocabulary")

@@ -94,7 +94,13 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
         elif isinstance(st, ast.OutputStmt) and (is_lowrank(st.expr) or is_moe(st.expr)):
             value, out = (check_lowrank_output if is_lowrank(st.expr) else
                           check_moe_output)(exprs, st)
-            if out is not None:
+            if out is not None and vreq is not None:
+                report.error("E321", f"`set vocab` is not supported for output `{name}`: "
+                             f"{'a LoRA adapter' if is_lowrank(st.expr) else 'a mixture of experts'}"
+                             " is built on one model's vocabulary", st.name.span,
+                             "build it in a recipe without `set vocab`, from a model merged "
+                             "with `set vocab` first")
+            elif out is not None:
                 outputs.append(out)
         else:
             value = _tensor_statement(exprs, st)

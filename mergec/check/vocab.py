@@ -121,8 +121,9 @@ def plan_vocabulary(report: Reporter, statements, opened: dict, req: VocabReques
                 report.warn("W314", f"{rows - used} of `{name}`'s {rows} rows of "
                             f"{_names(emb)} are not tokens of the output's vocabulary and "
                             "are not used", st.name.span,
-                            'rows beyond a tokenizer are padding; `set vocab = "union"` '
-                            "keeps every input's tokens")
+                            "tokens of other models than the one `set vocab` names, and "
+                            "rows past a tokenizer's last token (padding), are not used; "
+                            '`set vocab = "union"` keeps every model\'s tokens')
     return plan
 
 
