@@ -574,6 +574,11 @@ ERRORS: dict[str, tuple[str, str]] = {
              "so it needs another fill: `\"others\"` (the default: the mean of the rows the "
              "other inputs have), `\"zero\"` or `\"mean\"` (the mean of the input's own "
              "rows)."),
+    "W315": ("a vocabulary setting without `set vocab`",
+             "`set vocab_fill` and `set pad_to_multiple_of` say how the rows of the output "
+             "vocabulary chosen by `set vocab` are made; without `set vocab` the inputs are "
+             "read as stored and these settings change nothing. Example: `set "
+             "pad_to_multiple_of = 64` alone does not pad a model's embeddings."),
     "E321": ("`set vocab` with an adapter or mixture-of-experts output",
              "`set vocab` changes the rows of the inputs' embeddings and heads and writes a "
              "tokenizer for dense model outputs. Outputs written as a LoRA adapter "

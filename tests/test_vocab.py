@@ -247,3 +247,12 @@ def test_adapter_output_with_set_vocab_is_e321(tmp_path, models):
     assert (d.code, d.message) == (
         "E321", "`set vocab` is not supported for output `m`: a LoRA adapter is built on "
                 "one model's vocabulary")
+
+
+def test_padding_without_set_vocab_is_w315(tmp_path, models):
+    p = tmp_path / "r.merge"
+    p.write_text(f'set pad_to_multiple_of = 64\nmodel base = "{models / "base"}"\n'
+                 "output m = linear(base, base)\n")
+    [w] = api.check(p).warnings
+    assert (w.code, w.message, w.span.line) == (
+        "W315", "`set pad_to_multiple_of` has no effect without `set vocab`", 1)

@@ -24,7 +24,8 @@ from mergec.check.program import ERROR, CExpr, CheckedProgram, CStats, Output
 from mergec.check.report import Reporter
 from mergec.check.scope import Const, Scope
 from mergec.check.settings import Params, SetStatements, heads_setting
-from mergec.check.vocab import caching_loader, open_models, plan_vocabulary, vocab_request
+from mergec.check.vocab import (caching_loader, open_models, plan_vocabulary,
+                                unused_vocab_settings, vocab_request)
 from mergec.check.stats import StatsLoader, read_stats
 from mergec.check.walk import depth
 from mergec.check.wheres import apply_wheres
@@ -122,6 +123,8 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                     outputs.append(out)
         scope.bind(name, value, st.name.span)
     params.check_overrides_used(stmts)
+    if vreq is None:
+        unused_vocab_settings(report, stmts)
     if vreq is not None and vocab is None:  # `set vocab` failed (reported): no E305 too
         report.errors = [d for d in report.errors if d.code != "E305"]
     if not outputs and not any(d.severity == "error" for d in report.errors):

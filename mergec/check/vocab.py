@@ -42,6 +42,16 @@ def vocab_request(statements) -> VocabRequest | None:
                         fill.span if fill is not None else v.span, multiple)
 
 
+def unused_vocab_settings(report: Reporter, statements) -> None:
+    """W315 for `set vocab_fill` or `set pad_to_multiple_of` in a recipe without
+    `set vocab`, where they change nothing."""
+    for st in statements:
+        if isinstance(st, ast.SetStmt) and st.name.name in ("vocab_fill", "pad_to_multiple_of"):
+            report.warn("W315", f"`set {st.name.name}` has no effect without `set vocab`",
+                        st.name.span, 'add `set vocab = "union"` (or the name of a model), '
+                        "or remove this line")
+
+
 def plan_vocabulary(report: Reporter, statements, opened: dict, req: VocabRequest):
     """The output vocabulary (mergec.io.vocab.VocabPlan) of the recipe's models, opened in
     `opened` (name -> checkpoint; a model that could not be opened is not there and is
