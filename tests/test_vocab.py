@@ -256,3 +256,11 @@ def test_padding_without_set_vocab_is_w315(tmp_path, models):
     [w] = api.check(p).warnings
     assert (w.code, w.message, w.span.line) == (
         "W315", "`set pad_to_multiple_of` has no effect without `set vocab`", 1)
+
+
+def test_plan_says_the_vocabulary(tmp_path, models, run_cli):
+    r = _recipe(tmp_path, models, 'set vocab = "union"\nset pad_to_multiple_of = 8\n')
+    code, out, err = run_cli("plan", r)
+    assert code == 0, err
+    assert "  vocabulary     union: 103 tokens, 104 rows (fill: others)\n" in out
+    assert "tokenizer.json, tokenizer_config.json" in out
