@@ -268,6 +268,10 @@ def _print_plan(compiled, show_ir: Optional[str]) -> None:
         if op.files:
             _say(f"  files          {', '.join(op.files)}")
         lo = next(x for x in compiled.lowered if x.output.name == op.output)
+        v = lo.output.vocab
+        if v is not None:  # `set vocab`
+            _say(f"  vocabulary     {v.mode}: {len(v.tokens)} tokens, {v.size} rows "
+                 f"(fill: {v.fill})")
         done = [f"{r.name}: " + "; ".join(r.changes) for r in lo.reports if r.changes]
         if done:
             _say("  passes         " + "\n                 ".join(done))

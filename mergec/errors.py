@@ -92,7 +92,7 @@ ERRORS: dict[str, tuple[str, str]] = {
              "of the inputs. Give a single value to use it for every input."),
     "E211": ("unknown setting",
              "`set` takes: seed, backend, device, shard_size, max_memory, allow_nonfinite, "
-             "heads."),
+             "heads, vocab, vocab_fill, pad_to_multiple_of."),
     "E212": ("`--set` of an unknown param",
              "`--set name=value` overrides a `param` declared in the recipe. The recipe has "
              "no param of that name; declare it with `param name = default`."),
@@ -561,6 +561,54 @@ ERRORS: dict[str, tuple[str, str]] = {
              "head of its own is read without it, and outputs tie their head to their "
              "embeddings. The warning names each input changed; it is there so the choice "
              "is visible in every check and build."),
+    "E317": ("a tokenizer with more tokens than the embedding has rows",
+             "With `set vocab`, every model's tokens are read from its tokenizer.json and "
+             "matched by their text; a token id must be a row of the model's embedding and "
+             "head. A tokenizer whose ids reach past those rows belongs to another model "
+             "(for example a fine-tune's tokenizer, with `<|im_start|>` added, saved beside "
+             "the base's weights). Checked on the headers, before any weight is read."),
+    "E318": ("no tokenizer.json for `set vocab`",
+             "`set vocab` matches the models' tokens by their text, so every model needs a "
+             "fast tokenizer file, `tokenizer.json`, that the `tokenizers` library reads. "
+             "A model with only a slow tokenizer (`vocab.txt`, `tokenizer.model`) can be "
+             "given one with transformers: `AutoTokenizer.from_pretrained(path)"
+             ".save_pretrained(path)`."),
+    "E319": ("`set vocab` names no model",
+             "`set vocab` takes `\"union\"` (the tokens of every model) or the name of a "
+             "`model` statement whose vocabulary the outputs have: `set vocab = \"base\"`. "
+             "The help line suggests the closest name."),
+    "E320": ("`vocab_fill = \"base\"` with a union",
+             "`set vocab_fill = \"base\"` reads the rows of the tokens an input lacks from "
+             "the model named by `set vocab`. A union has tokens that no single model has, "
+             "so it needs another fill: `\"others\"` (the default: the mean of the rows the "
+             "other inputs have), `\"zero\"` or `\"mean\"` (the mean of the input's own "
+             "rows)."),
+    "W315": ("a vocabulary setting without `set vocab`",
+             "`set vocab_fill` and `set pad_to_multiple_of` say how the rows of the output "
+             "vocabulary chosen by `set vocab` are made; without `set vocab` the inputs are "
+             "read as stored and these settings change nothing. Example: `set "
+             "pad_to_multiple_of = 64` alone does not pad a model's embeddings."),
+    "E321": ("`set vocab` with an adapter or mixture-of-experts output",
+             "`set vocab` changes the rows of the inputs' embeddings and heads and writes a "
+             "tokenizer for dense model outputs. Outputs written as a LoRA adapter "
+             "(`lowrank(...)`) or a mixture of experts (`moe(...)`) are built on one "
+             "model's vocabulary, so they cannot be in a recipe with `set vocab`: merge the "
+             "vocabularies in one recipe, then build the adapter or the mixture from that "
+             "output in another."),
+    "W313": ("an input lacks some of the output's tokens",
+             "With `set vocab`, an input's embedding and head are read with one row per "
+             "output token. For a token the input lacks, the row is a fill, as `set "
+             "vocab_fill` says: the mean of the other inputs' rows for that token (the "
+             "default, `\"others\"`: a token only one input has then keeps that input's row "
+             "under linear, task-vector and interpolating merges), zeros, the mean of the "
+             "input's own rows, or the row of the model `set vocab` names. The warning "
+             "counts the tokens filled, per input."),
+    "W314": ("embedding rows not in the output's vocabulary",
+             "With `set vocab = \"NAME\"`, the tokens other inputs have and NAME lacks are "
+             "not in the output, and their rows are not used; rows past an input's "
+             "tokenizer (a vocabulary padded to a multiple of 64) are padding and are not "
+             "used either. `set vocab = \"union\"` keeps every token; `set "
+             "pad_to_multiple_of` pads the output again (with zero rows)."),
     "E501": ("recipe file not found",
              "The recipe path given on the command line does not exist or cannot be read. "
              "It must be a regular file of UTF-8 text: a device, a pipe or a folder is "

@@ -54,6 +54,15 @@ def ray_executor(**kw):
 
 
 @pytest.mark.ray
+def test_vocabulary_union_on_ray_is_bit_identical(ray_instance, demo):
+    """Workers read the inputs' embeddings with the output's rows, as the driver does."""
+    shutil.copy(ROOT / "recipes" / "vocabulary.merge", demo / "vocabulary.merge")
+    [local] = mergec.build(demo / "vocabulary.merge", demo / "local", jobs=1)
+    mergec.build(demo / "vocabulary.merge", demo / "ray", executor=ray_executor())
+    assert files(demo / "ray" / local.output) == files(local.path)
+
+
+@pytest.mark.ray
 def test_demo_recipe_on_ray_is_bit_identical(ray_instance, demo):
     local = mergec.build(demo / "demo.merge", demo / "local", jobs=1)
     seen = []

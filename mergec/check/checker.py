@@ -24,6 +24,8 @@ from mergec.check.program import ERROR, CExpr, CheckedProgram, CStats, Output
 from mergec.check.report import Reporter
 from mergec.check.scope import Const, Scope
 from mergec.check.settings import Params, SetStatements, heads_setting
+from mergec.check.vocab import (caching_loader, open_models, plan_vocabulary,
+                                unused_vocab_settings, vocab_request)
 from mergec.check.stats import StatsLoader, read_stats
 from mergec.check.walk import depth
 from mergec.check.wheres import apply_wheres
@@ -61,6 +63,12 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
     outputs: list[Output] = []
     depths: dict[int, int] = {}  # checked node id -> depth, shared by the statements
     heads = heads_setting(stmts)
+    vocab = None
+    vreq = vocab_request(stmts)
+    if vreq is not None:
+        opened, by_source = open_models(stmts, loader, base_dir)
+        loader = caching_loader(loader, by_source)
+        vocab = plan_vocabulary(report, stmts, opened, vreq)
     for st in stmts:
         name = st.name.name
         if isinstance(st, ast.SetStmt):
@@ -73,7 +81,7 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
                          (Label(first.span, "first defined here"),))
             continue
         if isinstance(st, (ast.ModelStmt, ast.AdapterStmt)):
-            value = (read_model(report, st, loader, base_dir, heads)
+            value = (read_model(report, st, loader, base_dir, heads, vocab)
                      if isinstance(st, ast.ModelStmt)
                      else read_adapter(report, st, adapter_loader, base_dir))
             if value.kind != ERROR:
@@ -87,7 +95,13 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
         elif isinstance(st, ast.OutputStmt) and (is_lowrank(st.expr) or is_moe(st.expr)):
             value, out = (check_lowrank_output if is_lowrank(st.expr) else
                           check_moe_output)(exprs, st)
-            if out is not None:
+            if out is not None and vreq is not None:
+                report.error("E321", f"`set vocab` is not supported for output `{name}`: "
+                             f"{'a LoRA adapter' if is_lowrank(st.expr) else 'a mixture of experts'}"
+                             " is built on one model's vocabulary", st.name.span,
+                             "build it in a recipe without `set vocab`, from a model merged "
+                             "with `set vocab` first")
+            elif out is not None:
                 outputs.append(out)
         else:
             value = _tensor_statement(exprs, st)
@@ -102,9 +116,17 @@ def check_program(program: ast.Program, *, overrides: dict[str, str] | None = No
             if isinstance(st, ast.OutputStmt):
                 out = check_output(exprs, st, value)
                 if out is not None:
-                    outputs.append(dataclasses.replace(out, tie=heads) if heads else out)
+                    if heads:
+                        out = dataclasses.replace(out, tie=heads)
+                    if vocab is not None:
+                        out = dataclasses.replace(out, vocab=vocab)
+                    outputs.append(out)
         scope.bind(name, value, st.name.span)
     params.check_overrides_used(stmts)
+    if vreq is None:
+        unused_vocab_settings(report, stmts)
+    if vreq is not None and vocab is None:  # `set vocab` failed (reported): no E305 too
+        report.errors = [d for d in report.errors if d.code != "E305"]
     if not outputs and not any(d.severity == "error" for d in report.errors):
         report.error("E224", "the recipe has no `output`", None,
                      "add a statement such as `output merged = linear(a, b)`")

@@ -17,14 +17,18 @@ InputLoader = Callable[[str, Path], Any]
 
 
 def read_model(report: Reporter, st: ast.ModelStmt, loader: InputLoader,
-               base_dir: Path, heads: str | None = None) -> CExpr:
+               base_dir: Path, heads: str | None = None, vocab=None) -> CExpr:
     """The input of a `model` statement; `heads` ("untie" or "tie", `set heads`) gives a
-    tied model a head of its own, or drops an untied model's head."""
+    tied model a head of its own, or drops an untied model's head; `vocab` (the plan of
+    `set vocab`, mergec.io.vocab.VocabPlan) gives its embeddings the output's rows."""
     try:
         ckpt = loader(st.source.value, base_dir)
     except CheckpointError as e:
         report.add(e.to_diagnostic(st.source.span))
         return CExpr(ERROR, st.span)
+    if vocab is not None and st.name.name in vocab.vocabs:
+        from mergec.io.vocab import VocabView
+        ckpt = VocabView(ckpt, st.name.name, vocab)
     tensors = {n: TensorMeta(tuple(t.shape), t.dtype) for n, t in ckpt.tensors.items()}
     problem = arch.layer_count_problem(ckpt.config, tensors)
     if problem is not None:

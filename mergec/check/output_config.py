@@ -37,6 +37,10 @@ def derive_output_config(out: Output) -> dict | None:
     pair = arch.head_pair(out.expr.tensors or {}) if out.tie else None
     if pair is not None:  # `set heads`: the config says whether the head is tied
         derived["tie_word_embeddings"] = pair[1] not in out.expr.tensors
+    if out.vocab is not None:  # `set vocab`: the output's rows
+        for holder in (derived, derived.get("text_config")):
+            if isinstance(holder, dict) and "vocab_size" in holder:
+                holder["vocab_size"] = out.vocab.size
     return derived
 
 

@@ -234,6 +234,8 @@ class Output:
     files_from: CInput | None = None
     #: the choice for inputs with and without a tied output head: "tie", "untie" or None
     tie: str | None = None
+    #: the output vocabulary of `set vocab` (mergec.io.vocab.VocabPlan), or None
+    vocab: Any = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ SETTINGS = {
     "max_memory": 'a size such as "8GB"',
     "allow_nonfinite": "true or false",
     "heads": '"untie" or "tie"',
+    "vocab": '"union" or the name of a model',
+    "vocab_fill": '"others", "zero", "mean" or "base"',
+    "pad_to_multiple_of": "a whole number >= 1",
 }
 _SETTING_HELP = {
     "seed": "for example `set seed = 42`; it seeds every random method, per tensor",
@@ -35,6 +38,11 @@ _SETTING_HELP = {
     "allow_nonfinite": "`set allow_nonfinite = true` writes NaN and infinite values a merge "
                        "produces instead of stopping",
     "heads": 'for example `set heads = "untie"` (tied inputs get a head of their own)',
+    "vocab": 'for example `set vocab = "union"` (every input\'s tokens) or '
+             '`set vocab = "base"` (the tokens of model `base`)',
+    "vocab_fill": 'for example `set vocab_fill = "zero"`: the rows of tokens an input lacks',
+    "pad_to_multiple_of": "for example `set pad_to_multiple_of = 64`: the output's "
+                          "embedding rows, rounded up",
 }
 
 
@@ -79,6 +87,12 @@ class SetStatements:
             ok = v.kind == BOOL
         elif name == "heads":
             ok = val in ("untie", "tie")
+        elif name == "vocab":
+            ok = v.kind == STRING
+        elif name == "vocab_fill":
+            ok = val in ("others", "zero", "mean", "base")
+        elif name == "pad_to_multiple_of":
+            ok = v.kind == NUMBER and float(val).is_integer() and val >= 1
         elif name in ("shard_size", "max_memory"):
             try:
                 val = parse_size(str(val)) if v.kind in (STRING, NUMBER) else None
@@ -90,7 +104,7 @@ class SetStatements:
             self.report.error("E208", f"`set {name}` expects {SETTINGS[name]}, found "
                               f"{found}", st.value.span, _SETTING_HELP[name])
             return
-        self.values[name] = int(val) if name == "seed" else val
+        self.values[name] = int(val) if name in ("seed", "pad_to_multiple_of") else val
 
     def settings(self) -> Settings:
         s = self.values

@@ -82,6 +82,8 @@ def output_key(keys: dict[str, str], lo, checked) -> str:
     if out.tokenizer_from is not None and out.tokenizer_from.checkpoint is not None:
         for f in hf_files.carry_over_files(out.tokenizer_from.checkpoint.root):
             h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    if out.vocab is not None:
+        h.update(out.vocab.tokenizer_json().encode())
     try:
         h.update(model_card(lo, checked).encode())
     except Exception:  # noqa: BLE001 - an unreadable input: the build reports it

@@ -20,7 +20,8 @@ def carried_files(out) -> list[tuple[str, Path]]:
     processor configs, sentence-transformers modules) of its `files` input."""
     found: list[tuple[str, Path]] = []
     if out.tokenizer_from is not None and out.tokenizer_from.checkpoint is not None:
-        found += [(f.name, f) for f in hf_files.tokenizer_files(out.tokenizer_from.checkpoint.root)]
+        found += [(f.name, f) for f in hf_files.tokenizer_files(out.tokenizer_from.checkpoint.root)
+                  if out.vocab is None or f.name not in VOCAB_WRITTEN + VOCAB_DROPPED]
     src = out.files_from
     if src is not None and src.checkpoint is not None:
         names = {n for n, _ in found}
@@ -28,10 +29,19 @@ def carried_files(out) -> list[tuple[str, Path]]:
     return found
 
 
+#: with `set vocab`, the tokenizer files mergec writes for the output's vocabulary, and
+#: those of the tokenizer input it does not carry (slow tokenizers' vocabularies, which
+#: would disagree with tokenizer.json)
+VOCAB_WRITTEN = ("tokenizer.json", "tokenizer_config.json")
+VOCAB_DROPPED = ("tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                 "spiece.model", "vocab.txt")
+
+
 def file_names(lo: LoweredOutput) -> list[str]:
     """The files written beside the tensors, in order."""
     out = lo.output
     names = ["config.json"] if derive_output_config(out) is not None else []
+    names += list(VOCAB_WRITTEN) if out.vocab is not None else []
     return names + [n for n, _ in carried_files(out)] + ["README.md"]
 
 
@@ -45,6 +55,13 @@ def write_files(writer, lo: LoweredOutput, checked: CheckedProgram,
     cfg = derive_output_config(out)
     if cfg is not None:
         writer.add_file("config.json", json.dumps(cfg, indent=2) + "\n")
+    if out.vocab is not None:  # `set vocab`: the output's own tokenizer
+        from mergec.io.vocab import tokenizer_config
+
+        src = out.tokenizer_from.checkpoint.root if out.tokenizer_from is not None and \
+            out.tokenizer_from.checkpoint is not None else None
+        writer.add_file("tokenizer.json", out.vocab.tokenizer_json())
+        writer.add_file("tokenizer_config.json", tokenizer_config(out.vocab, src))
     folders = {name.rsplit("/", 1)[0] for name in merged}
     for name, path in carried_files(out):
         folder, _, base = name.rpartition("/")

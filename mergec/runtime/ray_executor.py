@@ -180,6 +180,11 @@ def _input_specs(checked) -> dict:
         src = checked.source(name)
         kind = "adapter" if hasattr(inp, "adapter") else "model"
         specs[name] = (kind, str(src.root), getattr(src, "ref", None), src.fingerprint())
+    plans = {}  # `set vocab`: one plan, read through by every input's view
+    for name in checked.inputs:
+        plan = getattr(checked.source(name), "vocab_plan", None)
+        if plan is not None:
+            specs[name] += (plans.setdefault(id(plan), plan.portable()),)
     return specs
 
 
@@ -226,7 +231,22 @@ class WorkerInputs:
         self.settings = settings if settings is not None else Settings()
 
     def source(self, name: str):
-        kind, root, ref, fingerprint = self.specs[name]
+        kind, root, ref, fingerprint, *vocab = self.specs[name]
+        if vocab:  # `set vocab`: the input's embeddings with the output's rows
+            return self._vocab_view(name, vocab[0])
+        return self._open(kind, root, ref, fingerprint)
+
+    def _vocab_view(self, name: str, plan):
+        from mergec.io.vocab import VocabView
+
+        view = plan.views.get(name)
+        if view is None:
+            plan.opener = self.source
+            kind, root, ref, fingerprint, _ = self.specs[name]
+            view = VocabView(self._open(kind, root, ref, fingerprint), name, plan)
+        return view
+
+    def _open(self, kind, root, ref, fingerprint):
         key = (kind, root, fingerprint)
         opened = _OPENED.get(key)
         if opened is None:
