@@ -19,6 +19,9 @@ def _configs():
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM, dict(llama, sliding_window=8)),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(llama, tie_word_embeddings=False)),
         "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(llama, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+        "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM,
+                    dict(llama, num_local_experts=2, num_experts_per_tok=1)),
+        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, dict(llama, head_dim=8)),
         "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM,
                    dict(llama, head_dim=8, sliding_window=8,
                         layer_types=["sliding_attention", "full_attention"] * 2)),
@@ -30,6 +33,11 @@ def _configs():
                           tie_word_embeddings=False)),
         "bert": (tf.BertConfig, tf.BertForMaskedLM,
                  dict(TINY, num_hidden_layers=4, max_position_embeddings=64)),
+        "roberta": (tf.RobertaConfig, tf.RobertaForMaskedLM,
+                    dict(TINY, num_hidden_layers=4, max_position_embeddings=72, pad_token_id=1)),
+        "vit": (tf.ViTConfig, tf.ViTForImageClassification,
+                dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                     num_hidden_layers=4, image_size=8, patch_size=4, num_labels=3)),
         "t5": (tf.T5Config, tf.T5ForConditionalGeneration,
                dict(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_layers=3,
                     num_decoder_layers=2, vocab_size=64, decoder_start_token_id=0,
@@ -59,8 +67,8 @@ def _configs():
     }
 
 
-KINDS = ("llama", "llama_tied", "mistral", "qwen2", "phi3", "gemma2", "gpt2", "gpt_neox",
-         "bert", "t5", "whisper", "clip", "llava")
+KINDS = ("llama", "llama_tied", "mistral", "mixtral", "qwen2", "phi3", "gemma", "gemma2",
+         "gpt2", "gpt_neox", "bert", "roberta", "vit", "t5", "whisper", "clip", "llava")
 
 
 def make_model(kind: str, root: Path, seed: int) -> Path:
@@ -90,6 +98,9 @@ def example_inputs(kind: str) -> dict:
     if kind == "clip":
         g = torch.Generator().manual_seed(0)
         return {"input_ids": ids, "pixel_values": torch.randn(1, 3, 8, 8, generator=g)}
+    if kind == "vit":
+        g = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.randn(1, 3, 8, 8, generator=g)}
     if kind == "llava":  # 4 image tokens: the 2x2 patches of an 8x8 image
         g = torch.Generator().manual_seed(0)
         return {"input_ids": torch.tensor([[1, 63, 63, 63, 63, 5, 9]]),

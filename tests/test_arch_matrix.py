@@ -15,8 +15,8 @@ from mergec.diagnostics import MergecError
 
 pytestmark = [pytest.mark.torch, pytest.mark.transformers]
 
-KINDS = ("llama", "llama_tied", "mistral", "qwen2", "phi3", "gemma2", "gpt2", "gpt_neox",
-         "bert", "t5", "whisper", "clip", "llava")
+KINDS = ("llama", "llama_tied", "mistral", "mixtral", "qwen2", "phi3", "gemma", "gemma2",
+         "gpt2", "gpt_neox", "bert", "roberta", "vit", "t5", "whisper", "clip", "llava")
 
 #: a stack recipe per architecture, and the config values it must give
 STACKS = {
@@ -34,6 +34,8 @@ STACKS = {
     "llava": ("stack(a.decoder.layers[0:2], b.decoder.layers[1:4], a.vision.layers[0:2])",
               {"text_config.num_hidden_layers": 5, "vision_config.num_hidden_layers": 2}),
     "bert": ("stack(a.layers[0:1], b.layers[1:4])", {"num_hidden_layers": 4}),
+    "roberta": ("stack(a.layers[0:1], b.layers[1:4])", {"num_hidden_layers": 4}),
+    "vit": ("stack(a.layers[0:3], b.layers[3:4])", {"num_hidden_layers": 4}),
 }
 DEFAULT_STACK = ("stack(a.layers[0:3], b.layers[1:4])", {"num_hidden_layers": 6})
 
