@@ -6,19 +6,19 @@ the part of docs/quality.md between ``<!-- hard:begin -->`` and ``<!-- hard:end 
 docs/img/quality_hard.png.
 
 Every task labels the *same* generated sentences, "the fox was chased by the nurse
-twenty three times", by a different rule. Four of the tasks share one label set,
-{person, animal}, and ask it about different nouns of the sentence:
+twenty three times", by a different rule, and every label set is a yes/no:
 
-* ``first``   - is the first-named noun an animal;
-* ``second``  - is the second-named noun an animal;
-* ``doer``    - is the one who did it an animal (voice decides which noun that is);
-* ``target``  - is the one it was done to an animal;
-* ``voice``   - is the sentence passive;
-* ``parity``  - is the number of times odd.
+* ``doer``         - is the one who did it an animal (the voice decides which noun that is);
+* ``target``       - is the one it was done to an animal;
+* ``same``         - are both nouns of the same kind (two people or two animals);
+* ``parity``       - is the number of times odd;
+* ``voice_parity`` - odd in an active sentence, even in a passive one;
+* ``doer_parity``  - odd when an animal did it, even when a person did.
 
-A fine-tune for ``first`` and one for ``doer`` must read the same words to opposite ends in
-half of the sentences, so their task vectors pull the shared encoder apart: this is the
-interference the 4-task experiment lacks.
+The rules read the same few words (the two nouns, "was ... by", the last digit) and combine
+them differently, several as exclusive-ors that no linear probe on the pretrained sentence
+embedding can read. A fine-tune for one rule moves the shared encoder in ways the others
+must undo: this is the interference the 4-task experiment lacks.
 
 Protocol as in run.py (frozen linear-probe heads, whole encoder fine-tuned per task and
 seed, merged encoders read by each task's head), plus the statistics of the data-aware
@@ -65,10 +65,11 @@ _ACTIONS = (("chased", "chased"), ("bit", "bitten"), ("pushed", "pushed"), ("kic
             ("found", "found"), ("watched", "watched"), ("attacked", "attacked"),
             ("ignored", "ignored"), ("fed", "fed"), ("hurt", "hurt"))
 
-HARD_TASKS: tuple[str, ...] = ("first", "second", "doer", "target", "voice", "parity")
-CLASSES = {"first": ("person", "animal"), "second": ("person", "animal"),
-           "doer": ("person", "animal"), "target": ("person", "animal"),
-           "voice": ("active", "passive"), "parity": ("even", "odd")}
+HARD_TASKS: tuple[str, ...] = ("doer", "target", "same", "parity", "voice_parity",
+                               "doer_parity")
+CLASSES = {"doer": ("person", "animal"), "target": ("person", "animal"),
+           "same": ("different", "same"), "parity": ("even", "odd"),
+           "voice_parity": ("no", "yes"), "doer_parity": ("no", "yes")}
 
 
 def _sentence(rng: random.Random) -> tuple[str, dict[str, int]]:
@@ -85,8 +86,10 @@ def _sentence(rng: random.Random) -> tuple[str, dict[str, int]]:
     else:
         text = f"the {a} {active} the {b} {times} times"
         doer, target = a_animal, b_animal
-    labels = {"first": int(a_animal), "second": int(b_animal), "doer": int(doer),
-              "target": int(target), "voice": int(is_passive), "parity": n % 2}
+    odd = n % 2 == 1
+    labels = {"doer": int(doer), "target": int(target), "same": int(a_animal == b_animal),
+              "parity": int(odd), "voice_parity": int(odd != is_passive),
+              "doer_parity": int(odd == doer)}
     return text, labels
 
 
@@ -124,7 +127,7 @@ class HardConfig(Config):
 
 
 def hard_config(smoke: bool) -> Config:
-    cfg = HardConfig(tasks=HARD_TASKS, n_train=384, n_val=96, n_test=200, max_len=24,
+    cfg = HardConfig(tasks=HARD_TASKS, n_train=512, n_val=96, n_test=200, max_len=24,
                  finetune=tr.FinetuneConfig(lr=2e-4, epochs=3, batch_size=32), epochs=(),
                  paint_task="", paint_alphas=())
     if smoke:
