@@ -12,8 +12,9 @@ twenty three times", by a different rule, and every label set is a yes/no:
 * ``target``       - is the one it was done to an animal;
 * ``same``         - are both nouns of the same kind (two people or two animals);
 * ``parity``       - is the number of times odd;
-* ``voice_parity`` - odd in an active sentence, even in a passive one;
-* ``doer_parity``  - odd when an animal did it, even when a person did.
+* ``first_voice``  - the first noun is an animal in an active sentence, a person in a passive
+  one (first noun XOR passive);
+* ``second_voice`` - the same for the second noun.
 
 The rules read the same few words (the two nouns, "was ... by", the last digit) and combine
 them differently, several as exclusive-ors that no linear probe on the pretrained sentence
@@ -65,11 +66,11 @@ _ACTIONS = (("chased", "chased"), ("bit", "bitten"), ("pushed", "pushed"), ("kic
             ("found", "found"), ("watched", "watched"), ("attacked", "attacked"),
             ("ignored", "ignored"), ("fed", "fed"), ("hurt", "hurt"))
 
-HARD_TASKS: tuple[str, ...] = ("doer", "target", "same", "parity", "voice_parity",
-                               "doer_parity")
+HARD_TASKS: tuple[str, ...] = ("doer", "target", "same", "parity", "first_voice",
+                               "second_voice")
 CLASSES = {"doer": ("person", "animal"), "target": ("person", "animal"),
            "same": ("different", "same"), "parity": ("even", "odd"),
-           "voice_parity": ("no", "yes"), "doer_parity": ("no", "yes")}
+           "first_voice": ("no", "yes"), "second_voice": ("no", "yes")}
 
 
 def _sentence(rng: random.Random) -> tuple[str, dict[str, int]]:
@@ -88,8 +89,8 @@ def _sentence(rng: random.Random) -> tuple[str, dict[str, int]]:
         doer, target = a_animal, b_animal
     odd = n % 2 == 1
     labels = {"doer": int(doer), "target": int(target), "same": int(a_animal == b_animal),
-              "parity": int(odd), "voice_parity": int(odd != is_passive),
-              "doer_parity": int(odd == doer)}
+              "parity": int(odd), "first_voice": int(a_animal != is_passive),
+              "second_voice": int(b_animal != is_passive)}
     return text, labels
 
 
