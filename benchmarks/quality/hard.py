@@ -167,7 +167,8 @@ HARD_METHODS: tuple[tuple[HardMethod, str], ...] = (
      "fisher({inputs}, stats=[{fisher}], fallback=linear({inputs}))"),
     (HardMethod("regmean", "RegMean", "regmean", {"reduce": (0.9,)}),
      "regmean({inputs}, stats=[{gram}], reduce=reduce, fallback=linear({inputs}))"),
-    # Last and one setting: mergec's tsv takes about 3 minutes per output here (6 inputs).
+    # Last and one setting: mergec's tsv took 250 s for the three outputs here (6 inputs each),
+    # more than all the other methods' builds together.
     (HardMethod("tsv", "TSV-Merge", "tsv", {"lam": (0.6,)}),
      "tsv({inputs}, base=base, lambda=lam)"),
 )
