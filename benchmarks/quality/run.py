@@ -458,11 +458,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not write docs/img/*.png and the generated part of docs/quality.md")
     ap.add_argument("--smoke", action="store_true",
                     help="a tiny run to test the pipeline (tiny data, 2 grid points per method)")
+    ap.add_argument("--hard", action="store_true",
+                    help="the harder experiment instead: six tasks on the same sentences "
+                         "(hard.py; benchmarks/work/quality_hard/)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("QUALITY_THREADS", 2)))
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the mergec subprocesses
+    if args.hard:
+        import hard
+
+        return hard.main(args)
     if args.clean and WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True, exist_ok=True)
