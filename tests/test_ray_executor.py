@@ -154,6 +154,14 @@ def test_cli_joins_the_running_instance(ray_instance, demo, run_cli):
     assert files(demo / "ray" / "math_code") == files(demo / "local" / "math_code")
 
 
+def _driver(script: str) -> subprocess.Popen:
+    """A build driver in its own Python process (this checkout first on its path)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    return subprocess.Popen([sys.executable, "-c", script], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytest.mark.ray
 def test_a_killed_driver_leaves_no_output(ray_instance, demo):
     script = textwrap.dedent(f"""
@@ -166,10 +174,7 @@ def test_a_killed_driver_leaves_no_output(ray_instance, demo):
         mergec.build({str(demo / "demo.merge")!r}, {str(demo / "ray")!r},
                      executor=RayExecutor(address="auto", before_task=slow))
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _driver(script)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (
@@ -248,10 +253,7 @@ def test_a_build_whose_driver_was_killed_resumes_from_the_finished_tensors(ray_i
         mergec.build({str(demo / "demo.merge")!r}, {str(demo / "ray")!r},
                      executor=RayExecutor(address="auto", before_task=third_and_later_hang))
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _driver(script)
     try:
         deadline = time.monotonic() + 90
         journal = []
