@@ -11,6 +11,11 @@ Everything is written into a temporary folder beside the target
 atomic). Nothing appears at the target path until ``commit()``; an error or ``abort()``
 removes the temporary folder. Leftover temporary folders of dead processes are removed
 by ``cleanup_stale_temps`` (called by the constructor).
+
+``commit()`` fsyncs every file before the rename. So that it does not wait for the whole
+output to reach the disk at the end, each large write also asks the kernel to start
+writing it back at once (Linux ``sync_file_range``, see :func:`start_writeback`): the disk
+works while the next tensors are computed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +43,33 @@ INDEX_FILE = "model.safetensors.index.json"
 _TMP_TAG = ".mergec-tmp-"
 _OLD_TAG = ".mergec-old-"
 _RESERVED = {SINGLE_FILE, INDEX_FILE}
+
+
+#: writes at least this large start their write-back at once (:func:`start_writeback`)
+WRITEBACK_MIN_BYTES = 1 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+_writeback: list = []  # [libc's sync_file_range, or None where there is none], once looked up
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing ``nbytes`` at ``offset`` of ``fd`` to the disk now,
+    without waiting for it (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux only). It
+    changes nothing that a reader sees; it only shortens the final fsync. Elsewhere, or if
+    the call fails, the write-back is left to the fsync."""
+    if not _writeback:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range  # this process's libc
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                fn = None
+        _writeback.append(fn)
+    fn = _writeback[0]
+    if fn is not None:
+        fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # a failure only means no head start
 
 
 def shard_file_name(index: int, count: int) -> str:
@@ -329,6 +362,8 @@ class OutputWriter:
             if n <= 0:  # pragma: no cover
                 raise OSError(f"short write to {path}")
             done += n
+        if total >= WRITEBACK_MIN_BYTES:
+            start_writeback(fd, offset, total)
 
     # -- public API
     @property
