@@ -292,3 +292,26 @@ def test_counting_rules():
     assert breadcrumbs_counts(1.0, 0.0, 9) == (0, 9)
     assert breadcrumbs_counts(0.9, 0.9, 1) == (0, 1)
     assert breadcrumbs_counts(0.9, 0.2, 10) == (2, 8)
+
+
+@pytest.mark.parametrize("shape", [(37, 19), (4, 3, 5), (11,), ()])
+def test_row_partials_match_the_shared_rule(be, shape):
+    """gram_rows / abs_rows, computed where the arrays are, give the per-row partials of
+    the shared rule (float64 sums of the float32 products) exactly, and the whole-tensor
+    gram / abs_sum64 are their totals: the same whether a pass sums them block by block."""
+    rng = np.random.default_rng(7)
+    xs = [(rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 3)).astype(np.float32)
+          for _ in range(3)]
+    dev = [be.asarray(x) for x in xs]
+    rows = B.gram_partials(xs)
+    got = be.gram_rows(dev)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, rows)
+    np.testing.assert_array_equal(be.abs_rows(dev[1]), B.abs_partials(xs[1]))
+    np.testing.assert_array_equal(be.gram(dev), B.total([rows]))
+    assert be.abs_sum64(dev[2]) == float(B.total([B.abs_partials(xs[2])]))
+    if len(shape) >= 2:  # summed over two blocks of rows: the same totals
+        cut = shape[0] // 3
+        halves = [be.gram_rows([be.asarray(x[:cut]) for x in xs]),
+                  be.gram_rows([be.asarray(x[cut:]) for x in xs])]
+        np.testing.assert_array_equal(B.total(halves), be.gram(dev))

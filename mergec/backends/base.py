@@ -20,7 +20,10 @@ backend reaches the same decisions; float64 arrays compute in float64):
   ``where(mask, a, b)``, ``keep(x, mask)`` (``where(mask, x, +0.0)``);
 * reductions, to host float64: ``sum64(x)``, ``abs_sum64(x)`` (the L1 norm), ``gram(xs)`` (the
   inner products of whole tensors), ``row_dots(a, b)`` (per row of the last axis); whole-tensor
-  sums follow :func:`total`, so they do not depend on how a tensor is split;
+  sums follow :func:`total`, so they do not depend on how a tensor is split; their per-row
+  partials ``gram_rows(xs)`` and ``abs_rows(x)`` (:func:`gram_partials`, :func:`abs_partials`)
+  are computed where the arrays are, and only they cross to the host (the passes over a
+  tensor in blocks sum them);
 * ranking: ``topk_mask(mag, k)`` (exactly the ``k`` largest, ties by lower flat index, by
   selection, never a full sort), ``rank_ascending(rows)`` (per row, 0 smallest, equal values:
   the lower index ranks higher; float32);
@@ -108,6 +111,8 @@ class ArrayOps(Protocol[T]):
     def sum64(self, x: T) -> float: ...
     def abs_sum64(self, x: T) -> float: ...
     def gram(self, xs: Sequence[T]) -> np.ndarray: ...
+    def gram_rows(self, xs: Sequence[T]) -> np.ndarray: ...
+    def abs_rows(self, x: T) -> np.ndarray: ...
     def row_dots(self, a: T, b: T) -> np.ndarray: ...
 
     # ranking, randomness, linear algebra

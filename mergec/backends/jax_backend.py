@@ -162,10 +162,14 @@ def _wsum64(xs, cs, z):
 
 
 @_kernel()
-def _gram(xs):
-    """<x_i, x_j> for i <= j (row-major upper triangle), products in float32, sums in float64."""
-    n = len(xs)
-    return jnp.stack([_sum64(xs[i] * xs[j]) for i in range(n) for j in range(i, n)])
+def _gram_rows(xs):
+    """Per row (first axis; one row for 0-D and 1-D), <x_i, x_j>: shape (rows, n, n),
+    products in float32, sums in float64."""
+    rows = [x.reshape(x.shape[0] if x.ndim >= 2 else 1, -1) for x in xs]
+    n = len(rows)
+    parts = {(i, j): _sum64(rows[i] * rows[j], 1) for i in range(n) for j in range(i, n)}
+    return jnp.stack([jnp.stack([parts[min(i, j), max(i, j)] for j in range(n)], axis=-1)
+                      for i in range(n)], axis=-2)
 
 
 @_kernel()
@@ -435,19 +439,20 @@ class JaxBackend:
         return float(jax.device_get(_sum64(x)))
 
     def abs_sum64(self, x) -> float:
-        rows = x.shape[0] if x.ndim >= 2 else 1
-        part = jnp.sum(jnp.abs(x.reshape(rows, -1).astype(jnp.float64)), axis=1)
-        return float(B.total([np.asarray(jax.device_get(part), dtype=np.float64)]))
+        return float(B.total([self.abs_rows(x)]))
 
     def gram(self, xs) -> np.ndarray:
-        n = len(xs)
-        vals = np.asarray(jax.device_get(_gram(tuple(xs))), dtype=np.float64)
-        g = np.zeros((n, n), dtype=np.float64)
-        it = iter(vals)
-        for i in range(n):
-            for j in range(i, n):
-                g[i, j] = g[j, i] = next(it)
-        return g
+        return B.total([self.gram_rows(xs)])
+
+    def gram_rows(self, xs) -> np.ndarray:
+        """Per-row partial inner products (float64 sums of the float32 products), computed
+        on the device; one (rows, n, n) array crosses to the host."""
+        return np.asarray(jax.device_get(_gram_rows(tuple(xs))), dtype=np.float64)
+
+    def abs_rows(self, x) -> np.ndarray:
+        rows = x.shape[0] if x.ndim >= 2 else 1
+        part = jnp.sum(jnp.abs(x.reshape(rows, -1).astype(jnp.float64)), axis=1)
+        return np.asarray(jax.device_get(part), dtype=np.float64)
 
     def row_dots(self, a, b) -> np.ndarray:
         return np.asarray(jax.device_get(_sum64(a * b, -1)), dtype=np.float64)

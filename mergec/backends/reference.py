@@ -213,6 +213,12 @@ class ReferenceBackend:
     def gram(self, xs) -> np.ndarray:
         return B.gram64(xs)
 
+    def gram_rows(self, xs) -> np.ndarray:
+        return B.gram_partials(xs)
+
+    def abs_rows(self, x) -> np.ndarray:
+        return B.abs_partials(x)
+
     def row_dots(self, a, b) -> np.ndarray:
         return np.sum(a * b, axis=-1, dtype=np.float64)
 

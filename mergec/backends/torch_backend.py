@@ -248,19 +248,27 @@ class TorchBackend:
         return float(torch.sum(x, dtype=torch.float64).item())
 
     def abs_sum64(self, x) -> float:
-        rows = x.shape[0] if x.dim() >= 2 else 1
-        part = x.reshape(rows, -1).to(torch.float64).abs().sum(dim=1).cpu().numpy()
-        return float(B.total([part]))
+        return float(B.total([self.abs_rows(x)]))
 
     def gram(self, xs) -> np.ndarray:
+        return B.total([self.gram_rows(xs)])
+
+    def gram_rows(self, xs) -> np.ndarray:
+        """Per-row partial inner products (float64 sums of the float32 products), computed
+        on the device; one (rows, n, n) array crosses to the host."""
         n = len(xs)
-        pairs = [(i, j) for i in range(n) for j in range(i, n)]
-        vals = torch.stack([torch.sum(xs[i] * xs[j], dtype=torch.float64)
-                            for i, j in pairs]).cpu().numpy()
-        g = np.zeros((n, n), dtype=np.float64)
-        for (i, j), v in zip(pairs, vals):
-            g[i, j] = g[j, i] = v
-        return g
+        rows = [x.reshape(x.shape[0] if x.dim() >= 2 else 1, -1) for x in xs]
+        out = torch.empty((rows[0].shape[0], n, n), dtype=torch.float64, device=rows[0].device)
+        for i in range(n):
+            for j in range(i, n):
+                part = torch.sum((rows[i] * rows[j]).to(torch.float64), dim=1)
+                out[:, i, j] = part
+                out[:, j, i] = part
+        return out.cpu().numpy()
+
+    def abs_rows(self, x) -> np.ndarray:
+        rows = x.shape[0] if x.dim() >= 2 else 1
+        return x.reshape(rows, -1).to(torch.float64).abs().sum(dim=1).cpu().numpy()
 
     def row_dots(self, a, b) -> np.ndarray:
         return torch.sum(a * b, dim=-1, dtype=torch.float64).cpu().numpy()

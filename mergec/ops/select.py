@@ -61,7 +61,16 @@ def bucket_entries(bits: np.ndarray, bucket: int) -> np.ndarray:
 
 def kth_of(vals: np.ndarray, r: int):
     """The r-th largest of an array (1 <= r <= size), by selection: repeated values (the
-    rule for real weights, on which ``numpy.partition`` is very slow) are counted."""
+    rule for real weights, on which ``numpy.partition`` is very slow) are counted — over
+    the range of the values when they are unsigned integers (bit patterns) spanning a
+    narrow range, else among the distinct values."""
+    if vals.dtype.kind == "u" and vals.size:
+        lo = vals.min()
+        span = int(vals.max()) - int(lo) + 1
+        if span <= min(1 << 22, max(16 * vals.size, 1 << 16)):  # a narrow range: count
+            counts = np.bincount(vals - lo, minlength=span)
+            at = int(np.searchsorted(np.cumsum(counts[::-1]), r))
+            return vals.dtype.type(int(lo) + span - 1 - at)
     if vals.size <= 1 << 15:
         return np.partition(vals, vals.size - r)[vals.size - r]
     uniq, counts = np.unique(vals, return_counts=True)

@@ -214,10 +214,20 @@ _WIDER_HELP = ("store the output in a wider dtype (`dtype = \"bfloat16\"` or `\"
                "in its options), or `set allow_nonfinite = true` to write them anyway")
 
 
+#: storage dtypes whose NaN and infinities are the patterns with every exponent bit set:
+#: (the same-sized unsigned type, the exponent mask); tested on the bits, which is several
+#: times faster than ``isfinite`` through ml_dtypes
+_EXPONENT_MASKS = {"bfloat16": (np.uint16, 0x7F80), "float16": (np.uint16, 0x7C00)}
+
+
 def all_finite(a: np.ndarray) -> bool:
     """Whether a computed tensor (in its storage dtype) holds no NaN or infinity."""
     if a.dtype.kind in "iub":
         return True
+    bits = _EXPONENT_MASKS.get(a.dtype.name)
+    if bits is not None and a.flags.c_contiguous:
+        u = a.view(bits[0])
+        return not bool(np.any(np.bitwise_and(u, bits[1]) == bits[1]))
     return bool(np.isfinite(a).all())
 
 

@@ -104,8 +104,8 @@ def tensor_stats(root: Node, backend, stats, blocks: Blocks, args_of: ArgsOf
 
         m = REGISTRY[n.attr("method")]
         if kind == "gram":
-            parts = blocks.map(lambda b, rows: B.gram_partials(
-                [host_f32(backend, x) for x in args(b, rows)]))
+            # the partials are computed where the values are; only they reach the host
+            parts = blocks.map(lambda b, rows: backend.gram_rows(args(b, rows)))
             ctx.put(n, "coeffs", m.gram_coefficients(params, B.total(parts)))
         elif kind == "topk":
             ctx.put(n, "trims", ties_trims(
@@ -189,12 +189,16 @@ def ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
     got = blocks.map(sample, only=picked)
     brackets = {}
     for j, i in enumerate(live):
-        smp = np.sort(np.concatenate([g[j] for g in got]))[::-1]  # descending
+        smp = np.concatenate([g[j] for g in got])
         m, p = smp.size, ks[i] / n.numel
         margin = int(4 * (m * p * (1 - p)) ** 0.5) + 2
         r = int(p * m)
-        hi = smp[r - margin] if r - margin >= 0 else np.uint32(0xFFFFFFFF)
-        lo = smp[r + margin] if r + margin < m else np.uint32(0)
+        # the (r - margin)-th and (r + margin)-th of the sample in descending order, i.e.
+        # positions m-1-(r-margin) and m-1-(r+margin) ascending: two selections, no sort
+        at = [m - 1 - q for q in (r - margin, r + margin) if 0 <= q < m]
+        sel = np.partition(smp, at) if at else smp
+        hi = sel[m - 1 - (r - margin)] if r - margin >= 0 else np.uint32(0xFFFFFFFF)
+        lo = sel[m - 1 - (r + margin)] if r + margin < m else np.uint32(0)
         brackets[i] = (hi, lo)
 
     def bracket(b, rows):
