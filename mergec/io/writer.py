@@ -46,7 +46,7 @@ _RESERVED = {SINGLE_FILE, INDEX_FILE}
 
 
 #: writes at least this large start their write-back at once (:func:`start_writeback`)
-WRITEBACK_MIN_BYTES = 1 << 20
+WRITEBACK_MIN_BYTES = 64 << 10
 _SYNC_FILE_RANGE_WRITE = 2
 _writeback: list = []  # [libc's sync_file_range, or None where there is none], once looked up
 
