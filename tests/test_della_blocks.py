@@ -101,7 +101,11 @@ def test_the_plan_splits_della_and_passes_over_blocks_for_l1(tmp_path, ckpts):
     assert all(s.passes == [] and s.rows == [] for o in whole.plan.outputs for s in o.steps)
 
 
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=pytest.mark.torch),
+                                     pytest.param("jax", marks=pytest.mark.jax)])
 def test_blocks_give_the_bytes_of_the_whole_tensor_build(tmp_path, ckpts, backend):
+    """On every backend (the whole tensor computed by the backend, the blocks' masks made
+    on the host)."""
     r = _recipe(tmp_path, ckpts)
     build(r, tmp_path / "whole", jobs=1, backend=backend)
     build(r, tmp_path / "blocks", max_memory=LIMIT, jobs=1, backend=backend)
