@@ -275,3 +275,28 @@ def test_an_input_kept_whole_gets_no_mask():
     xs = [np.ones((2, 6), np.float32), np.arange(12, dtype=np.float32).reshape(2, 6)]
     got = ranked_block(n, dict(n.attr("params")), xs, (1, 3))
     assert got[0] is None and got[1] is not None
+
+
+def test_given_masks_are_what_the_method_keeps():
+    """The method keeps exactly the entries of masks it is given (no draw), and refuses an
+    inverse or l1 rescale without the probabilities or ratios that go with them."""
+    from mergec.backends.reference import ReferenceBackend
+    from mergec.methods import run_method
+
+    x = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    mask = (x % 3 == 0)
+    params = {"density": 0.5, "epsilon": 0.1, "masks": (mask,)}
+    got = run_method(ReferenceBackend(), "della_linear", [x], {**params, "rescale": "none"}, 5)
+    np.testing.assert_array_equal(got, np.where(mask, x, 0))
+    probs = np.full((3, 4), 0.5, np.float32)
+    got = run_method(ReferenceBackend(), "della_linear", [x],
+                     {**params, "rescale": "inverse", "keep_probs": (probs,)}, 5)
+    np.testing.assert_array_equal(got, np.where(mask, 2 * x, 0))
+    got = run_method(ReferenceBackend(), "della_linear", [x],
+                     {**params, "rescale": "l1", "l1_scales": (0.25,)}, 5)
+    np.testing.assert_array_equal(got, np.where(mask, x / 4, 0))
+    for rescale, what in (("inverse", "keep probabilities"), ("l1", "L1 ratios")):
+        with pytest.raises(ValueError) as e:
+            run_method(ReferenceBackend(), "della_linear", [x], {**params, "rescale": rescale}, 5)
+        assert str(e.value) == (f"method della_linear: with given masks, rescale="
+                                f"'{rescale}' needs the whole tensor's {what}")

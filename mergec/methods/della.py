@@ -71,9 +71,11 @@ def dropped(ops, xs, p, seed, method: str) -> list:
             s = p.l1_scales[i]
             res = ops.mul(kept, s) if s else ops.zeros_like(kept)
         else:
-            if p.rescale == "inverse" and prob is None:
-                raise ValueError(f"method {method}: an inverse rescale of given masks needs "
-                                 "their keep probabilities")
+            if p.masks is not None and (p.rescale == "l1" or
+                                        (p.rescale == "inverse" and prob is None)):
+                raise ValueError(f"method {method}: with given masks, rescale="
+                                 f"{p.rescale!r} needs the whole tensor's "
+                                 + ("L1 ratios" if p.rescale == "l1" else "keep probabilities"))
             safe_p = ops.where(keep, prob, 1.0) if p.rescale == "inverse" else None
             res = rescale(ops, kept, xr, p.rescale, safe_p, method)
         out.append(ops.reshape(res, shape))
