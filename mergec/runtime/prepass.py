@@ -4,8 +4,9 @@ Per tensor (:func:`tensor_stats`): a merge call that needs something of its whol
 before it can compute a block of rows gets one pass over the blocks first, in topological
 order — the inner products of slerp & co (a weighted sum with coefficients from them),
 the threshold of a TIES trim on a split tensor, DARE's and DELLA's L1 norms (and their
-masks, drawn once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing depends on
-the split.
+masks, drawn once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing
+depends on the split. DELLA's masks and keep probabilities for a block of rows are made
+here too (:func:`ranked_masks`): its ranks are per row.
 
 Per model (:func:`compute_model_stats`): TIES with ``trim="model"`` keeps the top
 ``density`` fraction of a task vector's magnitudes over the whole model. The lowering
