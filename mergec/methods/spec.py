@@ -98,7 +98,8 @@ class Args:
     ``p.weight`` (a tuple of floats for a per-input parameter), ``p.density``,
     ``p.lambda_`` (``lambda`` is a Python keyword). Values the runtime computed over the
     whole tensor or model travel beside them: ``p.masks`` (keep masks of a block of rows,
-    host arrays), ``p.l1_scales`` and ``p.thresholds``."""
+    host arrays; ``p.keep_probs``, their keep probabilities, for a ranked drop),
+    ``p.l1_scales`` and ``p.thresholds``."""
 
     def __init__(self, method: "Method", params: Mapping[str, Any], n: int) -> None:
         self._method, self._n, self._params = method, n, params
@@ -113,7 +114,7 @@ class Args:
                 self._values[prm.name] = _typed(method.name, prm, value, n)
                 continue
             self._values[prm.name] = _typed(method.name, prm, params[prm.name], n)
-        for extra in ("masks", "l1_scales"):
+        for extra in ("masks", "keep_probs", "l1_scales"):
             self._values[extra] = params.get(extra)
         thr = params.get("thresholds")
         self._values["thresholds"] = None if thr is None else _per_input(
@@ -177,7 +178,9 @@ class Traits:
     split: Callable[[Mapping[str, Any], int], str] = lambda params, ndim: "whole"
     #: the keep masks the runtime makes for a block of rows under split "masks":
     #: "topk" (the largest `density` fraction of each input by magnitude) or
-    #: "bernoulli" (kept with probability `density`, from the call's seed)
+    #: "bernoulli" (kept with probability `density`, from the call's seed) or
+    #: "ranked" (kept with a probability from each entry's magnitude rank in its row, from
+    #: the call's seed: DELLA; the keep probabilities come with the masks)
     masks: str | None = None
     #: the rescale of kept entries needs the whole tensor's L1 norms first
     l1_rescale: Callable[[Mapping[str, Any]], bool] = lambda params: False

@@ -20,7 +20,7 @@ from mergec.io.errors import CheckpointError
 from mergec.ir.nodes import Node, topo
 from mergec.methods import REGISTRY, run_method
 from mergec.runtime.prepass import (Blocks, TensorStats, block_masks, kept_values,
-                                    resolve_stats, tensor_stats)
+                                    ranked_masks, resolve_stats, tensor_stats)
 from mergec.runtime.schedule import TensorStep, describe, program_nodes
 
 
@@ -120,7 +120,10 @@ def merge_call(n: Node, args: list, backend, stats, rows, ctx, block: int):
     if found is not None and "coeffs" in found:  # slerp & co: the sum its inner products give
         return backend.wsum([(backend.to_float32(a), c)
                              for a, c in zip(args, found["coeffs"])])
-    if REGISTRY[method].traits.masks and (rows is not None or (found and "masks" in found)):
+    if REGISTRY[method].traits.masks == "ranked":  # per row: only a split tensor needs them
+        if rows is not None:
+            params.update(ranked_masks(n, params, args, rows, backend, found, block))
+    elif REGISTRY[method].traits.masks and (rows is not None or (found and "masks" in found)):
         params["masks"] = block_masks(n, params, args, rows, backend, found, block)
     if found is not None and "l1_scales" in found:
         params["l1_scales"] = found["l1_scales"]

@@ -3,9 +3,10 @@
 Per tensor (:func:`tensor_stats`): a merge call that needs something of its whole tensor
 before it can compute a block of rows gets one pass over the blocks first, in topological
 order — the inner products of slerp & co (a weighted sum with coefficients from them),
-the threshold of a TIES trim on a split tensor, DARE's L1 norms (and its masks, drawn
-once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing depends on
-the split.
+the threshold of a TIES trim on a split tensor, DARE's and DELLA's L1 norms (and their
+masks, drawn once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing
+depends on the split. DELLA's masks and keep probabilities for a block of rows are made
+here too (:func:`ranked_masks`): its ranks are per row.
 
 Per model (:func:`compute_model_stats`): TIES with ``trim="model"`` keeps the top
 ``density`` fraction of a task vector's magnitudes over the whole model. The lowering
@@ -26,8 +27,9 @@ from mergec.backends import base as B
 from mergec.ir.nodes import Node, topo
 from mergec.ir.placeholders import ModelTopK
 from mergec.methods import REGISTRY
-from mergec.methods.spec import keep_count
-from mergec.ops.random import keep_mask, keep_mask_rows
+from mergec.methods.della import keeps_all, ranked_keep
+from mergec.methods.spec import keep_count, rows_shape
+from mergec.ops.random import keep_mask, keep_mask_rows, uniform, uniform_rows
 from mergec.ops.select import bucket_pass, exact_kth_largest, kth_of, magnitude_bits
 from mergec.runtime.schedule import ARGS_CACHE_BYTES, call_label, pass_calls
 
@@ -111,6 +113,12 @@ def tensor_stats(root: Node, backend, stats, blocks: Blocks, args_of: ArgsOf
             ctx.put(n, "trims", ties_trims(
                 n, params, blocks,
                 lambda b, rows: [host_f32(backend, x) for x in args(b, rows)]))
+        elif m.traits.masks == "ranked":  # DELLA with an L1 rescale on a split tensor
+            masks, scales = ranked_l1(
+                n, params, blocks,
+                lambda b, rows, args=args: [host_f32(backend, x) for x in args(b, rows)])
+            ctx.put(n, "masks", masks)
+            ctx.put(n, "l1_scales", scales)
         else:  # DARE with an L1 rescale: the norms of each task vector and of what is kept
             dens = m.args(params, len(n.args)).density
             seed = n.attr("seed")
@@ -289,6 +297,83 @@ def block_masks(n: Node, params: dict, args, rows, backend, found, block: int) -
             mask[np.flatnonzero(bits == thr)[:allow[block]]] = True
         masks.append(mask.reshape(v.shape))
     return tuple(masks)
+
+
+# ------------------------------------------------------------- ranked masks (DELLA)
+
+
+def ranked_block(n: Node, params: dict, xs: list, rows) -> list:
+    """Per input of a call with ranked masks (DELLA), for one block of rows (None: the
+    whole tensor) with the block's values `xs` (float32 numpy): None where the input is
+    kept as it is, else its (keep mask, keep probability) in the block's shape, made by
+    the method's own :func:`~mergec.methods.della.ranked_keep` on the NumPy backend from
+    the block's rows of the uniform numbers (:func:`~mergec.ops.random.uniform_rows`).
+    Ranks are taken within rows (the last axis) and a block holds whole rows, so the
+    block gets exactly the rows of the whole tensor's masks, on every backend."""
+    from mergec.backends.reference import ReferenceBackend  # noqa: PLC0415
+
+    ops = ReferenceBackend()
+    a = REGISTRY[n.attr("method")].args(params, len(xs))
+    seed = n.attr("seed")
+    out: list = []
+    for i, (x, d, e) in enumerate(zip(xs, a.density, a.epsilon)):
+        if keeps_all(d, e, x.shape):
+            out.append(None)
+            continue
+        r, k = rows_shape(x.shape)
+        u = (uniform(seed, i, n.shape) if rows is None else
+             uniform_rows(seed, i, n.shape, *rows))
+        keep, prob = ranked_keep(ops, x.reshape(r, k), u.reshape(r, k), d, e)
+        out.append((keep.reshape(x.shape), prob.reshape(x.shape)))
+    return out
+
+
+def ranked_l1(n: Node, params: dict, blocks: Blocks, args_of) -> tuple[dict, tuple]:
+    """The pass of a DELLA call with an l1 rescale on a tensor computed in blocks: the keep
+    masks of every (block, input), drawn once and packed (the last pass unpacks them), and
+    per input ``|tau|_1 / |kept|_1`` (0 when nothing is kept; None: kept as it is). The
+    norms are summed like the method's ``abs_sum64`` of the per-row view: per row, then
+    over the rows in order (:func:`mergec.backends.base.total`), so they do not depend on
+    the split."""
+    masks: dict = {}
+
+    def l1(b, rows):
+        xs = args_of(b, rows)
+        out = []
+        for i, (x, got) in enumerate(zip(xs, ranked_block(n, params, xs, rows))):
+            if got is None:
+                out.append(None)
+                continue
+            keep = got[0]
+            masks[(b, i)] = np.packbits(keep)
+            xr = x.reshape(rows_shape(x.shape))
+            out.append((B.abs_partials(xr), B.abs_partials(B.keep(xr, keep.reshape(xr.shape)))))
+        return out
+
+    parts = blocks.map(l1)
+    scales = []
+    for i in range(len(parts[0])):
+        if parts[0][i] is None:
+            scales.append(None)
+            continue
+        s_all = float(B.total([p[i][0] for p in parts]))
+        s_kept = float(B.total([p[i][1] for p in parts]))
+        scales.append(float(s_all / s_kept) if s_kept != 0.0 else 0.0)
+    return masks, tuple(scales)
+
+
+def ranked_masks(n: Node, params: dict, args, rows, backend, found, block: int) -> dict:
+    """The parameters a call with ranked masks gets for one block of rows: its "masks"
+    (unpacked from the l1 pass, or made here with their "keep_probs")."""
+    if found is not None and "masks" in found:
+        drawn = found["masks"]
+        shape = n.shape if rows is None else (rows[1] - rows[0],) + n.shape[1:]
+        return {"masks": tuple(
+            np.unpackbits(drawn[(block, i)], count=math.prod(shape)).view(bool).reshape(shape)
+            if (block, i) in drawn else None for i in range(len(args)))}
+    got = ranked_block(n, params, [host_f32(backend, a) for a in args], rows)
+    return {"masks": tuple(None if g is None else g[0] for g in got),
+            "keep_probs": tuple(None if g is None else g[1] for g in got)}
 
 
 # ------------------------------------------------------------- statistics over a model

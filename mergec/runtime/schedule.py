@@ -47,7 +47,7 @@ class TensorStep(BaseModel):
     #: blocks of rows ([start, stop)); empty: the tensor is computed whole
     rows: list[list[int]] = []
     #: passes over the whole tensor before the last one: "<kind> <method>#<call>" with kind
-    #: gram (inner products), topk (a TIES threshold), l1 (DARE's L1 norms)
+    #: gram (inner products), topk (a TIES threshold), l1 (DARE's or DELLA's L1 norms)
     passes: list[str] = []
     #: the IR nodes the last pass evaluates, in order (one line each, as `plan --ir` prints)
     program: list[str] = []
@@ -203,14 +203,14 @@ def row_blocks(n_rows: int, k: int) -> list[tuple[int, int]]:
 
 def needs_pass(n: Node, split: bool) -> str | None:
     """The pass over the whole tensor this merge call needs before its last pass, if any:
-    "gram" (a weighted sum from inner products), "l1" (DARE's L1 rescale) or "topk" (the
-    threshold of a TIES trim when the tensor is split)."""
+    "gram" (a weighted sum from inner products), "l1" (DARE's L1 rescale, and DELLA's when
+    the tensor is split) or "topk" (the threshold of a TIES trim when the tensor is split)."""
     m = REGISTRY[n.attr("method")]
     params = dict(n.attr("params"))
     if m.split(params, len(n.shape)) == "gram":
         return "gram"
-    if m.traits.l1_rescale(params):
-        return "l1"
+    if m.traits.l1_rescale(params) and (split or m.traits.masks != "ranked"):
+        return "l1"  # (ranked masks are per row: a whole tensor computes its own norms)
     if split and m.traits.masks == "topk" and params.get("trim") != "model":
         return "topk"
     return None
