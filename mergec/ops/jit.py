@@ -216,29 +216,33 @@ def _order_key(b):
 def _rank_rows(bits, out):
     m, n = bits.shape
     keys = np.empty(n, np.uint32)
-    idx = np.empty(n, np.int64)
-    tmp = np.empty(n, np.int64)
-    count = np.empty(256, np.int64)
+    idx = np.empty(n, np.int32)
+    tmp = np.empty(n, np.int32)
+    count = np.empty((4, 256), np.int32)
     for r in range(m):
-        for i in range(n):
-            keys[i] = _order_key(bits[r, i])
+        count[:, :] = 0
+        for i in range(n):  # the four byte histograms in one pass
+            k = _order_key(bits[r, i])
+            keys[i] = k
             idx[i] = n - 1 - i
-        for shift in range(0, 32, 8):
-            count[:] = 0
-            for i in range(n):
-                count[(keys[i] >> shift) & 255] += 1
-            if count[(keys[0] >> shift) & 255] == n:  # every key has this byte: order unchanged
+            count[0, k & 255] += 1
+            count[1, (k >> 8) & 255] += 1
+            count[2, (k >> 16) & 255] += 1
+            count[3, k >> 24] += 1
+        for p in range(4):
+            shift = 8 * p
+            if count[p, (keys[0] >> shift) & 255] == n:  # every key has this byte: order unchanged
                 continue
             total = 0
             for d in range(256):
-                c = count[d]
-                count[d] = total
+                c = count[p, d]
+                count[p, d] = total
                 total += c
             for i in range(n):
                 j = idx[i]
                 d = (keys[j] >> shift) & 255
-                tmp[count[d]] = j
-                count[d] += 1
+                tmp[count[p, d]] = j
+                count[p, d] += 1
             idx, tmp = tmp, idx
         row = out[r]
         for i in range(n):
