@@ -336,12 +336,12 @@ ERRORS: dict[str, tuple[str, str]] = {
     "W302": ("tensors that cannot be split to fit the memory limit",
              "On a CPU every tensor of two or more dimensions is computed and written a "
              "block of rows at a time when its computation allows it: weighted sums, "
-             "linear methods, nearswap, copies and conversions; `ties` and the DARE "
-             "methods (their thresholds and L1 norms come from passes over the blocks "
-             "first); slerp, nuslerp, multislerp, karcher and model_stock (their inner "
+             "linear methods, nearswap, copies and conversions; `ties`, breadcrumbs and "
+             "the DARE methods (their thresholds and L1 norms come from passes over the "
+             "blocks first); slerp, nuslerp, multislerp, karcher and model_stock (their inner "
              "products likewise). With `--max-memory` (or `set max_memory`) the blocks are "
              "also kept within the limit. The methods that rank or select within a whole "
-             "tensor at once (breadcrumbs, della, sce, nuslerp over columns of a matrix) and "
+             "tensor at once (della, sce, nuslerp over columns of a matrix) and "
              "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
     "E270": ("empty sweep",
