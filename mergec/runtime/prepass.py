@@ -3,8 +3,8 @@
 Per tensor (:func:`tensor_stats`): a merge call that needs something of its whole tensor
 before it can compute a block of rows gets one pass over the blocks first, in topological
 order — the inner products of slerp & co (a weighted sum with coefficients from them),
-the threshold of a TIES trim on a split tensor, DARE's L1 norms (and its masks, drawn
-once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing depends on
+the thresholds of a TIES trim or a breadcrumbs band on a split tensor, DARE's L1 norms
+(and its masks, drawn once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing depends on
 the split.
 
 Per model (:func:`compute_model_stats`): TIES with ``trim="model"`` keeps the top
@@ -47,7 +47,7 @@ class TensorStats:
     """What the passes before the last one found about the merge calls of one tensor:
     per call, ``{"coeffs": [...]}`` (a weighted sum from inner products), ``{"l1_scales":
     (...)}`` (DARE's L1 rescale) and/or ``{"trims": [...]}`` (TIES thresholds of a tensor
-    computed in blocks)."""
+    computed in blocks; for a band, an (upper, lower) pair per input)."""
 
     def __init__(self) -> None:
         self._by_node: dict[int, dict] = {}

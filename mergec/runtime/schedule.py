@@ -4,8 +4,8 @@ For each output, one step per tensor in the order the build dispatches them (lar
 so that no worker is left with a big tensor at the end): how it is written (a raw copy, a
 dtype conversion or a computation), the blocks of rows it is computed in, the passes over
 the whole tensor that come before the last one (the inner products of slerp & co, TIES
-and breadcrumbs thresholds of a split tensor, DARE's L1 norms), the program of IR nodes the last pass
-evaluates, and whether the build process computes it itself (a heavy tensor) or a worker.
+and breadcrumbs thresholds of a split tensor, DARE's L1 norms), the program of IR nodes
+the last pass evaluates, and whether the build process computes it itself (a heavy tensor) or a worker.
 `mergec plan` prints it and `plan --json` exports it; the runtime
 (:mod:`mergec.runtime.build`) executes exactly these steps, and reports each one it ran
 to a trace hook in the same form (tests compare the two).
