@@ -4,8 +4,8 @@ Per tensor (:func:`tensor_stats`): a merge call that needs something of its whol
 before it can compute a block of rows gets one pass over the blocks first, in topological
 order — the inner products of slerp & co (a weighted sum with coefficients from them),
 the thresholds of a TIES trim or a breadcrumbs band on a split tensor, DARE's L1 norms
-(and its masks, drawn once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing depends on
-the split.
+(and its masks, drawn once). Sums over blocks follow :func:`mergec.backends.base.total`,
+so nothing depends on the split.
 
 Per model (:func:`compute_model_stats`): TIES with ``trim="model"`` keeps the top
 ``density`` fraction of a task vector's magnitudes over the whole model. The lowering
@@ -216,7 +216,8 @@ def topk_trims(n: Node, jobs: list, blocks: Blocks, args_of) -> list:
         return {i: magnitude_bits(xs[i])[::stride].copy() for i in inputs}
 
     got = blocks.map(sample, only=picked)
-    smps = {i: np.sort(np.concatenate([g[i] for g in got]))[::-1] for i in inputs}  # descending
+    smps = {i: np.sort(np.concatenate([g[i] for g in got]))[::-1]  # descending
+            for i in inputs}
     brackets = {}
     for j in live:
         i, k = jobs[j]
