@@ -336,13 +336,13 @@ ERRORS: dict[str, tuple[str, str]] = {
     "W302": ("tensors that cannot be split to fit the memory limit",
              "On a CPU every tensor of two or more dimensions is computed and written a "
              "block of rows at a time when its computation allows it: weighted sums, "
-             "linear methods, nearswap, copies and conversions; `ties`, the DARE methods "
-             "and the DELLA methods (which rank within rows; their thresholds and L1 norms "
-             "come from passes over the blocks first); slerp, nuslerp, multislerp, karcher "
-             "and model_stock (their inner products likewise). With `--max-memory` (or "
-             "`set max_memory`) the blocks are also kept within the limit. The methods that "
-             "rank or select within a whole tensor at once (breadcrumbs, sce, nuslerp over "
-             "columns of a matrix) and "
+             "linear methods, nearswap, copies and conversions; `ties`, breadcrumbs, the "
+             "DARE methods and the DELLA methods (DELLA ranks within rows; their thresholds "
+             "and L1 norms come from passes over the blocks first); slerp, nuslerp, "
+             "multislerp, karcher and model_stock (their inner products likewise). With "
+             "`--max-memory` (or `set max_memory`) the blocks are also kept within the "
+             "limit. The methods that rank or select within a whole tensor at once (sce, "
+             "nuslerp over columns of a matrix) and "
              "LoRA updates still hold their whole tensors in this version; the warning "
              "names the largest such tensor and how much memory it needs."),
     "E270": ("empty sweep",

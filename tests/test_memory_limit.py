@@ -67,7 +67,7 @@ def test_whole_tensor_methods_are_named_by_a_warning(tmp_path, family):
     (tmp_path / "ckpt").symlink_to(Path(family["base"]).parent)
     r = tmp_path / "r.merge"
     r.write_text('model base = "./ckpt/base"\nmodel math = "./ckpt/math"\n'
-                 "output t = breadcrumbs(math, base=base, density=0.5, gamma=0.01)\n"
+                 "output t = iso_c(math, base=base)\n"
                  "output l = linear(math, base)\n")
     comp = compile(r, max_memory=16 * 1024)
     (w,) = comp.checked.warnings

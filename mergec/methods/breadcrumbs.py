@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .consensus import DENSITY, ELECT, WEIGHTED_ELECT, consensus
 from .linear import LAMBDA, NO_NORMALIZE, NORMALIZE, WEIGHT, combine
-from .spec import COUNTS, Method, Param, count_of
+from .spec import COUNTS, Method, Param, Traits, count_of
 
 GAMMA = Param("gamma", "number", 0.01, "fraction of largest entries dropped",
               per_input=True, min=0.0, max=1.0, max_open=True)
@@ -31,9 +31,18 @@ def breadcrumbs_counts(density: float, gamma: float, n: int,
     return top, kept
 
 
+def band(p, n: int) -> list[tuple[int, int]]:
+    """(top, kept) of :func:`breadcrumbs_counts` per input of a call on ``n`` entries."""
+    return [breadcrumbs_counts(d, g, n, p.count) for d, g in zip(p.density, p.gamma)]
+
+
 def trimmed(ops, xs, p) -> list:
     """Per tensor, in the top-k order (magnitude, ties by lower flat index), the entries at
-    positions ``[top, top + kept)`` of :func:`breadcrumbs_counts`."""
+    positions ``[top, top + kept)`` of :func:`breadcrumbs_counts`: the top-(top + kept) mask
+    less the top-(top) mask. For a block of rows the runtime passes the block's rows of the
+    whole tensor's masks instead."""
+    if p.masks is not None:
+        return [ops.keep(x, ops.host(m)) for x, m in zip(xs, p.masks)]
     out = []
     for x, d, g in zip(xs, p.density, p.gamma):
         top, kept = breadcrumbs_counts(d, g, ops.size(x), p.count)
@@ -53,6 +62,8 @@ def _breadcrumbs_ties(ops, xs, p, seed):
     return consensus(ops, trimmed(ops, xs, p), p, "breadcrumbs_ties")
 
 
+_TRAITS = Traits(split=lambda params, ndim: "masks", masks="band", band=band)
+
 METHODS = (
     Method(
         "breadcrumbs", "Drop the largest gamma and smallest entries, then a weighted sum.",
@@ -61,6 +72,7 @@ METHODS = (
         (WEIGHT, DENSITY, GAMMA, LAMBDA, NO_NORMALIZE, COUNT),
         _breadcrumbs, base="delta", min_inputs=1,
         references=("Davari & Belilovsky 2024, Model Breadcrumbs, arXiv:2312.06795",),
+        traits=_TRAITS,
     ),
     Method(
         "breadcrumbs_ties", "Breadcrumbs sparsification, then TIES sign election and disjoint merge.",
@@ -68,5 +80,6 @@ METHODS = (
         (WEIGHT, DENSITY, GAMMA, LAMBDA, NORMALIZE, ELECT, WEIGHTED_ELECT, COUNT),
         _breadcrumbs_ties, base="delta", min_inputs=1,
         references=("Davari & Belilovsky 2024, arXiv:2312.06795", "Yadav et al. 2023"),
+        traits=_TRAITS,
     ),
 )

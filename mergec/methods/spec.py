@@ -177,11 +177,14 @@ class Traits:
     #: how a tensor can be split, given the call's parameters and the tensor's rank
     split: Callable[[Mapping[str, Any], int], str] = lambda params, ndim: "whole"
     #: the keep masks the runtime makes for a block of rows under split "masks":
-    #: "topk" (the largest `density` fraction of each input by magnitude) or
-    #: "bernoulli" (kept with probability `density`, from the call's seed) or
+    #: "topk" (the largest `density` fraction of each input by magnitude),
+    #: "band" (the entries at top-k positions [top, top + kept) of each input, from
+    #: ``band``), "bernoulli" (kept with probability `density`, from the call's seed) or
     #: "ranked" (kept with a probability from each entry's magnitude rank in its row, from
     #: the call's seed: DELLA; the keep probabilities come with the masks)
     masks: str | None = None
+    #: for masks "band": (call's Args, entries of the tensor) -> (top, kept) per input
+    band: Callable[[Any, int], list[tuple[int, int]]] | None = None
     #: the rescale of kept entries needs the whole tensor's L1 norms first
     l1_rescale: Callable[[Mapping[str, Any]], bool] = lambda params: False
     #: the call divides by the sum of its `weight`s (the checker then rejects weights that

@@ -3,10 +3,11 @@
 Per tensor (:func:`tensor_stats`): a merge call that needs something of its whole tensor
 before it can compute a block of rows gets one pass over the blocks first, in topological
 order — the inner products of slerp & co (a weighted sum with coefficients from them),
-the threshold of a TIES trim on a split tensor, DARE's and DELLA's L1 norms (and their
-masks, drawn once). Sums over blocks follow :func:`mergec.backends.base.total`, so nothing
-depends on the split. DELLA's masks and keep probabilities for a block of rows are made
-here too (:func:`ranked_masks`): its ranks are per row.
+the thresholds of a TIES trim or a breadcrumbs band on a split tensor, DARE's and DELLA's
+L1 norms (and their masks, drawn once). Sums over blocks follow
+:func:`mergec.backends.base.total`, so nothing depends on the split. DELLA's masks and
+keep probabilities for a block of rows are made here too (:func:`ranked_masks`): its
+ranks are per row.
 
 Per model (:func:`compute_model_stats`): TIES with ``trim="model"`` keeps the top
 ``density`` fraction of a task vector's magnitudes over the whole model. The lowering
@@ -49,7 +50,7 @@ class TensorStats:
     """What the passes before the last one found about the merge calls of one tensor:
     per call, ``{"coeffs": [...]}`` (a weighted sum from inner products), ``{"l1_scales":
     (...)}`` (DARE's L1 rescale) and/or ``{"trims": [...]}`` (TIES thresholds of a tensor
-    computed in blocks)."""
+    computed in blocks; for a band, an (upper, lower) pair per input)."""
 
     def __init__(self) -> None:
         self._by_node: dict[int, dict] = {}
@@ -110,7 +111,8 @@ def tensor_stats(root: Node, backend, stats, blocks: Blocks, args_of: ArgsOf
             parts = blocks.map(lambda b, rows: backend.gram_rows(args(b, rows)))
             ctx.put(n, "coeffs", m.gram_coefficients(params, B.total(parts)))
         elif kind == "topk":
-            ctx.put(n, "trims", ties_trims(
+            trims = band_trims if m.traits.masks == "band" else ties_trims
+            ctx.put(n, "trims", trims(
                 n, params, blocks,
                 lambda b, rows: [host_f32(backend, x) for x in args(b, rows)]))
         elif m.traits.masks == "ranked":  # DELLA with an L1 rescale on a split tensor
@@ -169,22 +171,50 @@ def kept_values(ctx: "TensorStats | None", root: Node, block: int) -> dict | Non
 
 def ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
     """Per input of a TIES call on a tensor computed in blocks: None (keep all) or
-    ``(threshold, allowance per block)`` — the k-th largest magnitude over the whole tensor
-    and, for each block, how many of its entries equal to the threshold are kept (lowest
-    indices first), so the blocks keep exactly what the whole tensor would.
+    ``(threshold, allowance per block)`` of its top-k (:func:`topk_trims`)."""
+
+    ks = [keep_count(d, n.numel, params.get("count", "round")) for d in params["density"]]
+    return topk_trims(n, list(enumerate(ks)), blocks, args_of)
+
+
+def band_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
+    """Per input of a call with masks "band" (breadcrumbs) on a tensor computed in blocks:
+    ``(upper, lower)``, the trims (:func:`topk_trims`) of its top-``(top + kept)`` and
+    top-``top`` entries (``Traits.band``); the band kept is the first minus the second."""
+
+    m = REGISTRY[n.attr("method")]
+    counts = m.traits.band(m.args(params, len(n.args)), n.numel)
+    jobs = [(i, k) for i, (top, kept) in enumerate(counts) for k in (top + kept, top)]
+    found = topk_trims(n, jobs, blocks, args_of)
+    return [(found[2 * i], found[2 * i + 1]) for i in range(len(counts))]
+
+
+def topk_trims(n: Node, jobs: list, blocks: Blocks, args_of) -> list:
+    """Per job ``(input, k)`` of a call on a tensor computed in blocks: None (k covers the
+    tensor: keep all) or ``(threshold, allowance per block)`` — the k-th largest magnitude
+    of that input over the whole tensor and, for each block, how many of its entries equal
+    to the threshold are kept (lowest indices first), so the blocks keep exactly what the
+    whole tensor's top-k would (ties by lower flat index). ``k <= 0`` keeps nothing: a
+    threshold above every bit pattern, allowances 0.
 
     Exact, by selection, never a sort of the tensor: a sample (evenly spread blocks, every
     s-th entry) brackets the k-th magnitude; one pass counts the entries above the bracket
     and collects those inside it, from which the k-th is selected. If the sample misled
     (the k-th is outside the bracket), a histogram pass and a pass over one bucket find it.
+    Several jobs share the passes (and an input's magnitudes are taken once per block).
     """
 
-    ks = [keep_count(d, n.numel, params.get("count", "round")) for d in params["density"]]
-    live = [i for i, k in enumerate(ks) if k < n.numel]
-    trims: list = [None] * len(ks)
+    nblk = len(blocks.blocks)
+    trims: list = [None] * len(jobs)
+    live = []
+    for j, (i, k) in enumerate(jobs):
+        if k <= 0:
+            trims[j] = (np.uint32(0xFFFFFFFF), [0] * nblk)
+        elif k < n.numel:
+            live.append(j)
     if not live:
         return trims
-    nblk = len(blocks.blocks)
+    inputs = sorted({jobs[j][0] for j in live})
     picked = sorted({round(j * (nblk - 1) / (SAMPLE_BLOCKS - 1)) for j in
                      range(SAMPLE_BLOCKS)}) if nblk > SAMPLE_BLOCKS else list(range(nblk))
     numel_picked = sum(_block_numel(n, blocks.blocks[b]) for b in picked)
@@ -192,13 +222,15 @@ def ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
 
     def sample(b, rows):
         xs = args_of(b, rows)
-        return [magnitude_bits(xs[i])[::stride].copy() for i in live]
+        return {i: magnitude_bits(xs[i])[::stride].copy() for i in inputs}
 
     got = blocks.map(sample, only=picked)
+    smps = {i: np.concatenate([g[i] for g in got]) for i in inputs}
     brackets = {}
-    for j, i in enumerate(live):
-        smp = np.concatenate([g[j] for g in got])
-        m, p = smp.size, ks[i] / n.numel
+    for j in live:
+        i, k = jobs[j]
+        smp = smps[i]
+        m, p = smp.size, k / n.numel
         margin = int(4 * (m * p * (1 - p)) ** 0.5) + 2
         r = int(p * m)
         # the (r - margin)-th and (r + margin)-th of the sample in descending order, i.e.
@@ -207,25 +239,27 @@ def ties_trims(n: Node, params: dict, blocks: Blocks, args_of) -> list:
         sel = np.partition(smp, at) if at else smp
         hi = sel[m - 1 - (r - margin)] if r - margin >= 0 else np.uint32(0xFFFFFFFF)
         lo = sel[m - 1 - (r + margin)] if r + margin < m else np.uint32(0)
-        brackets[i] = (hi, lo)
+        brackets[j] = (hi, lo)
 
     def bracket(b, rows):
         xs = args_of(b, rows)
+        bits = {i: magnitude_bits(xs[i]) for i in inputs}
         out = []
-        for i in live:
-            bits = magnitude_bits(xs[i])
-            hi, lo = brackets[i]
-            above = int(np.count_nonzero(bits > hi))
-            out.append((above, bits[(bits >= lo) & (bits <= hi)]))
+        for j in live:
+            v = bits[jobs[j][0]]
+            hi, lo = brackets[j]
+            above = int(np.count_nonzero(v > hi))
+            out.append((above, v[(v >= lo) & (v <= hi)]))
         return out
 
     found = blocks.map(bracket)
-    for j, i in enumerate(live):
-        above = sum(f[j][0] for f in found)
-        ins = [f[j][1] for f in found]
-        if not above < ks[i] <= above + sum(x.size for x in ins):  # the sample misled
-            above, ins = _ties_bucket(n, i, ks[i], blocks, args_of)
-        trims[i] = _kth_of(np.concatenate(ins), ks[i] - above, ins)
+    for t, j in enumerate(live):
+        i, k = jobs[j]
+        above = sum(f[t][0] for f in found)
+        ins = [f[t][1] for f in found]
+        if not above < k <= above + sum(x.size for x in ins):  # the sample misled
+            above, ins = _ties_bucket(n, i, k, blocks, args_of)
+        trims[j] = _kth_of(np.concatenate(ins), k - above, ins)
     return trims
 
 
@@ -284,19 +318,34 @@ def block_masks(n: Node, params: dict, args, rows, backend, found, block: int) -
         thr = params["thresholds"]
         return tuple(np.abs(host_f32(backend, a)) >= np.float32(t) for a, t in zip(args, thr))
 
+    band = REGISTRY[n.attr("method")].traits.masks == "band"
     masks = []
     for a, trim in zip(args, found["trims"]):
         v = host_f32(backend, a)
+        if band:  # the top-(top + kept) entries less the top-(top)
+            upper, lower = trim
+            bits = magnitude_bits(v)
+            mask = _trim_mask(bits, upper, block)
+            if lower is not None:
+                mask &= ~_trim_mask(bits, lower, block)
+            masks.append(mask.reshape(v.shape))
+            continue
         if trim is None:  # keeps everything
             masks.append(np.ones(v.shape, dtype=bool))
             continue
-        thr, allow = trim
-        bits = magnitude_bits(v)
-        mask = bits > thr
-        if allow[block] > 0:  # magnitudes equal to the threshold: the lowest indices first
-            mask[np.flatnonzero(bits == thr)[:allow[block]]] = True
-        masks.append(mask.reshape(v.shape))
+        masks.append(_trim_mask(magnitude_bits(v), trim, block).reshape(v.shape))
     return tuple(masks)
+
+
+def _trim_mask(bits: np.ndarray, trim, block: int) -> np.ndarray:
+    """The flat keep mask of one block from a trim of :func:`topk_trims` (None: all)."""
+    if trim is None:
+        return np.ones(bits.shape, dtype=bool)
+    thr, allow = trim
+    mask = bits > thr
+    if allow[block] > 0:  # magnitudes equal to the threshold: the lowest indices first
+        mask[np.flatnonzero(bits == thr)[:allow[block]]] = True
+    return mask
 
 
 # ------------------------------------------------------------- ranked masks (DELLA)

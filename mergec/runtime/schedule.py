@@ -4,8 +4,8 @@ For each output, one step per tensor in the order the build dispatches them (lar
 so that no worker is left with a big tensor at the end): how it is written (a raw copy, a
 dtype conversion or a computation), the blocks of rows it is computed in, the passes over
 the whole tensor that come before the last one (the inner products of slerp & co, TIES
-thresholds of a split tensor, DARE's L1 norms), the program of IR nodes the last pass
-evaluates, and whether the build process computes it itself (a heavy tensor) or a worker.
+and breadcrumbs thresholds of a split tensor, DARE's L1 norms), the program of IR nodes
+the last pass evaluates, and whether the build process computes it itself (a heavy tensor) or a worker.
 `mergec plan` prints it and `plan --json` exports it; the runtime
 (:mod:`mergec.runtime.build`) executes exactly these steps, and reports each one it ran
 to a trace hook in the same form (tests compare the two).
@@ -47,7 +47,8 @@ class TensorStep(BaseModel):
     #: blocks of rows ([start, stop)); empty: the tensor is computed whole
     rows: list[list[int]] = []
     #: passes over the whole tensor before the last one: "<kind> <method>#<call>" with kind
-    #: gram (inner products), topk (a TIES threshold), l1 (DARE's or DELLA's L1 norms)
+    #: gram (inner products), topk (TIES or breadcrumbs thresholds), l1 (DARE's or DELLA's
+    #: L1 norms)
     passes: list[str] = []
     #: the IR nodes the last pass evaluates, in order (one line each, as `plan --ir` prints)
     program: list[str] = []
@@ -204,14 +205,15 @@ def row_blocks(n_rows: int, k: int) -> list[tuple[int, int]]:
 def needs_pass(n: Node, split: bool) -> str | None:
     """The pass over the whole tensor this merge call needs before its last pass, if any:
     "gram" (a weighted sum from inner products), "l1" (DARE's L1 rescale, and DELLA's when
-    the tensor is split) or "topk" (the threshold of a TIES trim when the tensor is split)."""
+    the tensor is split) or "topk" (the thresholds of a TIES trim or of breadcrumbs' band
+    when the tensor is split)."""
     m = REGISTRY[n.attr("method")]
     params = dict(n.attr("params"))
     if m.split(params, len(n.shape)) == "gram":
         return "gram"
     if m.traits.l1_rescale(params) and (split or m.traits.masks != "ranked"):
         return "l1"  # (ranked masks are per row: a whole tensor computes its own norms)
-    if split and m.traits.masks == "topk" and params.get("trim") != "model":
+    if split and m.traits.masks in ("topk", "band") and params.get("trim") != "model":
         return "topk"
     return None
 
