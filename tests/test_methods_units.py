@@ -72,7 +72,11 @@ def _shared_disjoint(ops, taus, w, elect, weighted, normalize):
 @pytest.mark.parametrize("elect", ["mass", "count"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_fused_disjoint_merge_equals_the_shared_code(elect, weighted, normalize):
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_fused_disjoint_merge_equals_the_shared_code(elect, weighted, normalize, chunk,
+                                                     monkeypatch):
+    if chunk is not None:  # a large array is merged in flat chunks (the last one short)
+        monkeypatch.setattr("mergec.backends.reference.DISJOINT_CHUNK", chunk)
     be = get_backend("reference")
     assert hasattr(be, "disjoint_merge")
     rng = np.random.default_rng(3)
