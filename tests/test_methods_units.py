@@ -76,7 +76,7 @@ def _shared_disjoint(ops, taus, w, elect, weighted, normalize):
 def test_fused_disjoint_merge_equals_the_shared_code(elect, weighted, normalize, chunk,
                                                      monkeypatch):
     if chunk is not None:  # a large array is merged in flat chunks (the last one short)
-        monkeypatch.setattr("mergec.backends.reference.DISJOINT_CHUNK", chunk)
+        monkeypatch.setattr("mergec.backends.reference.CHUNK", chunk)
     be = get_backend("reference")
     assert hasattr(be, "disjoint_merge")
     rng = np.random.default_rng(3)
@@ -120,3 +120,31 @@ def test_slicing_concatenation_and_linear_algebra(be):
     np.testing.assert_allclose((u * s) @ vt, a.astype(np.float64), atol=1e-12)
     np.testing.assert_allclose(s, np.linalg.svd(a.astype(np.float64), compute_uv=False),
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_weighted_sums_in_chunks_equal_whole_arrays(wide, monkeypatch):
+    """The NumPy backend computes a large weighted sum in flat chunks: the bits are those
+    of the whole-array expression (entry by entry, the same operations in the same
+    order), for any chunk size, including a short last chunk and non-finite entries."""
+    rng = np.random.default_rng(11)
+    xs = [(rng.standard_normal((37, 29)) * 10.0 ** rng.integers(-30, 30, (37, 29)))
+          .astype(np.float32) for _ in range(3)]
+    xs[1][3, :5] = [np.inf, -np.inf, np.nan, -0.0, np.float32(1e-42)]
+    terms = [(x, c) for x, c in zip(xs, (0.1, -1.7, 3.0e5))]
+    be = get_backend("reference")
+    f = be.wsum64 if wide else be.wsum
+    monkeypatch.setattr("mergec.backends.reference.CHUNK", 1 << 30)
+    whole = f(terms)
+    if wide:  # the whole-array rule, written out
+        ref = xs[0].astype(np.float64) * 0.1
+        ref += xs[1].astype(np.float64) * -1.7
+        ref += xs[2].astype(np.float64) * 3.0e5
+    else:
+        ref = (xs[0] * np.float32(0.1) + xs[1] * np.float32(-1.7)) + xs[2] * np.float32(3.0e5)
+    np.testing.assert_array_equal(whole, ref)
+    for chunk in (1, 100, 64 * 5 + 3):
+        monkeypatch.setattr("mergec.backends.reference.CHUNK", chunk)
+        got = f(terms)
+        assert got.dtype == whole.dtype and got.shape == whole.shape
+        assert got.tobytes() == whole.tobytes()

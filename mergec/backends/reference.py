@@ -24,8 +24,9 @@ from . import base as B
 Array = np.ndarray
 _F32 = np.float32
 _ZERO = np.float32(0.0)
-#: entries per chunk of :meth:`ReferenceBackend.disjoint_merge` on a large array
-DISJOINT_CHUNK = 1 << 18
+#: entries per chunk of the entry-by-entry kernels that make temporaries (weighted sums,
+#: :meth:`ReferenceBackend.disjoint_merge`) on a large array
+CHUNK = 1 << 18
 
 
 def topk_mask(mag: Array, k: int) -> Array:
@@ -56,6 +57,38 @@ def rank_ascending(mag_rows: Array) -> Array:
 
 def _f32(x) -> Array:
     return np.asarray(x, dtype=np.float32)
+
+
+def _wsum32(terms) -> Array:
+    x0, c0 = terms[0]
+    acc = x0 * float(c0)
+    for x, c in terms[1:]:
+        acc = acc + x * float(c)
+    return _f32(acc)
+
+
+def _wsum64(terms) -> Array:
+    acc = np.asarray(terms[0][0], dtype=np.float64) * float(terms[0][1])
+    for x, c in terms[1:]:
+        acc += np.asarray(x, dtype=np.float64) * float(c)
+    return acc
+
+
+def _by_chunks(fn, terms, dtype) -> Array:
+    """``fn(terms)`` — an entry-by-entry weighted sum of arrays of one shape — in flat
+    chunks of :data:`CHUNK` entries when the arrays are large: the same numbers, with
+    temporaries that stay in the processor's cache instead of whole-array passes."""
+    xs = [x for x, _ in terms]
+    x0 = xs[0]
+    if (not isinstance(x0, np.ndarray) or x0.size <= CHUNK
+            or any(not isinstance(x, np.ndarray) or x.shape != x0.shape for x in xs)):
+        return fn(terms)
+    flat = [np.ascontiguousarray(x).reshape(-1) for x in xs]
+    out = np.empty(x0.size, dtype=dtype)
+    for s in range(0, x0.size, CHUNK):
+        e = min(s + CHUNK, x0.size)
+        out[s:e] = fn([(f[s:e], c) for f, (_, c) in zip(flat, terms)])
+    return out.reshape(x0.shape)
 
 
 class ReferenceBackend:
@@ -129,19 +162,12 @@ class ReferenceBackend:
     def wsum(self, terms: Sequence[tuple[Array, float]]) -> Array:
         if not terms:
             raise ValueError("weighted_sum of no terms")
-        x0, c0 = terms[0]
-        acc = x0 * float(c0)
-        for x, c in terms[1:]:
-            acc = acc + x * float(c)
-        return _f32(acc)
+        return _by_chunks(_wsum32, terms, np.float32)
 
     def wsum64(self, terms: Sequence[tuple[Array, float]]) -> Array:
         if not terms:
             raise ValueError("weighted_sum64 of no terms")
-        acc = np.asarray(terms[0][0], dtype=np.float64) * float(terms[0][1])
-        for x, c in terms[1:]:
-            acc += np.asarray(x, dtype=np.float64) * float(c)
-        return acc
+        return _by_chunks(_wsum64, terms, np.float64)
 
     def add(self, a, b):
         return np.add(a, b)
@@ -253,16 +279,16 @@ class ReferenceBackend:
                        normalize: bool) -> Array:
         """:func:`mergec.methods.consensus.disjoint` with whole-array operations into
         reused buffers (no masked ufuncs, which numpy runs element by element). It is
-        entry by entry, so a large array is done in flat chunks of :data:`DISJOINT_CHUNK`
+        entry by entry, so a large array is done in flat chunks of :data:`CHUNK`
         entries: the same numbers, with temporaries of a chunk's size (the float64 vote
         alone would be twice the array) that stay in the processor's cache."""
         n = taus[0].size
-        if n <= DISJOINT_CHUNK:
+        if n <= CHUNK:
             return self._disjoint(taus, weights, elect, weighted_elect, normalize)
         flat = [np.ascontiguousarray(t, dtype=np.float32).reshape(-1) for t in taus]
         out = np.empty(n, dtype=np.float32)
-        for s in range(0, n, DISJOINT_CHUNK):
-            e = min(s + DISJOINT_CHUNK, n)
+        for s in range(0, n, CHUNK):
+            e = min(s + CHUNK, n)
             out[s:e] = self._disjoint([f[s:e] for f in flat], weights, elect,
                                       weighted_elect, normalize)
         return out.reshape(taus[0].shape)
