@@ -258,7 +258,7 @@ def test_block_masks_and_l1_scales_are_the_whole_tensors():
             np.testing.assert_array_equal(k, wk[r0:r1])
             np.testing.assert_array_equal(p.view(np.uint32), wp[r0:r1].view(np.uint32))
     masks, scales = ranked_l1(n, params, Blocks(rows, None),
-                              lambda b, r: [x[r[0]:r[1]] for x in xs])
+                              lambda b, r: [x[r[0]:r[1]] for x in xs], ops)
     for i, (x, (wk, _)) in enumerate(zip(xs, whole)):
         xr = x.reshape(-1, 33)
         want = B.abs_sum64(xr) / B.abs_sum64(B.keep(xr, wk.reshape(xr.shape)))

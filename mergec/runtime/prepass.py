@@ -116,9 +116,7 @@ def tensor_stats(root: Node, backend, stats, blocks: Blocks, args_of: ArgsOf
                 n, params, blocks,
                 lambda b, rows: [host_f32(backend, x) for x in args(b, rows)]))
         elif m.traits.masks == "ranked":  # DELLA with an L1 rescale on a split tensor
-            masks, scales = ranked_l1(
-                n, params, blocks,
-                lambda b, rows, args=args: [host_f32(backend, x) for x in args(b, rows)])
+            masks, scales = ranked_l1(n, params, blocks, args, backend)
             ctx.put(n, "masks", masks)
             ctx.put(n, "l1_scales", scales)
         else:  # DARE with an L1 rescale: the norms of each task vector and of what is kept
@@ -126,7 +124,9 @@ def tensor_stats(root: Node, backend, stats, blocks: Blocks, args_of: ArgsOf
             seed = n.attr("seed")
 
             def l1(b, rows, n=n, dens=dens, seed=seed, args=args):
-                xs = [host_f32(backend, x) for x in args(b, rows)]
+                # the norms are summed where the values are (the backend's per-row
+                # partials, as its whole-tensor abs_sum64); only the mask travels there
+                xs = args(b, rows)
                 out = []
                 for i, (x, d) in enumerate(zip(xs, dens)):
                     if d >= 1.0:
@@ -135,7 +135,8 @@ def tensor_stats(root: Node, backend, stats, blocks: Blocks, args_of: ArgsOf
                     mk = (keep_mask(seed, i, n.shape, d) if rows is None else
                           keep_mask_rows(seed, i, n.shape, d, *rows))
                     masks[(b, i)] = np.packbits(mk)  # drawn once: the last pass unpacks them
-                    out.append((B.abs_partials(x), B.abs_partials(B.keep(x, mk))))
+                    kept = backend.keep(x, backend.host(mk))
+                    out.append((backend.abs_rows(x), backend.abs_rows(kept)))
                 return out
 
             masks: dict = {}
@@ -377,26 +378,30 @@ def ranked_block(n: Node, params: dict, xs: list, rows) -> list:
     return out
 
 
-def ranked_l1(n: Node, params: dict, blocks: Blocks, args_of) -> tuple[dict, tuple]:
+def ranked_l1(n: Node, params: dict, blocks: Blocks, args_of, backend) -> tuple[dict, tuple]:
     """The pass of a DELLA call with an l1 rescale on a tensor computed in blocks: the keep
     masks of every (block, input), drawn once and packed (the last pass unpacks them), and
     per input ``|tau|_1 / |kept|_1`` (0 when nothing is kept; None: kept as it is). The
-    norms are summed like the method's ``abs_sum64`` of the per-row view: per row, then
-    over the rows in order (:func:`mergec.backends.base.total`), so they do not depend on
-    the split."""
+    norms are summed like the method's ``abs_sum64`` of the per-row view: per row, on the
+    backend (`args_of` gives its values; the masks are made from host copies), then over
+    the rows in order (:func:`mergec.backends.base.total`), so they do not depend on the
+    split."""
     masks: dict = {}
 
     def l1(b, rows):
         xs = args_of(b, rows)
         out = []
-        for i, (x, got) in enumerate(zip(xs, ranked_block(n, params, xs, rows))):
+        got_all = ranked_block(n, params, [host_f32(backend, x) for x in xs], rows)
+        for i, (x, got) in enumerate(zip(xs, got_all)):
             if got is None:
                 out.append(None)
                 continue
             keep = got[0]
             masks[(b, i)] = np.packbits(keep)
-            xr = x.reshape(rows_shape(x.shape))
-            out.append((B.abs_partials(xr), B.abs_partials(B.keep(xr, keep.reshape(xr.shape)))))
+            shape = rows_shape(backend.shape(x))
+            xr = backend.reshape(x, shape)
+            kept = backend.keep(xr, backend.host(keep.reshape(shape)))
+            out.append((backend.abs_rows(xr), backend.abs_rows(kept)))
         return out
 
     parts = blocks.map(l1)
