@@ -142,15 +142,7 @@ def tensor_stats(root: Node, backend, stats, blocks: Blocks, args_of: ArgsOf
             masks: dict = {}
             parts = blocks.map(l1)
             ctx.put(n, "masks", masks)
-            scales = []
-            for i, d in enumerate(dens):
-                if d >= 1.0:
-                    scales.append(None)
-                    continue
-                s_all = float(B.total([p[i][0] for p in parts]))
-                s_kept = float(B.total([p[i][1] for p in parts]))
-                scales.append(float(s_all / s_kept) if s_kept != 0.0 else 0.0)
-            ctx.put(n, "l1_scales", tuple(scales))
+            ctx.put(n, "l1_scales", l1_scales(parts, len(dens)))
         if keep_args:
             ctx.put(n, "args", cache)  # the last pass starts from them
     return ctx
@@ -405,15 +397,22 @@ def ranked_l1(n: Node, params: dict, blocks: Blocks, args_of, backend) -> tuple[
         return out
 
     parts = blocks.map(l1)
+    return masks, l1_scales(parts, len(parts[0]))
+
+
+def l1_scales(parts: list, n_inputs: int) -> tuple:
+    """Per input, ``|tau|_1 / |kept|_1`` from the per-block ``(all, kept)`` row partials
+    of an L1 pass (0 when nothing is kept; None for an input the pass left out, kept as
+    it is), each summed over the rows in order (:func:`mergec.backends.base.total`)."""
     scales = []
-    for i in range(len(parts[0])):
+    for i in range(n_inputs):
         if parts[0][i] is None:
             scales.append(None)
             continue
         s_all = float(B.total([p[i][0] for p in parts]))
         s_kept = float(B.total([p[i][1] for p in parts]))
         scales.append(float(s_all / s_kept) if s_kept != 0.0 else 0.0)
-    return masks, tuple(scales)
+    return tuple(scales)
 
 
 def ranked_masks(n: Node, params: dict, args, rows, backend, found, block: int) -> dict:
